@@ -1,0 +1,311 @@
+"""The one validated run configuration: model, data and train sections.
+
+TF-free and fast to import: the UI validates what the user types with these
+same models, so the errors shown inline are the ones the worker would raise.
+A preset overrides some fields; ``--set section.field=VALUE`` overrides more.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+ARCHITECTURES = (
+    "lenet5",
+    "alexnet",
+    "vgg",
+    "googlenet",
+    "resnet",
+    "densenet",
+    "mobilenetv2",
+)
+DATASET_KINDS = ("digits", "synthetic", "tfds:NAME", "folder:PATH")
+OOM_POLICIES = ("ask", "halve", "halve-accumulate", "resnet18", "stop")
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake, phrased as one line for the terminal."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" turns a typo into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which network to build. Fields that an architecture ignores are harmless."""
+
+    arch: str = "lenet5"
+    # ResNet: blocks per stage; [2,2,2,2] is ResNet-18, [3,4,6,3] ResNet-34/50.
+    blocks: list[int] = Field(default_factory=lambda: [2, 2, 2, 2])
+    block_type: Literal["basic", "bottleneck"] = "basic"
+    # VGG: 11, 13, 16 or 19 weight layers.
+    depth: Literal[11, 13, 16, 19] = 16
+    batch_norm: bool = True
+    # GoogLeNet: the two auxiliary classifiers of Inception v1.
+    aux_heads: bool = False
+    # DenseNet: growth rate and layers per dense block (121 by default).
+    growth_rate: int = Field(32, gt=0)
+    block_config: list[int] = Field(default_factory=lambda: [6, 12, 24, 16])
+    # MobileNetV2 (tf.keras.applications).
+    alpha: float = Field(1.0, gt=0)
+    weights: Optional[str] = None
+    include_top: bool = True
+    # "auto" picks the 3x3 small-image stem for inputs of 64 pixels or less.
+    stem: Literal["auto", "small", "imagenet"] = "auto"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # Keyword arguments passed to a user's own "module:function" builder.
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        if ":" in value or value in ARCHITECTURES:
+            return value
+        raise ValueError(
+            f"unknown architecture {value!r}{_did_you_mean(value, ARCHITECTURES)}; "
+            f"expected one of {', '.join(ARCHITECTURES)} or 'package.module:function'"
+        )
+
+    @field_validator("blocks", "block_config")
+    @classmethod
+    def _positive_stages(cls, value: list[int]) -> list[int]:
+        if not value or any(n <= 0 for n in value):
+            raise ValueError(f"got {value}; expected a non-empty list of positive integers")
+        return value
+
+
+class DataConfig(_Section):
+    """Where the images come from and how they are prepared."""
+
+    dataset: str = "digits"
+    image_size: tuple[int, int] = (32, 32)
+    # None: what the dataset has (digits 1, synthetic 3); set to force.
+    channels: Optional[int] = Field(None, ge=1, le=4)
+    # None: what the dataset has; synthetic uses 10 unless set.
+    num_classes: Optional[int] = Field(None, ge=2)
+    resize_method: Literal["nearest", "bilinear"] = "bilinear"
+    validation_split: float = Field(0.2, ge=0, lt=1)
+    # tfds: split names; val_split None carves validation_split out of train.
+    train_split: str = "train"
+    val_split: Optional[str] = "test"
+    data_dir: Optional[str] = None
+    as_supervised: bool = True
+    normalize: bool = True
+    augment_flip: bool = False
+    augment_crop: bool = False
+    shuffle_buffer: int = Field(10_000, ge=0)
+    # "auto" caches datasets that fit in a few hundred MB.
+    cache: Literal["auto", "yes", "no"] = "auto"
+    # synthetic: examples per epoch.
+    synthetic_examples: int = Field(2048, gt=0)
+    seed: int = 0
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value in ("digits", "synthetic"):
+            return value
+        kind, sep, rest = value.partition(":")
+        if sep and kind in ("tfds", "folder") and rest:
+            return value
+        hint = _did_you_mean(value, ("digits", "synthetic"))
+        raise ValueError(
+            f"unknown dataset {value!r}{hint}; expected one of {', '.join(DATASET_KINDS)}"
+        )
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(n <= 0 for n in value):
+            raise ValueError(f"got {list(value)}; expected [height, width] in pixels, both > 0")
+        return value
+
+
+class TrainConfig(_Section):
+    """How to train: batch, optimiser, schedule, precision, checkpoints, policies."""
+
+    batch_size: int = Field(128, gt=0)
+    epochs: int = Field(10, gt=0)
+    # Cap steps per epoch (None: the whole dataset); handy for smoke runs.
+    steps_per_epoch: Optional[int] = Field(None, gt=0)
+    optimizer: Literal["adam", "sgd", "adamw"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    # step schedule: multiply by step_gamma every step_epochs epochs.
+    step_epochs: int = Field(10, gt=0)
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixed_precision: bool = False
+    accumulation_steps: int = Field(1, gt=0)
+    jit_compile: bool = False
+    # Steps run inside one tf.function call; 0 picks it from measured step time.
+    steps_per_call: int = Field(0, ge=0)
+    checkpoint_every: int = Field(200, gt=0)
+    keep_checkpoints: int = Field(3, gt=0)
+    on_oom: Literal["ask", "halve", "halve-accumulate", "resnet18", "stop"] = "ask"
+    on_nan: Literal["pause", "stop"] = "pause"
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    devices: list[str] = Field(default_factory=list)
+    virtual_cpus: int = Field(0, ge=0)
+    seed: int = 0
+
+
+class RunConfig(_Section):
+    """A whole run: what a preset describes once defaults are filled in."""
+
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _did_you_mean(value: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed_fields(loc: tuple) -> list[str]:
+    """The field names that exist at the parent of an error location."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
+def describe_validation_error(error: ValidationError, source: str = "") -> str:
+    """Turn pydantic's report into one line naming field, value received and what is allowed."""
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    where = ".".join(str(p) for p in loc) or "config"
+    prefix = f"{source}: " if source else ""
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_fields(loc)
+        hint = _did_you_mean(str(loc[-1]), allowed)
+        section = ".".join(str(p) for p in loc[:-1]) or "top level"
+        return (
+            f"{prefix}unknown field {where!r}{hint}; "
+            f"fields in {section}: {', '.join(allowed)}"
+        )
+    message = first["msg"].removeprefix("Value error, ")
+    received = first.get("input")
+    if first["type"].startswith("value_error") and "got" in message:
+        return f"{prefix}{where}: {message}"
+    return f"{prefix}{where}: {message}, got {received!r}"
+
+
+def validate_config(data: dict, source: str = "") -> RunConfig:
+    """Build a RunConfig from plain data, raising ConfigError with one clear line."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, source)) from None
+
+
+def parse_value(text: str) -> Any:
+    """Read a ``--set`` value as TOML (``64``, ``1e-3``, ``[2, 2]``), else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict, assignment: str) -> dict:
+    """Apply ``section.field=VALUE`` to a config dict in place and return it."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(
+            f"--set {assignment!r}: expected section.field=VALUE, e.g. train.batch_size=64"
+        )
+    parts = key.split(".")
+    target = data
+    for part in parts[:-1]:
+        node = target.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
+        target = node
+    target[parts[-1]] = parse_value(raw.strip())
+    return data
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A new dict: ``override`` laid over ``base``, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_toml(path: Any) -> dict:
+    """Read a TOML file; a syntax error becomes one line naming the file and line."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: malformed TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def config_to_toml(config: RunConfig) -> str:
+    """Serialise a RunConfig as TOML (None values are left out, as TOML has no null)."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    return dump_toml(data)
+
+
+def dump_toml(data: dict) -> str:
+    """A small TOML writer for config-shaped dicts: scalars, lists, nested tables."""
+    lines: list[str] = []
+    _dump_table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _dump_table(data: dict, path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append(f"\n[{'.'.join(_toml_key(p) for p in path)}]")
+    for key, value in scalars.items():
+        if value is not None:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _dump_table(value, path + [key], lines)
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + inner + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
