@@ -75,6 +75,14 @@ class ModelConfig(_Section):
             f"expected one of {', '.join(ARCHITECTURES)} or 'package.module:function'"
         )
 
+    @field_validator("weights")
+    @classmethod
+    def _weights_or_none(cls, value: Optional[str]) -> Optional[str]:
+        # TOML has no null, so presets write "none" for random initialisation.
+        if value is None or value.lower() in ("", "none"):
+            return None
+        return value
+
     @field_validator("blocks", "block_config")
     @classmethod
     def _positive_stages(cls, value: list[int]) -> list[int]:
@@ -118,6 +126,8 @@ class DataConfig(_Section):
         if sep and kind in ("tfds", "folder") and rest:
             return value
         hint = _did_you_mean(value, ("digits", "synthetic"))
+        if not hint and not sep:
+            hint = f" (did you mean 'tfds:{value}'?)"
         raise ValueError(
             f"unknown dataset {value!r}{hint}; expected one of {', '.join(DATASET_KINDS)}"
         )
@@ -202,10 +212,10 @@ def describe_validation_error(error: ValidationError, source: str = "") -> str:
             f"fields in {section}: {', '.join(allowed)}"
         )
     message = first["msg"].removeprefix("Value error, ")
-    received = first.get("input")
-    if first["type"].startswith("value_error") and "got" in message:
+    if first["type"].startswith("value_error"):
         return f"{prefix}{where}: {message}"
-    return f"{prefix}{where}: {message}, got {received!r}"
+    message = message.replace("Input should be", "must be").replace("Input", "value")
+    return f"{prefix}{where}: got {first.get('input')!r}; {message}"
 
 
 def validate_config(data: dict, source: str = "") -> RunConfig:

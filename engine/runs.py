@@ -1,0 +1,214 @@
+"""The run store: ``$CONVDECK_HOME/runs/<run-id>/`` and each run's status.
+
+TF-free. A run's status comes from its events and from whether its worker
+is alive: the pid recorded in ``worker.pid`` still names the same process
+(same start time) and its heartbeat file is fresh.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.config import ConfigError, RunConfig, config_to_toml, load_toml, validate_config
+from engine.events import EVENTS_FILE, EventTail
+
+CONFIG_FILE = "config.toml"
+PID_FILE = "worker.pid"
+HEARTBEAT_FILE = "heartbeat"
+SOCKET_FILE = "control.sock"
+# The worker touches its heartbeat every few seconds; a step can take long
+# on a big model, so only a much older heartbeat counts as a hung worker.
+HEARTBEAT_STALE_SECONDS = 120.0
+
+STATUSES = ("running", "paused", "waiting", "finished", "stopped", "failed", "crashed")
+
+
+def convdeck_home() -> Path:
+    """``$CONVDECK_HOME``, or ``~/.convdeck``."""
+    return Path(os.environ.get("CONVDECK_HOME") or Path.home() / ".convdeck").expanduser()
+
+
+def runs_root(home: Path | None = None) -> Path:
+    return (home or convdeck_home()) / "runs"
+
+
+def new_run_id(preset: str) -> str:
+    """A sortable id: UTC time to the second, the preset, and a short random tail."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in preset)[:40]
+    return f"{stamp}-{safe}-{secrets.token_hex(2)}"
+
+
+def create_run_dir(config: RunConfig, home: Path | None = None) -> Path:
+    """Make a run directory (mode 0700) holding the run's config.toml."""
+    root = runs_root(home)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir = root / new_run_id(config.name)
+    run_dir.mkdir(mode=0o700)
+    os.chmod(run_dir, 0o700)  # mkdir's mode is masked by the umask
+    (run_dir / "checkpoints").mkdir()
+    write_config(run_dir, config)
+    return run_dir
+
+
+def write_config(run_dir: Path, config: RunConfig, history: list[dict] | None = None) -> None:
+    """Write config.toml atomically; earlier revisions are kept as a list of tables."""
+    text = config_to_toml(config)
+    if history:
+        from engine.config import dump_toml
+
+        text += "\n" + "\n".join(
+            dump_toml({"revisions": [rev]}).replace("[revisions]", "[[revisions]]") for rev in history
+        )
+    tmp = run_dir / (CONFIG_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, run_dir / CONFIG_FILE)
+
+
+def read_config(run_dir: Path) -> RunConfig:
+    """The run's current config; ConfigError with one line when unreadable."""
+    data = load_toml(run_dir / CONFIG_FILE)
+    data.pop("revisions", None)
+    return validate_config(data, source=str(run_dir / CONFIG_FILE))
+
+
+def read_config_revisions(run_dir: Path) -> list[dict]:
+    """Earlier config revisions (each a dict with revision, reason, config changes)."""
+    return list(load_toml(run_dir / CONFIG_FILE).get("revisions", []))
+
+
+@dataclass
+class RunSummary:
+    """What ``convdeck runs`` prints for one run."""
+
+    run_id: str
+    run_dir: Path
+    preset: str = "?"
+    status: str = "crashed"
+    epoch: int = 0
+    step: int = 0
+    last_loss: float | None = None
+    val_accuracy: float | None = None
+    started: float = 0.0
+    reason: str = ""
+    pid: int | None = None
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data["run_dir"] = str(self.run_dir)
+        return data
+
+
+def list_run_dirs(home: Path | None = None) -> list[Path]:
+    """Every run directory, oldest first (ids sort by time)."""
+    root = runs_root(home)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / CONFIG_FILE).exists())
+
+
+def resolve_run(ref: str, home: Path | None = None) -> Path:
+    """The run directory whose id is ``ref`` or starts with it; ConfigError otherwise."""
+    runs = list_run_dirs(home)
+    exact = [p for p in runs if p.name == ref]
+    matches = exact or [p for p in runs if p.name.startswith(ref)]
+    if not matches:
+        hint = f"; the newest is {runs[-1].name}" if runs else "; there are no runs yet"
+        raise ConfigError(f"no run matches {ref!r}{hint} (see `convdeck runs`)")
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches[:4])
+        raise ConfigError(f"{ref!r} matches {len(matches)} runs ({names}...); give more of the id")
+    return matches[0]
+
+
+def worker_alive(run_dir: Path) -> int | None:
+    """The worker's pid if the recorded process still runs and its heartbeat is fresh."""
+    try:
+        pid_text, _, started_text = (run_dir / PID_FILE).read_text().partition(" ")
+        pid, started = int(pid_text), float(started_text or 0)
+    except (OSError, ValueError):
+        return None
+    if not _same_process(pid, started):
+        return None
+    try:
+        age = time.time() - (run_dir / HEARTBEAT_FILE).stat().st_mtime
+    except OSError:
+        return pid  # a worker still starting has no heartbeat yet
+    return pid if age < HEARTBEAT_STALE_SECONDS else None
+
+
+def _same_process(pid: int, started: float) -> bool:
+    """True if ``pid`` runs and was started when recorded (guards against pid reuse)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not started or abs(process.create_time() - started) < 2.0
+    except psutil.Error:
+        return False
+
+
+def summarize_run(run_dir: Path) -> RunSummary:
+    """Status and latest figures of one run, from its events and its worker's liveness."""
+    summary = RunSummary(run_id=run_dir.name, run_dir=run_dir)
+    state = _fold_events(run_dir, summary)
+    summary.pid = worker_alive(run_dir)
+    summary.status = _status(state, summary.pid is not None)
+    return summary
+
+
+def _fold_events(run_dir: Path, summary: RunSummary) -> dict:
+    """Walk the events once, keeping the last of each kind that decides the status."""
+    state: dict = {"last": None, "paused": False, "waiting": False}
+    tail = EventTail(run_dir / EVENTS_FILE)
+    while batch := tail.read_new():
+        for event in batch:
+            _fold_one(event, summary, state)
+    return state
+
+
+def _fold_one(event: dict, summary: RunSummary, state: dict) -> None:
+    kind = event["type"]
+    if kind == "run_started":
+        summary.preset = (event.get("config") or {}).get("name", summary.preset)
+        summary.started = summary.started or event.get("time", 0.0)
+        state.update(last=None, paused=False, waiting=False)
+    elif kind == "step":
+        summary.step, summary.epoch = event.get("step", 0), event.get("epoch", 0)
+        summary.last_loss = event.get("loss")
+    elif kind == "epoch_end":
+        summary.val_accuracy = event.get("val_accuracy", summary.val_accuracy)
+    elif kind in ("paused", "resumed"):
+        state["paused"] = kind == "paused"
+    elif kind == "oom":
+        state["waiting"] = event.get("waiting", True)
+    elif kind == "remedy_applied":
+        state["waiting"] = False
+    if kind in ("finished", "failed"):
+        state["last"] = event
+        summary.reason = event.get("error") or event.get("reason", "")
+
+
+def _status(state: dict, alive: bool) -> str:
+    last = state["last"]
+    if last is not None:
+        # A terminal event decides, even while the worker is still exiting.
+        if last["type"] == "failed":
+            return "failed"
+        return "stopped" if last.get("reason") == "stopped" else "finished"
+    if not alive:
+        return "crashed"
+    if state["waiting"]:
+        return "waiting"
+    return "paused" if state["paused"] else "running"
+
+
+def list_runs(home: Path | None = None) -> list[RunSummary]:
+    """A summary of every run, oldest first."""
+    return [summarize_run(p) for p in list_run_dirs(home)]
