@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # extra="forbid" turns a typo into an error instead of a silent default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -116,6 +116,12 @@ class DataConfig(_Section):
     # synthetic: examples per epoch.
     synthetic_examples: int = Field(2048, gt=0)
     seed: int = 0
+
+    @field_validator("val_split")
+    @classmethod
+    def _split_or_none(cls, value: Optional[str]) -> Optional[str]:
+        # "none" (TOML has no null) carves validation_split out of the train split.
+        return None if value is None or value.lower() in ("", "none") else value
 
     @field_validator("dataset")
     @classmethod
@@ -278,6 +284,8 @@ def load_toml(path: Any) -> dict:
 def config_to_toml(config: RunConfig) -> str:
     """Serialise a RunConfig as TOML (None values are left out, as TOML has no null)."""
     data = config.model_dump(mode="json", exclude_none=True)
+    if config.data.val_split is None:
+        data["data"]["val_split"] = "none"  # None means "carve from train"; keep it
     return dump_toml(data)
 
 
@@ -312,7 +320,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):

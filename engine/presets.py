@@ -38,13 +38,17 @@ class PresetInfo:
 
     @property
     def model(self) -> str:
-        return self.config.model.arch if self.config else str(self.raw.get("model", {}).get("arch", "?"))
+        return self.config.model.arch if self.config else _raw_field(self.raw, "model", "arch")
 
     @property
     def dataset(self) -> str:
-        if self.config:
-            return self.config.data.dataset
-        return str(self.raw.get("data", {}).get("dataset", "?"))
+        return self.config.data.dataset if self.config else _raw_field(self.raw, "data", "dataset")
+
+
+def _raw_field(raw: dict, section: str, key: str) -> str:
+    """A field of a preset that failed validation, for listing it anyway."""
+    table = raw.get(section)
+    return str(table.get(key, "?")) if isinstance(table, dict) else "?"
 
 
 def packaged_dir() -> Path:

@@ -47,8 +47,13 @@ def create_run_dir(config: RunConfig, home: Path | None = None) -> Path:
     """Make a run directory (mode 0700) holding the run's config.toml."""
     root = runs_root(home)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run_dir = root / new_run_id(config.name)
-    run_dir.mkdir(mode=0o700)
+    while True:
+        run_dir = root / new_run_id(config.name)
+        try:
+            run_dir.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            continue  # two runs of one preset in the same second drew the same tail
     os.chmod(run_dir, 0o700)  # mkdir's mode is masked by the umask
     (run_dir / "checkpoints").mkdir()
     write_config(run_dir, config)
@@ -62,7 +67,7 @@ def write_config(run_dir: Path, config: RunConfig, history: list[dict] | None = 
         from engine.config import dump_toml
 
         text += "\n" + "\n".join(
-            dump_toml({"revisions": [rev]}).replace("[revisions]", "[[revisions]]") for rev in history
+            dump_toml({"revisions": rev}).replace("[revisions]", "[[revisions]]", 1) for rev in history
         )
     tmp = run_dir / (CONFIG_FILE + ".tmp")
     tmp.write_text(text)
@@ -180,8 +185,8 @@ def _fold_one(event: dict, summary: RunSummary, state: dict) -> None:
         summary.started = summary.started or event.get("time", 0.0)
         state.update(last=None, paused=False, waiting=False)
     elif kind == "step":
-        summary.step, summary.epoch = event.get("step", 0), event.get("epoch", 0)
-        summary.last_loss = event.get("loss")
+        summary.step, summary.epoch = _last(event.get("step", 0)), _last(event.get("epoch", 0))
+        summary.last_loss = _last(event.get("loss"))
     elif kind == "epoch_end":
         summary.val_accuracy = event.get("val_accuracy", summary.val_accuracy)
     elif kind in ("paused", "resumed"):
@@ -193,6 +198,11 @@ def _fold_one(event: dict, summary: RunSummary, state: dict) -> None:
     if kind in ("finished", "failed"):
         state["last"] = event
         summary.reason = event.get("error") or event.get("reason", "")
+
+
+def _last(value):
+    """A step line may batch several steps as lists; the summary wants the last."""
+    return value[-1] if isinstance(value, list) and value else value
 
 
 def _status(state: dict, alive: bool) -> str:

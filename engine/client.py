@@ -1,0 +1,683 @@
+"""The one way front ends talk to runs: start, find, follow events, send commands.
+
+A run is a worker process (``python -m engine.worker RUN_DIR``) in its own
+session, so it outlives the terminal that started it. Everything a viewer
+needs is in the run directory: ``events.jsonl`` to read and ``control.sock``
+to steer. This module wraps both behind :class:`RunHandle`.
+
+Imports neither TensorFlow nor Textual: the CLI and the TUI load it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from engine.config import ConfigError, RunConfig
+from engine.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
+from engine.runs import (
+    CONFIG_FILE,
+    PID_FILE,
+    SOCKET_FILE,
+    RunSummary,
+    create_run_dir,
+    list_run_dirs,
+    read_config,
+    resolve_run,
+    summarize_run,
+    worker_alive,
+)
+from engine.runs import list_runs as _list_runs
+
+WORKER_LOG = "worker.log"
+LIVE_STATUSES = ("running", "paused", "waiting")
+CONTROL_COMMANDS = ("pause", "resume", "stop", "checkpoint", "remedy", "status")
+REMEDIES = ("halve-batch", "halve-accumulate", "mixed-precision", "resnet18")
+# History is read in chunks so a viewer draws the first part of a long run
+# before the last part is parsed, and the event loop stays responsive.
+HISTORY_CHUNK_BYTES = 1 << 20
+# sockaddr_un holds 108 bytes with the NUL; deep run directories overflow it.
+_MAX_SOCKET_PATH = 107
+
+
+class RunHandle:
+    """One run directory, with or without a live worker.
+
+    Args:
+        run_dir: the run's directory.
+        process: the worker, when this process started it (exit codes and
+            liveness then come from it directly).
+        spawn_offset: the size of events.jsonl when the worker was spawned,
+            so a follower can skip what earlier workers wrote.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        process: subprocess.Popen | None = None,
+        spawn_offset: int = 0,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = self.run_dir.name
+        self.process = process
+        self.spawn_offset = spawn_offset
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+    @property
+    def events_path(self) -> Path:
+        return self.run_dir / EVENTS_FILE
+
+    @property
+    def socket_path(self) -> Path:
+        return self.run_dir / SOCKET_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / WORKER_LOG
+
+    def config(self) -> RunConfig:
+        """The run's current config; ConfigError when config.toml is unreadable."""
+        return read_config(self.run_dir)
+
+    def summary(self) -> RunSummary:
+        """Status and latest figures (see :func:`engine.runs.summarize_run`)."""
+        return _with_preset_name(summarize_run(self.run_dir))
+
+    def metrics(self) -> dict:
+        """Last step, last epoch, best validation and final figures, from the events."""
+        return run_metrics(self.run_dir)
+
+    # -- the worker process --------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The live worker's pid, or None."""
+        if self.process is not None:
+            return self.process.pid if self.process.poll() is None else None
+        return worker_alive(self.run_dir)
+
+    def is_alive(self) -> bool:
+        """True while the worker runs (for a handle that spawned it: not yet exited)."""
+        return self.pid() is not None
+
+    def exit_code(self) -> int | None:
+        """The worker's exit code, known only to the process that spawned it."""
+        return self.process.poll() if self.process is not None else None
+
+    def wait_exit(self, timeout: float | None = None, poll_interval: float = 0.1) -> bool:
+        """Block until the worker has exited; False if ``timeout`` ran out first."""
+        if self.process is not None:
+            try:
+                self.process.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_interval)
+        return True
+
+    def terminate(self) -> bool:
+        """Send SIGTERM (the worker checkpoints, then ends); False if none was alive."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        return True
+
+    def last_log_line(self) -> str:
+        """The last non-empty line of worker.log, to explain a worker that died."""
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - 8192))
+                lines = handle.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+    # -- events ----------------------------------------------------------------
+
+    async def events(
+        self,
+        from_start: bool = True,
+        poll_interval: float = 0.2,
+        *,
+        offset: int | None = None,
+        until_done: bool = False,
+        history_steps: int | None = None,
+    ) -> AsyncIterator[list[dict]]:
+        """Yield the run's events in batches: the history first, then new ones as they come.
+
+        Torn or garbage lines are skipped. Without ``until_done`` it follows the
+        file forever: the caller breaks out or cancels.
+
+        Args:
+            from_start: replay the history; False starts at the current end.
+            poll_interval: seconds between looks at the file once caught up.
+            offset: a byte offset to start at (overrides ``from_start``), e.g.
+                ``spawn_offset`` to follow only what a resumed worker writes.
+            until_done: stop once caught up after a ``finished`` or ``failed``
+                event (a later ``run_started`` re-opens the run), or once the
+                worker is gone and the file is drained.
+            history_steps: replay about this many ``step`` events of the
+                history, evenly spaced, instead of all (every other event
+                type is kept, and the step before each of them): a million
+                steps reach the live tail in a second or two. New events
+                are never thinned.
+        """
+        start = self._start_offset(from_start, offset)
+        stride = _stride(self.events_path, start, history_steps)
+        history = _HistoryTail(self.events_path, start, stride)
+        done = False
+        while not history.exhausted:
+            batch = await asyncio.to_thread(history.read_new, HISTORY_CHUNK_BYTES)
+            if batch:
+                done = _still_done(batch, done)
+                yield batch
+        tail = EventTail(self.events_path, history.offset)
+        while True:
+            batch = tail.read_new(HISTORY_CHUNK_BYTES)
+            if batch:
+                done = _still_done(batch, done)
+                yield batch
+                if until_done and done and tail.at_end():
+                    return
+            elif until_done and (done or not self.is_alive()):
+                # The worker may have flushed its last lines just before exiting.
+                if last := tail.read_new(HISTORY_CHUNK_BYTES):
+                    yield last
+                return
+            else:
+                await asyncio.sleep(poll_interval)
+
+    def _start_offset(self, from_start: bool, offset: int | None) -> int:
+        if offset is not None:
+            return offset
+        if from_start:
+            return 0
+        try:
+            return self.events_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    # -- control commands ------------------------------------------------------
+
+    async def command(self, command: str, timeout: float = 5.0, **args: Any) -> dict:
+        """Send one control command and return the worker's reply.
+
+        Never raises for a dead or unreachable worker or a timeout: the reply
+        is then ``{"ok": False, "error": "...", "unreachable": True}``.
+
+        Args:
+            command: pause, resume, stop, checkpoint, remedy or status.
+            timeout: seconds for connecting, sending and the reply together.
+            **args: further request fields, e.g. ``name="halve-batch"``.
+        """
+        request = _encode_request(command, args)
+        try:
+            with _connectable(self.socket_path) as path:
+                line = await asyncio.wait_for(_exchange_async(path, request), timeout)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a reply
+            return self._unreachable(command, error, timeout)
+        return _decode_reply(line)
+
+    def command_sync(self, command: str, timeout: float = 5.0, **args: Any) -> dict:
+        """:meth:`command` for scripts and code without an event loop."""
+        request = _encode_request(command, args)
+        try:
+            with _connectable(self.socket_path) as path:
+                line = _exchange_sync(path, request, timeout)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a reply
+            return self._unreachable(command, error, timeout)
+        return _decode_reply(line)
+
+    def _unreachable(self, command: str, error: Exception, timeout: float) -> dict:
+        return {
+            "ok": False,
+            "error": f"run {self.run_id}: {command!r} got no reply: {_why(error, timeout)}",
+            "unreachable": True,
+        }
+
+
+# EventWriter writes json.dumps({"type": ..., ...}): a step line starts so,
+# which tells it apart without parsing (the bulk of a long run's history).
+_STEP_PREFIX = b'{"type": "step",'
+
+
+def _stride(path: Path, start: int, history_steps: int | None) -> int:
+    """Keep one step line in this many to replay about ``history_steps`` of them."""
+    if not history_steps:
+        return 1
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(start)
+            sample = handle.read(1 << 16)
+    except OSError:
+        return 1
+    lines_in_sample = max(1, sample.count(b"\n"))
+    estimated_lines = (size - start) * lines_in_sample / max(1, len(sample))
+    return max(1, int(estimated_lines // history_steps))
+
+
+class _HistoryTail(EventTail):
+    """Reads the history: the file as it was when following began, nothing later.
+
+    With ``stride`` > 1 it skips step lines unparsed, keeping one in
+    ``stride``; the step just before any other event, and the last of each
+    read, are kept too, so figures beside an epoch end or at the tail are
+    current.
+    """
+
+    def __init__(self, path: Path, offset: int, stride: int) -> None:
+        super().__init__(path, offset)
+        self.stride = stride
+        self._steps_seen = 0
+        self._stuck = False
+        try:
+            self.end = path.stat().st_size
+        except FileNotFoundError:
+            self.end = offset
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the history is read (or its last line is still being written)."""
+        return self.offset >= self.end or self._stuck
+
+    def read_new(self, max_bytes: int = 8 << 20) -> list[dict]:
+        start = self.offset
+        events = self._read(min(max_bytes, self.end - self.offset))
+        # No whole line in the rest: a line still being written, left to the live tail.
+        self._stuck = self.offset == start
+        return events
+
+    def _read(self, max_bytes: int) -> list[dict]:
+        if max_bytes <= 0:
+            return []
+        if self.stride == 1:
+            return super().read_new(max_bytes)
+        chunk = self._read_complete_lines(max_bytes)
+        events: list[dict] = []
+        pending: bytes | None = None  # the latest step line not yet kept
+        for line in chunk.splitlines():
+            if line.startswith(_STEP_PREFIX):
+                self._steps_seen += 1
+                if self._steps_seen % self.stride:
+                    pending = line
+                    continue
+            elif pending is not None:
+                self._keep(pending, events)
+            pending = None
+            self._keep(line, events)
+        if pending is not None:
+            self._keep(pending, events)
+        return events
+
+    def _read_complete_lines(self, max_bytes: int) -> bytes:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read(max_bytes)
+        except FileNotFoundError:
+            return b""
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        return chunk[:end]
+
+    def _keep(self, line: bytes, events: list[dict]) -> None:
+        event = parse_line(line)
+        if event is not None:
+            events.append(event)
+        elif line.strip():
+            self.skipped += 1
+
+
+def _still_done(batch: list[dict], done: bool) -> bool:
+    """Whether the run is over after ``batch``: a terminal event, unless restarted since."""
+    for event in batch:
+        if event["type"] in TERMINAL_EVENTS:
+            done = True
+        elif event["type"] == "run_started":
+            done = False
+    return done
+
+
+def _encode_request(command: str, args: dict) -> bytes:
+    return (json.dumps({"command": command, **args}) + "\n").encode()
+
+
+def _decode_reply(line: bytes) -> dict:
+    if not line.strip():
+        return {"ok": False, "error": "the worker closed the connection without a reply"}
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        return {"ok": False, "error": f"unreadable reply from the worker: {line[:200]!r}"}
+    if not isinstance(reply, dict):
+        return {"ok": False, "error": f"unexpected reply from the worker: {reply!r}"}
+    return reply
+
+
+def _why(error: Exception, timeout: float) -> str:
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError, socket.timeout)):
+        return f"no answer within {timeout:g} s"
+    if isinstance(error, FileNotFoundError):
+        return "no control socket (the worker is not running, or still starting)"
+    if isinstance(error, ConnectionRefusedError):
+        return "nobody listens on the control socket (the worker has exited)"
+    return f"{type(error).__name__}: {error}"
+
+
+@contextlib.contextmanager
+def _connectable(path: Path) -> Iterator[str]:
+    """A path to ``path`` short enough for AF_UNIX.
+
+    A deep run directory (e.g. under a test's tmp_path) makes a socket path
+    longer than sockaddr_un holds; on Linux the directory can instead be
+    reached through its file descriptor in /proc/self/fd.
+    """
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH or not os.path.isdir("/proc/self/fd"):
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+async def _exchange_async(path: str, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def _exchange_sync(path: str, request: bytes, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(request)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        return reply
+
+
+# -- starting and finding runs -------------------------------------------------
+
+
+def start_run_sync(config: RunConfig, home: Path | None = None) -> RunHandle:
+    """Create a run directory for ``config`` and start its worker.
+
+    Args:
+        config: the validated run config (written to config.toml).
+        home: the convdeck home (``$CONVDECK_HOME`` when None).
+
+    Returns:
+        A handle holding the worker process.
+    """
+    preflight(config)
+    run_dir = create_run_dir(config, home)
+    return _spawn(run_dir)
+
+
+def preflight(config: RunConfig) -> None:
+    """Catch, before a run directory exists, the mistakes found without TensorFlow.
+
+    The worker checks everything again; this only saves a user the wait for
+    TensorFlow to load, and the runs list a failed run, for the common ones.
+
+    Raises:
+        ConfigError: the images are smaller than the architecture accepts.
+    """
+    from engine.models import min_input_size
+
+    minimum = min_input_size(config.model)
+    height, width = config.data.image_size
+    if min(height, width) < minimum:
+        suggestion = [max(height, minimum), max(width, minimum)]
+        raise ConfigError(
+            f"model.arch {config.model.arch!r} needs images of at least {minimum}x{minimum}; "
+            f"got {height}x{width} (set data.image_size = {suggestion})"
+        )
+
+
+async def start_run(config: RunConfig, home: Path | None = None) -> RunHandle:
+    """:func:`start_run_sync` for async callers (creating and spawning are quick)."""
+    return start_run_sync(config, home)
+
+
+def resume_run_sync(
+    handle_or_ref: RunHandle | str, remedy: str | None = None, home: Path | None = None
+) -> RunHandle:
+    """Start a worker that continues a stopped, failed or crashed run from its last checkpoint.
+
+    Args:
+        handle_or_ref: a handle, or a run id or unique prefix of one.
+        remedy: a remedy to apply before continuing (one of :data:`REMEDIES`).
+        home: the convdeck home, for a ref.
+
+    Raises:
+        ConfigError: the run matches nothing, finished, is still live, or the
+            remedy is unknown.
+    """
+    if isinstance(handle_or_ref, RunHandle):
+        handle = handle_or_ref
+    else:
+        handle = find_run(handle_or_ref, home)
+    _check_remedy(remedy)
+    _check_resumable(handle)
+    return _spawn(handle.run_dir, resume=True, remedy=remedy)
+
+
+async def resume_run(
+    handle_or_ref: RunHandle | str, remedy: str | None = None, home: Path | None = None
+) -> RunHandle:
+    """:func:`resume_run_sync` for async callers."""
+    return resume_run_sync(handle_or_ref, remedy, home)
+
+
+def _check_remedy(remedy: str | None) -> None:
+    if remedy is not None and remedy not in REMEDIES:
+        raise ConfigError(f"unknown remedy {remedy!r}; expected one of {', '.join(REMEDIES)}")
+
+
+def _check_resumable(handle: RunHandle) -> None:
+    summary = handle.summary()
+    if summary.status == "finished":
+        raise ConfigError(
+            f"run {handle.run_id} finished; nothing to resume (start a new one with `convdeck run`)"
+        )
+    if summary.status in LIVE_STATUSES:
+        raise ConfigError(
+            f"run {handle.run_id} is still {summary.status} (pid {summary.pid}); "
+            f"watch it with `convdeck attach {handle.run_id}`"
+        )
+    handle.config()  # an unreadable config fails here, in one line, not in the worker
+
+
+def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
+    """The run named by ``ref`` (an id or a unique prefix), or the newest live run.
+
+    Raises:
+        ConfigError: nothing or several runs match, or (ref None) no run is live.
+    """
+    if ref is not None:
+        return RunHandle(resolve_run(ref, home))
+    for run_dir in reversed(list_run_dirs(home)):
+        if summarize_run(run_dir).status in LIVE_STATUSES:
+            return RunHandle(run_dir)
+    raise ConfigError(
+        "no live run; start one with `convdeck run`, or name a run (see `convdeck runs`)"
+    )
+
+
+def list_runs(home: Path | None = None) -> list[RunSummary]:
+    """A summary of every run, oldest first (:func:`engine.runs.list_runs`)."""
+    return [_with_preset_name(summary) for summary in _list_runs(home)]
+
+
+def _with_preset_name(summary: RunSummary) -> RunSummary:
+    """Before its worker has written ``run_started``, a run's preset is in config.toml."""
+    if summary.preset == "?":
+        with contextlib.suppress(Exception):
+            from engine.config import load_toml
+
+            summary.preset = str(load_toml(summary.run_dir / CONFIG_FILE).get("name", "?"))
+    return summary
+
+
+def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> RunHandle:
+    """Start ``python -m engine.worker RUN_DIR`` detached: own session, no terminal."""
+    command = [sys.executable, "-m", _worker_module(), str(run_dir)]
+    command += ["--resume"] if resume else []
+    command += ["--remedy", remedy] if remedy else []
+    events_path = run_dir / EVENTS_FILE
+    spawn_offset = events_path.stat().st_size if events_path.exists() else 0
+    # Unbuffered, so worker.log shows a crash's last words.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / WORKER_LOG, "ab") as log:
+        process = subprocess.Popen(
+            command,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            env=env,
+        )
+    _record_pid(run_dir, process.pid)
+    return RunHandle(run_dir, process=process, spawn_offset=spawn_offset)
+
+
+def _worker_module() -> str:
+    """``engine.worker``; tests swap in a fake, TF-free worker through the environment."""
+    return os.environ.get("CONVDECK_WORKER_MODULE") or "engine.worker"
+
+
+def _record_pid(run_dir: Path, pid: int) -> None:
+    """Write worker.pid now, so `runs` never sees a starting worker as crashed.
+
+    The worker writes the same line itself once it is up; this closes the
+    gap while Python and its imports load.
+    """
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return  # already gone: the follower will report it
+    tmp = run_dir / (PID_FILE + ".client.tmp")
+    tmp.write_text(f"{pid} {created}\n")
+    os.replace(tmp, run_dir / PID_FILE)
+
+
+# -- metrics for `show` --------------------------------------------------------
+
+
+def run_metrics(run_dir: Path) -> dict:
+    """Fold a run's events into the figures ``convdeck show`` prints.
+
+    Returns:
+        A dict with ``last_step``, ``last_epoch``, ``best`` (highest
+        val_accuracy and its epoch), ``final`` (the ``finished`` event's
+        fields), ``error`` and ``traceback_path`` of a failure, ``checkpoint``
+        (the last one), ``resumes``, ``remedies`` applied, and
+        ``unreadable_lines`` (torn or garbage lines skipped).
+    """
+    metrics: dict[str, Any] = {
+        "last_step": None,
+        "last_epoch": None,
+        "best": None,
+        "final": None,
+        "error": None,
+        "traceback_path": None,
+        "checkpoint": None,
+        "starts": 0,
+        "resumes": 0,
+        "remedies": [],
+    }
+    history = _HistoryTail(Path(run_dir) / EVENTS_FILE, 0, stride=1)
+    while not history.exhausted:
+        for event in history.read_new(HISTORY_CHUNK_BYTES):
+            _fold_metric(metrics, event)
+    metrics["unreadable_lines"] = history.skipped + _fold_unterminated(history, metrics)
+    return metrics
+
+
+def _fold_unterminated(history: _HistoryTail, metrics: dict) -> int:
+    """Fold a last line without its newline if it parses; 1 if it is torn."""
+    try:
+        with open(history.path, "rb") as handle:
+            handle.seek(history.offset)
+            rest = handle.read(history.end - history.offset)
+    except OSError:
+        return 0
+    if not rest.strip():
+        return 0
+    event = parse_line(rest)
+    if event is None:
+        return 1
+    _fold_metric(metrics, event)
+    return 0
+
+
+_STEP_FIELDS = ("step", "epoch", "loss", "accuracy", "learning_rate", "images_per_sec")
+_EPOCH_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def _fold_metric(metrics: dict, event: dict) -> None:
+    kind = event["type"]
+    if kind == "step":
+        metrics["last_step"] = _pick(event, _STEP_FIELDS)
+    elif kind == "epoch_end":
+        metrics["last_epoch"] = _pick(event, _EPOCH_FIELDS)
+        _keep_best(metrics, event)
+    elif kind == "checkpoint":
+        metrics["checkpoint"] = _pick(event, ("step", "path"))
+    elif kind == "run_started":
+        metrics["starts"] += 1
+        metrics["resumes"] = metrics["starts"] - 1
+    elif kind == "remedy_applied":
+        metrics["remedies"].append(event.get("name"))
+    elif kind == "finished":
+        metrics["final"] = {k: v for k, v in event.items() if k not in ("type", "time")}
+    elif kind == "failed":
+        metrics["error"] = event.get("error")
+        metrics["traceback_path"] = event.get("traceback_path")
+
+
+def _keep_best(metrics: dict, event: dict) -> None:
+    value = event.get("val_accuracy")
+    best = metrics["best"]
+    if isinstance(value, (int, float)) and (best is None or value > best["val_accuracy"]):
+        metrics["best"] = {"val_accuracy": value, "epoch": event.get("epoch")}
+
+
+def _pick(event: dict, fields: tuple[str, ...]) -> dict:
+    return {name: event[name] for name in fields if name in event}

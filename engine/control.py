@@ -1,0 +1,186 @@
+"""The worker's side of control.sock: a Unix socket that takes commands.
+
+Commands arrive as one JSON object a line and each gets a one-line JSON
+reply. Only the run's owner may steer it: the directory is 0700, the socket
+0600, and each connection's peer credentials are checked, because file
+modes alone do not hold on every filesystem. TF-free: the trainer polls the
+shared ``ControlState`` between steps, so no command ever touches TensorFlow
+from the socket thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("convdeck.control")
+
+REMEDIES = ("halve-batch", "halve-accumulate", "mixed-precision", "resnet18")
+COMMANDS = ("pause", "resume", "stop", "checkpoint", "remedy", "status")
+
+
+class ControlState:
+    """Flags the socket thread sets and the training loop reads between steps."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self.paused = False
+        self.stop_requested = False
+        self.checkpoint_requested = False
+        self.remedy: str | None = None
+        self.waiting_for_remedy = False
+        self.status: dict = {"state": "starting"}
+
+    def request(self, command: str, name: str | None = None) -> dict:
+        """Apply one command; returns the reply (``ok`` and a message or error)."""
+        with self._wake:
+            reply = self._apply(command, name)
+            self._wake.notify_all()
+            return reply
+
+    def _apply(self, command: str, name: str | None) -> dict:
+        if command == "status":
+            return {"ok": True, **self.status, "paused": self.paused}
+        if command == "pause":
+            self.paused = True
+        elif command == "resume":
+            self.paused = False
+        elif command == "stop":
+            self.stop_requested = True
+        elif command == "checkpoint":
+            self.checkpoint_requested = True
+        elif command == "remedy":
+            if name not in REMEDIES:
+                return {"ok": False, "error": f"unknown remedy {name!r}; expected one of {', '.join(REMEDIES)}"}
+            self.remedy = name
+        else:
+            return {"ok": False, "error": f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"}
+        return {"ok": True, "command": command, **({"name": name} if name else {})}
+
+    def wait_while_paused(self, timeout: float = 0.5) -> None:
+        """Block the training loop while paused, waking on any command."""
+        with self._wake:
+            if (self.paused or self.waiting_for_remedy) and not self.stop_requested:
+                self._wake.wait(timeout)
+
+    def take_checkpoint_request(self) -> bool:
+        with self._lock:
+            asked, self.checkpoint_requested = self.checkpoint_requested, False
+            return asked
+
+    def take_remedy(self) -> str | None:
+        with self._lock:
+            remedy, self.remedy = self.remedy, None
+            return remedy
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end (Linux SO_PEERCRED)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+# sockaddr_un holds 108 bytes; deep test or home directories can exceed it.
+_MAX_SOCKET_PATH = 100
+
+
+def short_socket_path(path: str | os.PathLike) -> tuple[str, int | None]:
+    """A path to bind or connect that fits sockaddr_un, and a directory fd to close after.
+
+    Long paths go through ``/proc/self/fd/N/`` of the socket's directory, which
+    Linux resolves for both ``bind`` and ``connect``.
+    """
+    path = Path(path)
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        return str(path), None
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    return f"/proc/self/fd/{fd}/{path.name}", fd
+
+
+class ControlServer:
+    """Serves control.sock on a daemon thread, one thread per connection.
+
+    Args:
+        path: the socket path (an old socket file there is replaced).
+        handle: turns a request dict into a reply dict.
+    """
+
+    def __init__(self, path: str | os.PathLike, handle: Callable[[dict], dict]) -> None:
+        self.path = Path(path)
+        self.handle = handle
+        self._sock: socket.socket | None = None
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        address, dir_fd = short_socket_path(self.path)
+        old_umask = os.umask(0o177)  # the socket is born 0600, no window at a wider mode
+        try:
+            sock.bind(address)
+        finally:
+            os.umask(old_umask)
+            if dir_fd is not None:
+                os.close(dir_fd)
+        os.chmod(self.path, 0o600)
+        sock.listen(8)
+        self._sock = sock
+        threading.Thread(target=self._accept_loop, name="control-accept", daemon=True).start()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        self.path.unlink(missing_ok=True)
+
+    def _accept_loop(self) -> None:
+        while self._sock is not None:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            uid = peer_uid(conn)
+            if uid is not None and uid != os.getuid():
+                log.warning("refused a control connection from uid %s (owner is %s)", uid, os.getuid())
+                _send(conn, {"ok": False, "error": "refused: this run belongs to another user"})
+                return
+            for line in conn.makefile("rb"):
+                if line.strip():
+                    _send(conn, self._reply_to(line))
+
+    def _reply_to(self, line: bytes) -> dict:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+                raise ValueError("expected an object with a 'command' string")
+        except ValueError as error:
+            return {"ok": False, "error": f"malformed request: {error}"}
+        try:
+            return self.handle(request)
+        except Exception as error:  # a bad command must never kill the run
+            log.exception("control command %r failed", request)
+            return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+
+
+def _send(conn: socket.socket, reply: dict) -> None:
+    try:
+        conn.sendall((json.dumps(reply, default=str) + "\n").encode())
+    except OSError:
+        pass  # the viewer went away; nothing to tell

@@ -1,0 +1,64 @@
+"""Fault injection for tests on a CPU: ``CONVDECK_FAULTS``.
+
+A comma-separated list read by the worker only:
+``oom:batch_size>N`` (every step whose per-replica batch exceeds N fails, as
+a memory limit would), ``oom:step=N`` (step N fails once), ``nan:step=N``
+(the loss of step N is NaN). TF-free parsing; the trainer raises
+TensorFlow's own ``ResourceExhaustedError`` where a fault says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from engine.config import ConfigError
+
+_RULE = re.compile(r"^(oom|nan):(batch_size>|step=)(\d+)$")
+
+
+@dataclass
+class Faults:
+    """The parsed rules; ``fired`` remembers one-shot faults already raised."""
+
+    oom_batch_above: int | None = None
+    oom_steps: set[int] = field(default_factory=set)
+    nan_steps: set[int] = field(default_factory=set)
+    fired: set[int] = field(default_factory=set)
+
+    def oom_at(self, step: int, per_replica_batch: int) -> bool:
+        """True if step ``step`` (1-based) should run out of memory."""
+        if self.oom_batch_above is not None and per_replica_batch > self.oom_batch_above:
+            return True
+        return step in self.oom_steps and step not in self.fired
+
+    def next_fault_step(self, after: int) -> int | None:
+        """The first one-shot fault step greater than ``after``, so calls can end before it."""
+        pending = [s for s in self.oom_steps | self.nan_steps if s > after and s not in self.fired]
+        return min(pending, default=None)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.oom_batch_above is not None or self.oom_steps or self.nan_steps)
+
+
+def parse_faults(text: str | None = None) -> Faults:
+    """Parse ``CONVDECK_FAULTS`` (or ``text``); ConfigError for a rule it does not know."""
+    if text is None:
+        text = os.environ.get("CONVDECK_FAULTS", "")
+    faults = Faults()
+    for rule in filter(None, (r.strip() for r in text.split(","))):
+        match = _RULE.match(rule)
+        if not match or (match[1] == "nan" and match[2] != "step="):
+            raise ConfigError(
+                f"CONVDECK_FAULTS: cannot read {rule!r}; expected oom:batch_size>N, oom:step=N or nan:step=N"
+            )
+        kind, test, number = match[1], match[2], int(match[3])
+        if test == "batch_size>":
+            faults.oom_batch_above = number
+        elif kind == "oom":
+            faults.oom_steps.add(number)
+        else:
+            faults.nan_steps.add(number)
+    return faults

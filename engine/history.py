@@ -1,0 +1,278 @@
+"""Downsampled metric series for charts, in memory that does not grow with a run.
+
+A run may log a million steps; a chart is a hundred columns wide. A
+:class:`BucketSeries` keeps a fixed number of buckets, each with the min,
+max, mean and count of the points it covers, and when it is full merges
+adjacent pairs, so each bucket covers twice as many steps. Memory and
+drawing cost are O(buckets) whatever the run length; adding a point is O(1)
+amortised. :class:`RunHistory` feeds the series from a run's events.
+
+No UI import: the Textual chart, the runs overlay and benchmarks share it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+AXES = ("step", "epoch", "time")
+"""The x axes every point carries: global step, fractional epoch, seconds since start."""
+
+METRICS = ("loss", "accuracy", "learning_rate", "images_per_sec")
+"""The per-step metrics a :class:`RunHistory` keeps."""
+
+MARKER_KINDS = ("oom", "remedy_applied", "paused", "resumed", "nan")
+
+
+class BucketSeries:
+    """A series of (x..., y) points kept as at most ``capacity`` buckets.
+
+    Every bucket but the last holds exactly ``bucket_size`` points. The x
+    values of a bucket are averaged per axis; y keeps min, max and sum.
+    Non-finite y values (a NaN loss) are counted in ``skipped`` and left out.
+
+    Args:
+        capacity: the most buckets kept; an even number of at least 2.
+        axes: how many x coordinates each point carries.
+    """
+
+    def __init__(self, capacity: int = 512, axes: int = 1) -> None:
+        if capacity < 2 or capacity % 2:
+            raise ValueError(f"capacity must be an even number >= 2, got {capacity!r}")
+        if axes < 1:
+            raise ValueError(f"axes must be >= 1, got {axes!r}")
+        self.capacity = capacity
+        self.axes = axes
+        self.bucket_size = 1
+        self.count = 0
+        self.skipped = 0
+        self.last: float | None = None
+        self._n: list[int] = []
+        self._x: list[list[float]] = [[] for _ in range(axes)]
+        self._min: list[float] = []
+        self._max: list[float] = []
+        self._sum: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._n)
+
+    def add(self, x: Sequence[float], y: float) -> None:
+        """Add one point: ``x`` has one value per axis."""
+        if not math.isfinite(y):
+            self.skipped += 1
+            return
+        self.count += 1
+        self.last = y
+        if self._n and self._n[-1] < self.bucket_size:
+            self._add_to_last(x, y)
+            return
+        if len(self._n) == self.capacity:
+            self._merge_pairs()
+            if self._n[-1] < self.bucket_size:
+                self._add_to_last(x, y)
+                return
+        self._n.append(1)
+        for axis in range(self.axes):
+            self._x[axis].append(float(x[axis]))
+        self._min.append(y)
+        self._max.append(y)
+        self._sum.append(y)
+
+    def _add_to_last(self, x: Sequence[float], y: float) -> None:
+        self._n[-1] += 1
+        for axis in range(self.axes):
+            self._x[axis][-1] += x[axis]
+        if y < self._min[-1]:
+            self._min[-1] = y
+        if y > self._max[-1]:
+            self._max[-1] = y
+        self._sum[-1] += y
+
+    def _merge_pairs(self) -> None:
+        """Halve the bucket count: bucket 2i absorbs bucket 2i+1."""
+        n, mins, maxs, sums = self._n, self._min, self._max, self._sum
+        self._n = [n[i] + n[i + 1] for i in range(0, len(n), 2)]
+        self._min = [min(mins[i], mins[i + 1]) for i in range(0, len(n), 2)]
+        self._max = [max(maxs[i], maxs[i + 1]) for i in range(0, len(n), 2)]
+        self._sum = [sums[i] + sums[i + 1] for i in range(0, len(n), 2)]
+        self._x = [[xs[i] + xs[i + 1] for i in range(0, len(n), 2)] for xs in self._x]
+        self.bucket_size *= 2
+
+    def counts(self) -> list[int]:
+        """Points per bucket."""
+        return list(self._n)
+
+    def x(self, axis: int = 0) -> list[float]:
+        """The mean x of each bucket on one axis."""
+        return [total / n for total, n in zip(self._x[axis], self._n, strict=True)]
+
+    def mean(self) -> list[float]:
+        """The mean y of each bucket."""
+        return [total / n for total, n in zip(self._sum, self._n, strict=True)]
+
+    def min(self) -> list[float]:
+        """The smallest y of each bucket."""
+        return list(self._min)
+
+    def max(self) -> list[float]:
+        """The largest y of each bucket."""
+        return list(self._max)
+
+
+def debiased_ema(
+    values: Sequence[float], smoothing: float, weights: Sequence[int] | None = None
+) -> list[float]:
+    """Exponential moving average with TensorBoard's start-up debiasing.
+
+    Args:
+        values: the points, e.g. bucket means.
+        smoothing: 0 (none) to below 1 (heavy); the weight kept per point.
+        weights: how many raw points each value stands for (bucket counts);
+            a bucket of n points decays the average as n points would.
+
+    Returns:
+        One smoothed value per input value.
+    """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+    if smoothing == 0:
+        return list(values)
+    average, kept, smoothed = 0.0, 1.0, []
+    for index, value in enumerate(values):
+        decay = smoothing ** (weights[index] if weights else 1)
+        average = decay * average + (1 - decay) * value
+        kept *= decay
+        smoothed.append(average / (1 - kept) if kept < 1 else value)
+    return smoothed
+
+
+class DebiasedEma:
+    """The running form of :func:`debiased_ema`, one point at a time."""
+
+    def __init__(self, smoothing: float) -> None:
+        self.smoothing = smoothing
+        self._average = 0.0
+        self._kept = 1.0
+
+    def update(self, value: float) -> float:
+        """Take one point and return the smoothed value so far."""
+        self._average = self.smoothing * self._average + (1 - self.smoothing) * value
+        self._kept *= self.smoothing
+        return self._average / (1 - self._kept) if self._kept < 1 else value
+
+
+@dataclass(frozen=True)
+class Marker:
+    """Something that happened at a point of the run: an OOM, a remedy, a pause."""
+
+    kind: str
+    x: tuple[float, float, float]
+    label: str
+
+
+class RunHistory:
+    """Everything a chart draws for one run, fed event by event.
+
+    Args:
+        capacity: buckets per series (see :class:`BucketSeries`).
+        max_markers: the most recent markers kept.
+    """
+
+    def __init__(self, capacity: int = 512, max_markers: int = 256) -> None:
+        self.series = {name: BucketSeries(capacity, axes=len(AXES)) for name in METRICS}
+        self.val_loss = BucketSeries(capacity, axes=len(AXES))
+        self.val_accuracy = BucketSeries(capacity, axes=len(AXES))
+        self.markers: deque[Marker] = deque(maxlen=max_markers)
+        self.start_time: float | None = None
+        self.steps_per_epoch: int | None = None
+        self.step = 0
+        self.epoch = 0
+        self._epoch_start_step = 0
+        self.bad_events = 0
+
+    def ingest(self, events: Iterable[dict]) -> None:
+        """Take a batch of events; malformed ones are counted in ``bad_events``."""
+        for event in events:
+            try:
+                self._ingest_one(event)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                self.bad_events += 1
+
+    def _ingest_one(self, event: dict) -> None:
+        kind = event.get("type")
+        if self.start_time is None and "time" in event:
+            self.start_time = float(event["time"])
+        if kind == "step":
+            self._ingest_steps(event)
+        elif kind == "run_started":
+            self.steps_per_epoch = _positive_int(event.get("steps_per_epoch"))
+        elif kind == "epoch_end":
+            self._ingest_epoch_end(event)
+        elif kind in MARKER_KINDS:
+            self.markers.append(Marker(kind, self.position(event), _marker_label(event)))
+
+    def _ingest_steps(self, event: dict) -> None:
+        # A worker may batch several steps to a line, as parallel lists.
+        if isinstance(event.get("loss"), list):
+            for single in _unbatch(event):
+                self._ingest_step(single)
+        else:
+            self._ingest_step(event)
+
+    def _ingest_step(self, event: dict) -> None:
+        epoch = int(event.get("epoch", self.epoch))
+        if epoch != self.epoch:
+            self.epoch, self._epoch_start_step = epoch, self.step
+        self.step = int(event.get("step", self.step + 1))
+        x = self.position(event)
+        for name, series in self.series.items():
+            value = event.get(name)
+            if value is not None:
+                series.add(x, float(value))
+
+    def _ingest_epoch_end(self, event: dict) -> None:
+        x = (float(self.step), float(event.get("epoch", self.epoch)) + 1.0, self._elapsed(event))
+        if event.get("val_loss") is not None:
+            self.val_loss.add(x, float(event["val_loss"]))
+        if event.get("val_accuracy") is not None:
+            self.val_accuracy.add(x, float(event["val_accuracy"]))
+
+    def position(self, event: dict) -> tuple[float, float, float]:
+        """Where an event sits on each x axis (step, epoch, seconds)."""
+        done = self.step - self._epoch_start_step
+        per_epoch = self.steps_per_epoch or 0
+        fraction = min(1.0, done / per_epoch) if per_epoch else 0.0
+        return (float(self.step), self.epoch + fraction, self._elapsed(event))
+
+    def _elapsed(self, event: dict) -> float:
+        if self.start_time is None or "time" not in event:
+            return 0.0
+        return max(0.0, float(event["time"]) - self.start_time)
+
+
+def _unbatch(event: dict) -> Iterable[dict]:
+    count = len(event["loss"])
+    last_step = event.get("step")
+    steps = last_step if isinstance(last_step, list) else None
+    for index in range(count):
+        single = {}
+        for key, value in event.items():
+            single[key] = value[index] if isinstance(value, list) and len(value) == count else value
+        if steps is None and isinstance(last_step, int):
+            single["step"] = last_step - count + 1 + index
+        yield single
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _marker_label(event: dict) -> str:
+    kind = event["type"]
+    if kind == "remedy_applied":
+        return str(event.get("name", "remedy"))
+    if kind == "oom":
+        return f"OOM (batch {event.get('batch_size', '?')})"
+    return kind

@@ -1,0 +1,438 @@
+"""The training loop: a GradientTape step in a tf.function, several steps a call.
+
+Small CNNs are bound by Python overhead per step, not by arithmetic, so one
+``tf.function`` call runs a loop of several steps and hands back every
+step's loss, accuracy and learning rate at once: one device sync per call,
+yet one event per step. The number of steps a call is picked from the
+measured step time so that pause and stop still answer within a fraction of
+a second. Between calls the loop checks the control flags, checkpoints, and
+handles out-of-memory and NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from engine import precision
+from engine.optimizers import current_learning_rate, make_optimizer
+from engine.config import RunConfig
+from engine.control import ControlState
+from engine.data import DataBundle, load_data
+from engine.events import EventWriter
+from engine.faults import Faults
+from engine.models import build_model
+
+MAX_STEPS_PER_CALL = 64
+# A call this long keeps pause/stop responsive and events flowing smoothly.
+TARGET_CALL_SECONDS = 0.25
+AUX_LOSS_WEIGHT = 0.3  # GoogLeNet's weight for its auxiliary classifiers
+
+
+class OutOfMemory(Exception):
+    """The train step ran out of device memory; no weight was changed by it."""
+
+    def __init__(self, step: int, batch_size: int, message: str) -> None:
+        super().__init__(message)
+        self.step, self.batch_size, self.message = step, batch_size, message
+
+
+class StopTraining(Exception):
+    """Training ends early, for the reason given (``stopped`` or ``nan``)."""
+
+
+@dataclass
+class CallResult:
+    """What one call of the multi-step train function produced."""
+
+    losses: np.ndarray
+    accuracies: np.ndarray
+    learning_rates: np.ndarray
+    seconds: float
+
+
+class Trainer:
+    """Trains one run's config, reporting through events and obeying control flags.
+
+    Args:
+        config: the validated run config.
+        run_dir: the run directory (checkpoints/, tensorboard/, model.keras).
+        events: where events go.
+        control: flags set by the control socket.
+        faults: injected faults (tests on a CPU).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: Path,
+        events: EventWriter,
+        control: ControlState | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.events = events
+        self.control = control or ControlState()
+        self.faults = faults or Faults()
+        self.step = 0
+        self.steps_per_call = config.train.steps_per_call or 1
+        self.last_metrics: dict = {}
+        self.best_val_accuracy: float | None = None
+        self.weights_tainted = False
+        self._saved_step: int | None = None
+
+    # ----- setup -------------------------------------------------------------
+
+    def setup(self, resume: bool = False) -> None:
+        """Build data, model, optimizer and checkpointing; restore when resuming."""
+        train = self.config.train
+        tf.keras.utils.set_random_seed(train.seed)
+        self.policy = precision.apply_policy(train.mixed_precision)
+        self.data: DataBundle = load_data(self.config.data, train.batch_size, seed=train.seed)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.total_steps = self.steps_per_epoch * train.epochs
+        self.model = build_model(self.config.model, self.data.input_shape, self.data.num_classes)
+        self.optimizer = make_optimizer(train, self.steps_per_epoch, self.total_steps)
+        self.optimizer.build(self.model.trainable_variables)
+        self._make_checkpointing()
+        self.restored_from = self._restore() if resume else None
+        self._compile_functions()
+        self.tensorboard = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+
+    def _steps_per_epoch(self) -> int:
+        steps = max(1, self.data.steps_per_epoch // self.config.train.accumulation_steps)
+        cap = self.config.train.steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    def _make_checkpointing(self) -> None:
+        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step_var
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            str(self.run_dir / "checkpoints"),
+            max_to_keep=self.config.train.keep_checkpoints,
+        )
+
+    def _restore(self) -> int | None:
+        path = self.manager.latest_checkpoint
+        if path is None:
+            return None
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        self.step = int(self.step_var.numpy())
+        self._saved_step = self.step
+        return self.step
+
+    # ----- the compiled step -------------------------------------------------
+
+    def _compile_functions(self) -> None:
+        train = self.config.train
+        self._replica_step_fn = tf.function(self._replica_step, jit_compile=train.jit_compile)
+        self._train_calls = tf.function(self._train_loop, reduce_retracing=True)
+        self._evaluate = tf.function(self._evaluate_dataset)
+
+    def _loss_and_accuracy(self, outputs, labels):
+        aux_outputs = []
+        if isinstance(outputs, (list, tuple)):
+            outputs, aux_outputs = outputs[0], list(outputs[1:])
+        loss = self._mean_crossentropy(outputs, labels)
+        for aux in aux_outputs:
+            loss += AUX_LOSS_WEIGHT * self._mean_crossentropy(aux, labels)
+        predicted = tf.argmax(outputs, axis=-1, output_type=tf.int32)
+        accuracy = tf.reduce_mean(tf.cast(predicted == tf.cast(labels, tf.int32), tf.float32))
+        return loss, accuracy
+
+    def _mean_crossentropy(self, logits, labels):
+        logits = tf.cast(logits, tf.float32)
+        smoothing = self.config.train.label_smoothing
+        if smoothing:
+            onehot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
+            per_example = tf.keras.losses.categorical_crossentropy(
+                onehot, logits, from_logits=True, label_smoothing=smoothing
+            )
+        else:
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.cast(labels, tf.int32), logits=logits
+            )
+        return tf.reduce_mean(per_example)
+
+    def _replica_step(self, images, labels, poison):
+        """Loss, accuracy and gradients of one micro-batch (changes no weight)."""
+        with tf.GradientTape() as tape:
+            outputs = self.model(images, training=True)
+            loss, accuracy = self._loss_and_accuracy(outputs, labels)
+            # nan:step=N fault: a NaN loss that also poisons the gradients, as a real one would.
+            # A multiplier, not tf.where: where's gradient flows through both branches.
+            loss = loss * tf.where(poison, float("nan"), 1.0)
+            scaled = precision.scale_loss(self.optimizer, loss)
+        grads = tape.gradient(scaled, self.model.trainable_variables)
+        return loss, accuracy, grads
+
+    def _one_update(self, iterator, poison):
+        """One optimizer update from ``accumulation_steps`` micro-batches."""
+        accumulate = self.config.train.accumulation_steps
+        total_loss, total_accuracy, summed = 0.0, 0.0, None
+        for _ in range(accumulate):  # unrolled: accumulation is fixed per config
+            images, labels = next(iterator)
+            loss, accuracy, grads = self._replica_step_fn(images, labels, poison)
+            total_loss += loss
+            total_accuracy += accuracy
+            summed = grads if summed is None else [a + b for a, b in zip(summed, grads)]
+        if accumulate > 1:
+            summed = [g / accumulate for g in summed]
+        self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))
+        self.step_var.assign_add(1)
+        return total_loss / accumulate, total_accuracy / accumulate
+
+    def _train_loop(self, iterator, steps, nan_step):
+        """Run ``steps`` updates; per-step loss, accuracy and learning rate come back together."""
+        losses = tf.TensorArray(tf.float32, size=steps)
+        accuracies = tf.TensorArray(tf.float32, size=steps)
+        rates = tf.TensorArray(tf.float32, size=steps)
+        for i in tf.range(steps):
+            poison = self.step_var + 1 == nan_step
+            loss, accuracy = self._one_update(iterator, poison)
+            losses = losses.write(i, tf.cast(loss, tf.float32))
+            accuracies = accuracies.write(i, accuracy)
+            rates = rates.write(i, current_learning_rate(self.optimizer))
+        return losses.stack(), accuracies.stack(), rates.stack()
+
+    def _evaluate_dataset(self, dataset):
+        total_loss, correct, count = 0.0, 0.0, 0.0
+        for images, labels in dataset:
+            outputs = self.model(images, training=False)
+            if isinstance(outputs, (list, tuple)):
+                outputs = outputs[0]
+            batch = tf.cast(tf.shape(labels)[0], tf.float32)
+            loss, accuracy = self._loss_and_accuracy(outputs, labels)
+            total_loss += loss * batch
+            correct += accuracy * batch
+            count += batch
+        return total_loss / tf.maximum(count, 1.0), correct / tf.maximum(count, 1.0)
+
+    # ----- the loop ----------------------------------------------------------
+
+    def run(self) -> str:
+        """Train to the end; returns ``completed`` or ``stopped``.
+
+        Raises:
+            OutOfMemory: a step ran out of memory; the weights are those before it.
+        """
+        self._emit_started()
+        started = time.monotonic()
+        first_epoch = self.step // self.steps_per_epoch
+        try:
+            for epoch in range(first_epoch, self.config.train.epochs):
+                self._train_epoch(epoch)
+                self._end_epoch(epoch)
+        except StopTraining as stop:
+            return self._finish(str(stop), started)
+        return self._finish("completed", started)
+
+    def _emit_started(self) -> None:
+        self.events.emit(
+            "run_started",
+            config=self.config.model_dump(mode="json"),
+            run_id=self.run_dir.name,
+            devices=[d.name for d in tf.config.list_logical_devices()],
+            strategy="one_device",
+            replicas=1,
+            precision=self.policy,
+            model_name=self.model.name,
+            parameters=int(self.model.count_params()),
+            data=self.data.description,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=self.config.train.epochs,
+            total_steps=self.total_steps,
+            resumed_from_step=self.restored_from,
+        )
+
+    def _train_epoch(self, epoch: int) -> None:
+        done_in_epoch = self.step - epoch * self.steps_per_epoch
+        skip = done_in_epoch * self.config.train.accumulation_steps
+        iterator = iter(self.data.train_for_epoch(epoch, skip_batches=skip))
+        epoch_end = (epoch + 1) * self.steps_per_epoch
+        while self.step < epoch_end:
+            self._obey_controls()
+            self._run_call(iterator, self._steps_for_next_call(epoch_end), epoch)
+
+    def _steps_for_next_call(self, epoch_end: int) -> int:
+        every = self.config.train.checkpoint_every
+        next_checkpoint = (self.step // every + 1) * every
+        limit = min(self.steps_per_call, epoch_end - self.step, next_checkpoint - self.step)
+        fault = self.faults.next_fault_step(self.step)
+        if fault is not None and fault > self.step + 1:
+            # End the call just before an injected fault, so it starts a call of its own.
+            limit = min(limit, fault - 1 - self.step)
+        return max(1, limit)
+
+    def _run_call(self, iterator, steps: int, epoch: int) -> None:
+        self._raise_injected_oom()
+        nan_step = min(self.faults.nan_steps - self.faults.fired, default=-1)
+        started = time.perf_counter()
+        try:
+            losses, accuracies, rates = self._train_calls(
+                iterator, tf.constant(steps), tf.constant(nan_step, tf.int64)
+            )
+            result = CallResult(losses.numpy(), accuracies.numpy(), rates.numpy(), 0.0)
+        except tf.errors.ResourceExhaustedError as error:
+            self._after_oom(str(error))
+        result.seconds = time.perf_counter() - started
+        self._tune_steps_per_call(result.seconds / steps)
+        self._report_call(result, epoch)
+
+    def _raise_injected_oom(self) -> None:
+        step = self.step + 1
+        batch = self.config.train.batch_size
+        if self.faults.oom_at(step, batch):
+            self.faults.fired.add(step)
+            self._after_oom(
+                f"OOM when allocating tensor with shape[{batch},...] and type float "
+                f"(injected by CONVDECK_FAULTS)"
+            )
+
+    def _after_oom(self, message: str):
+        # A step that failed mid-call may have applied the updates before it;
+        # the step variable counts exactly those, so the counter stays true.
+        self.step = int(self.step_var.numpy())
+        first_line = message.strip().splitlines()[0] if message.strip() else "out of memory"
+        raise OutOfMemory(self.step + 1, self.config.train.batch_size, first_line)
+
+    def _tune_steps_per_call(self, seconds_per_step: float) -> None:
+        if self.config.train.steps_per_call:
+            return  # fixed by the user
+        if getattr(self, "_warm", False):
+            wanted = int(TARGET_CALL_SECONDS / max(seconds_per_step, 1e-6))
+            self.steps_per_call = max(1, min(MAX_STEPS_PER_CALL, wanted))
+        else:
+            self._warm = True  # the first call includes tracing; don't learn from it
+            self.steps_per_call = 4
+
+    def _report_call(self, result: CallResult, epoch: int) -> None:
+        steps = len(result.losses)
+        per_step = result.seconds / steps
+        images = self.config.train.batch_size * self.config.train.accumulation_steps
+        for i in range(steps):
+            self.step += 1
+            loss = float(result.losses[i])
+            if not math.isfinite(loss):
+                self._on_nan(self.step)
+            self.events.emit(
+                "step",
+                step=self.step,
+                epoch=epoch + 1,
+                loss=round(loss, 6),
+                accuracy=round(float(result.accuracies[i]), 5),
+                learning_rate=float(result.learning_rates[i]),
+                images_per_sec=round(images / per_step, 1),
+                step_time=round(per_step, 5),
+            )
+        self.last_metrics.update(loss=float(result.losses[-1]), accuracy=float(result.accuracies[-1]))
+        self._update_status("running", epoch)
+        self._write_summaries(result)
+        if self.step % self.config.train.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _on_nan(self, step: int) -> None:
+        self.faults.fired.add(step)
+        self.weights_tainted = True
+        self.events.emit("nan", step=step)
+        # Never let NaN weights reach a checkpoint: go back to the last good one.
+        restored = self._restore()
+        self.weights_tainted = False
+        self.events.emit(
+            "log",
+            level="warning",
+            message=f"loss was NaN at step {step}; restored the checkpoint of step {restored or 0}",
+        )
+        if self.config.train.on_nan == "stop":
+            raise StopTraining("nan")
+        self.control.request("pause")
+
+    def _write_summaries(self, result: CallResult) -> None:
+        with self.tensorboard.as_default(step=self.step):
+            tf.summary.scalar("train/loss", float(np.mean(result.losses)))
+            tf.summary.scalar("train/accuracy", float(np.mean(result.accuracies)))
+            tf.summary.scalar("train/learning_rate", float(result.learning_rates[-1]))
+
+    def _end_epoch(self, epoch: int) -> None:
+        metrics = dict(self.last_metrics)
+        if self.data.val is not None:
+            val_loss, val_accuracy = (float(v) for v in self._evaluate(self.data.val))
+            metrics.update(val_loss=val_loss, val_accuracy=val_accuracy)
+            best = self.best_val_accuracy
+            self.best_val_accuracy = val_accuracy if best is None else max(best, val_accuracy)
+            with self.tensorboard.as_default(step=self.step):
+                tf.summary.scalar("val/loss", val_loss)
+                tf.summary.scalar("val/accuracy", val_accuracy)
+        self.last_metrics = metrics
+        self.events.emit("epoch_end", epoch=epoch + 1, step=self.step, **_rounded(metrics))
+        self.save_checkpoint()
+
+    # ----- controls ----------------------------------------------------------
+
+    def _obey_controls(self) -> None:
+        if self.control.take_checkpoint_request():
+            self.save_checkpoint()
+        if self.control.paused and not self.control.stop_requested:
+            self._pause()
+        if self.control.stop_requested:
+            self.save_checkpoint()
+            raise StopTraining("stopped")
+
+    def _pause(self) -> None:
+        epoch = self.step // self.steps_per_epoch
+        self.events.emit("paused", step=self.step)
+        self._update_status("paused", epoch)
+        while self.control.paused and not self.control.stop_requested:
+            self.control.wait_while_paused()
+            if self.control.take_checkpoint_request():
+                self.save_checkpoint()
+        self.events.emit("resumed", step=self.step)
+        self._update_status("running", epoch)
+
+    def _update_status(self, state: str, epoch: int) -> None:
+        self.control.status = {
+            "state": state,
+            "step": self.step,
+            "epoch": epoch + 1,
+            "epochs": self.config.train.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            **_rounded(self.last_metrics),
+        }
+
+    def save_checkpoint(self) -> str | None:
+        """Save model, optimizer and step; never over good weights with NaN ones."""
+        if self.weights_tainted:
+            return None
+        if self._saved_step == self.step:
+            return self.manager.latest_checkpoint  # this step is saved already
+        path = self.manager.save(checkpoint_number=self.step)
+        self._saved_step = self.step
+        self.events.emit("checkpoint", step=self.step, path=path)
+        return path
+
+    def _finish(self, reason: str, started: float) -> str:
+        self.save_checkpoint()
+        self.tensorboard.flush()
+        self.model.save(self.run_dir / "model.keras")
+        self.events.emit(
+            "finished",
+            reason=reason,
+            steps=self.step,
+            elapsed=round(time.monotonic() - started, 2),
+            best_val_accuracy=self.best_val_accuracy,
+            **_rounded(self.last_metrics),
+        )
+        return reason
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}

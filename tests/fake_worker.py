@@ -1,0 +1,205 @@
+"""A TF-free stand-in for ``engine.worker``, for the client and CLI tests.
+
+Run as ``python -m fake_worker RUN_DIR [--resume] [--remedy NAME]`` (tests
+put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker).
+It keeps the worker's contract (worker.pid, heartbeat, events, control.sock,
+exit codes) in under a second, so the CLI's following, Ctrl-C and exit
+codes are tested without TensorFlow. FAKE_WORKER_MODE picks the story:
+
+- ``complete``: 2 epochs of 3 steps, then ``finished`` (exit 0)
+- ``fail``: ``failed`` with a traceback path (exit 1)
+- ``user_error``: ``failed`` with ``user_error: true`` (exit 2)
+- ``crash``: a step, then SIGKILL to itself (no final event)
+- ``serve``: steps every 50 ms while serving control.sock until ``stop``
+  or SIGTERM, then ``checkpoint`` and ``finished`` reason ``stopped``
+  (after FAKE_STOP_SECONDS, to play a slow checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+class FakeWorker:
+    def __init__(self, run_dir: Path, resume: bool) -> None:
+        self.run_dir = run_dir
+        self.resume = resume
+        self.step = self._last_step() if resume else 0
+        self.stop = threading.Event()
+        self.paused = False
+        self.events = open(run_dir / "events.jsonl", "a")  # noqa: SIM115
+
+    def emit(self, type: str, **fields) -> None:
+        self.events.write(json.dumps({"type": type, "time": time.time(), **fields}) + "\n")
+        self.events.flush()
+
+    def _last_step(self) -> int:
+        steps = [0]
+        for line in (self.run_dir / "events.jsonl").read_text().splitlines():
+            try:
+                steps.append(json.loads(line).get("step", 0))
+            except ValueError:
+                pass
+        return max(steps)
+
+    def start(self) -> None:
+        created = psutil.Process().create_time()
+        (self.run_dir / "worker.pid").write_text(f"{os.getpid()} {created}")
+        (self.run_dir / "heartbeat").touch()
+        self.emit(
+            "run_started",
+            run_id=self.run_dir.name,
+            pid=os.getpid(),
+            devices=["CPU:0"],
+            config={"name": "fake"},
+            steps_per_epoch=3,
+            epochs=2,
+            resumed_from_step=self.step if self.resume else None,
+        )
+
+    def train_step(self, epoch: int) -> None:
+        self.step += 1
+        self.emit(
+            "step",
+            step=self.step,
+            epoch=epoch,
+            loss=1.0 / self.step,
+            accuracy=0.5,
+            learning_rate=1e-3,
+            images_per_sec=1000.0,
+            step_time=0.01,
+        )
+
+
+def complete(worker: FakeWorker) -> int:
+    for epoch in (1, 2):
+        for _ in range(3):
+            worker.train_step(epoch)
+        worker.emit(
+            "epoch_end",
+            epoch=epoch,
+            step=worker.step,
+            loss=0.2,
+            accuracy=0.9,
+            val_loss=0.25,
+            val_accuracy=0.875 + epoch / 100,
+        )
+    worker.emit(
+        "finished",
+        reason="completed",
+        loss=0.2,
+        accuracy=0.9,
+        val_loss=0.25,
+        val_accuracy=0.895,
+        best_val_accuracy=0.895,
+        steps=worker.step,
+        elapsed=1.5,
+    )
+    return 0
+
+
+def fail(worker: FakeWorker) -> int:
+    path = worker.run_dir / "traceback.txt"
+    path.write_text("Traceback: boom\n")
+    worker.emit("failed", error="RuntimeError: boom", traceback_path=str(path))
+    return 1
+
+
+def user_error(worker: FakeWorker) -> int:
+    worker.emit(
+        "failed",
+        error="model.arch: image size 8x8 is below lenet5's minimum 28x28",
+        user_error=True,
+    )
+    return 2
+
+
+def crash(worker: FakeWorker) -> int:
+    worker.train_step(1)
+    print("about to die", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return 0
+
+
+def serve(worker: FakeWorker) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    server = _serve_socket(worker)
+    while not worker.stop.is_set():
+        if not worker.paused:
+            worker.train_step(1 + worker.step // 3)
+        time.sleep(0.05)
+        (worker.run_dir / "heartbeat").touch()
+    time.sleep(float(os.environ.get("FAKE_STOP_SECONDS", "0")))
+    worker.emit("checkpoint", step=worker.step, path=str(worker.run_dir / "checkpoints"))
+    worker.emit(
+        "finished", reason="stopped", loss=0.3, accuracy=0.8, steps=worker.step, elapsed=1.0
+    )
+    server.close()
+    return 0
+
+
+def _serve_socket(worker: FakeWorker) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    os.chdir(worker.run_dir)  # a relative bind dodges the 108-byte path limit
+    server.bind("control.sock")
+    server.listen(4)
+    threading.Thread(target=_accept, args=(server, worker), daemon=True).start()
+    return server
+
+
+def _accept(server: socket.socket, worker: FakeWorker) -> None:
+    while True:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            for line in conn.makefile("rb"):
+                conn.sendall((json.dumps(_reply(worker, json.loads(line))) + "\n").encode())
+
+
+def _reply(worker: FakeWorker, request: dict) -> dict:
+    command = request.get("command")
+    if command == "stop":
+        worker.stop.set()
+    elif command in ("pause", "resume"):
+        worker.paused = command == "pause"
+    elif command == "status":
+        return {
+            "ok": True,
+            "state": "paused" if worker.paused else "running",
+            "step": worker.step,
+            "epoch": 1 + worker.step // 3,
+        }
+    elif command != "remedy":
+        return {"ok": False, "error": f"unknown command {command!r}"}
+    return {"ok": True, "command": command, **request}
+
+
+MODES = {
+    "complete": complete,
+    "fail": fail,
+    "user_error": user_error,
+    "crash": crash,
+    "serve": serve,
+}
+
+
+def main() -> int:
+    run_dir = Path(sys.argv[1]).resolve()
+    worker = FakeWorker(run_dir, resume="--resume" in sys.argv)
+    worker.start()
+    return MODES[os.environ.get("FAKE_WORKER_MODE", "complete")](worker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

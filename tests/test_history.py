@@ -1,0 +1,137 @@
+"""engine.history: bounded buckets with exact min/max/mean, EMA, RunHistory."""
+
+import math
+import random
+import sys
+
+import pytest
+
+from engine.history import BucketSeries, DebiasedEma, RunHistory, debiased_ema
+
+
+def test_few_points_are_kept_exactly():
+    series = BucketSeries(capacity=8)
+    for step in range(5):
+        series.add((step,), step * 2.0)
+    assert series.mean() == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert series.x() == [0, 1, 2, 3, 4]
+    assert series.bucket_size == 1
+
+
+def test_memory_is_bounded_whatever_the_run_length():
+    series = BucketSeries(capacity=64, axes=3)
+    for step in range(200_000):
+        series.add((step, step / 1000, step * 0.01), math.sin(step))
+    assert len(series) <= 64
+    assert series.count == 200_000
+    assert sum(series.counts()) == 200_000
+    sizes = sum(
+        sys.getsizeof(column) for column in (series._n, series._min, series._max, series._sum)
+    )
+    assert sizes < 64 * 8 * 4 + 4096
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 1000, 4097])
+def test_min_max_mean_match_the_raw_points(count):
+    rng = random.Random(count)
+    values = [rng.uniform(-5, 5) for _ in range(count)]
+    series = BucketSeries(capacity=16)
+    for step, value in enumerate(values):
+        series.add((step,), value)
+    size = series.bucket_size
+    for index, (n, low, high, mean, x) in enumerate(
+        zip(series.counts(), series.min(), series.max(), series.mean(), series.x(), strict=True)
+    ):
+        chunk = values[index * size : index * size + n]
+        assert n == len(chunk)
+        assert low == min(chunk) and high == max(chunk)
+        assert mean == pytest.approx(sum(chunk) / n)
+        assert x == pytest.approx(index * size + (n - 1) / 2)
+    assert all(n == size for n in series.counts()[:-1])
+
+
+def test_nan_is_skipped_and_counted():
+    series = BucketSeries(capacity=4)
+    series.add((0,), 1.0)
+    series.add((1,), float("nan"))
+    assert series.count == 1 and series.skipped == 1
+
+
+def test_capacity_must_be_even():
+    with pytest.raises(ValueError, match="even"):
+        BucketSeries(capacity=7)
+
+
+def test_debiased_ema_starts_at_the_first_value_and_matches_running_form():
+    values = [4.0, 2.0, 3.0, 1.0, 1.5]
+    smoothed = debiased_ema(values, 0.9)
+    assert smoothed[0] == pytest.approx(4.0)
+    running = DebiasedEma(0.9)
+    assert [running.update(v) for v in values] == pytest.approx(smoothed)
+    assert debiased_ema(values, 0.0) == values
+
+
+def test_weighted_ema_of_buckets_approximates_the_raw_ema():
+    rng = random.Random(1)
+    values = [1 + 0.1 * rng.random() for _ in range(4096)]
+    raw = debiased_ema(values, 0.99)
+    series = BucketSeries(capacity=64)
+    for step, value in enumerate(values):
+        series.add((step,), value)
+    buckets = debiased_ema(series.mean(), 0.99, series.counts())
+    assert buckets[-1] == pytest.approx(raw[-1], rel=0.02)
+
+
+def test_run_history_folds_events_and_markers():
+    history = RunHistory(capacity=32)
+    history.ingest(
+        [
+            {"type": "run_started", "time": 100.0, "steps_per_epoch": 10},
+            *(
+                {
+                    "type": "step",
+                    "time": 100.0 + s,
+                    "step": s,
+                    "epoch": (s - 1) // 10,
+                    "loss": 1.0 / s,
+                    "accuracy": 0.5,
+                    "learning_rate": 1e-3,
+                    "images_per_sec": 900.0,
+                }
+                for s in range(1, 31)
+            ),
+            {"type": "epoch_end", "time": 110.0, "epoch": 0, "val_loss": 0.3, "val_accuracy": 0.8},
+            {"type": "oom", "time": 131.0, "step": 31, "batch_size": 256},
+            {"type": "remedy_applied", "time": 132.0, "name": "halve-batch", "changes": {}},
+            {"type": "paused", "time": 133.0},
+        ]
+    )
+    assert history.series["loss"].count == 30
+    assert history.series["loss"].x(2)[-1] == pytest.approx(30.0)  # seconds since start
+    assert history.series["loss"].x(1)[-1] == pytest.approx(3.0)  # end of epoch 2 (0-based)
+    assert history.val_loss.mean() == [0.3]
+    assert [m.kind for m in history.markers] == ["oom", "remedy_applied", "paused"]
+
+
+def test_batched_step_lines_and_garbage_events():
+    history = RunHistory()
+    history.ingest(
+        [
+            {"type": "step", "time": 1.0, "step": 5, "epoch": 0, "loss": [0.5, 0.4, 0.3]},
+            {"type": "step", "loss": "not a number"},
+            {"type": "epoch_end", "epoch": "x"},
+        ]
+    )
+    assert history.series["loss"].count == 3
+    assert history.series["loss"].x(0) == [3.0, 4.0, 5.0]
+    assert history.bad_events == 2
+
+
+def test_a_million_steps_ingest_in_bounded_memory():
+    history = RunHistory(capacity=512)
+    batch = [
+        {"type": "step", "step": s, "epoch": 0, "loss": 1.0, "time": s} for s in range(100_000)
+    ]
+    for _ in range(3):
+        history.ingest(batch)
+    assert len(history.series["loss"]) <= 512

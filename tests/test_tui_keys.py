@@ -1,0 +1,503 @@
+"""Pilot tests for every key path, against a fake engine (no worker, no TensorFlow)."""
+
+import time
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, OptionList
+
+from engine.gpu import RecordedSource
+from tui.app import ConvdeckApp
+from tui.fake_engine import (
+    FakeEngine,
+    FakeRun,
+    make_preset,
+    oom_event,
+    run_started,
+    training_events,
+)
+from tui.screens.confirm_quit import ConfirmQuitScreen
+from tui.screens.confirm_stop import ConfirmStopScreen
+from tui.screens.help import HelpScreen
+from tui.widgets.config_pane import ConfigPane
+from tui.widgets.log_pane import LogPane
+from tui.widgets.loss_chart import LossChart
+from tui.widgets.remedy_bar import RemedyBar
+
+NO_GPU = Path(__file__).parent / "fixtures" / "nvml" / "no_gpu.json"
+
+
+def make_app(engine=None, **kwargs) -> ConvdeckApp:
+    kwargs.setdefault("gpu_source", RecordedSource.from_file(NO_GPU))
+    kwargs.setdefault("gpu_interval", 3600)
+    kwargs.setdefault("chart_data_interval", 0.0)
+    return ConvdeckApp(engine=engine or FakeEngine(), **kwargs)
+
+
+async def until(pilot, condition, timeout=10.0):
+    """Let the app run until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.01)
+
+
+async def started(pilot, app, engine, steps=20):
+    """Launch, press Enter, feed ``steps`` steps; returns the fake run."""
+    await until(pilot, lambda: app.presets_loaded)
+    await pilot.press("enter")
+    await until(pilot, lambda: engine.started and app.state and app.state.status == "running")
+    run = engine.started[0]
+    if steps:
+        run.feed(*training_events(steps))
+        await until(pilot, lambda: app.state.step == steps)
+    return run
+
+
+async def test_enter_starts_the_default_preset_at_once():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        assert app.query_one("#presets").highlighted.name == "lenet5-digits"
+        assert isinstance(app.focused, OptionList)
+        run = await started(pilot, app, engine)
+        assert run.config().name == "lenet5-digits"
+        assert app.screen.has_class("-watching")
+        assert isinstance(app.focused, LossChart)
+        assert "running" in str(app.query_one("#header").render())
+        assert app.query_one(ConfigPane).disabled
+
+
+async def test_space_pauses_and_resumes():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        await pilot.press("space")
+        await until(pilot, lambda: app.state.status == "paused")
+        await pilot.press("space")
+        await until(pilot, lambda: app.state.status == "running")
+        assert [c for c, _ in run.commands] == ["pause", "resume"]
+        assert {m.kind for m in app.state.history.markers} == {"paused", "resumed"}
+
+
+async def test_x_asks_before_stopping():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        await pilot.press("x")
+        assert isinstance(app.screen, ConfirmStopScreen)
+        await pilot.press("n")
+        assert run.commands == []
+        await pilot.press("x", "y")
+        await until(pilot, lambda: app.state.status == "stopped")
+        assert run.commands == [("stop", {})]
+        assert not app.screen.has_class("-watching")  # the preset list is back
+
+
+@pytest.mark.parametrize(
+    "key,name",
+    [("h", "halve-batch"), ("a", "halve-accumulate"), ("m", "mixed-precision"), ("r", "resnet18")],
+)
+async def test_each_remedy_key_after_an_oom(key, name):
+    engine = FakeEngine(presets=[make_preset("lenet5-digits", train={"batch_size": 256})])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.feed(oom_event(21))
+        await until(pilot, lambda: app.state.status == "waiting")
+        bar = app.query_one(RemedyBar)
+        assert bar.has_class("-open")
+        assert "batch 256 -> 128" in str(bar.render())
+        await pilot.press(key)
+        await until(pilot, lambda: app.state.status == "running")
+        assert run.commands == [("remedy", {"name": name})]
+        assert not bar.has_class("-open")
+        if name == "halve-batch":
+            assert app.query_one("#field-train-batch-size", Input).value == "128"
+
+
+async def test_an_automatic_remedy_closes_the_bar_without_a_key():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.feed(
+            oom_event(21),
+            {
+                "type": "remedy_applied",
+                "name": "halve-batch",
+                "changes": {"train.batch_size": [256, 128]},
+            },
+        )
+        await until(pilot, lambda: "remedy halve-batch" in _log(app))
+        assert not app.query_one(RemedyBar).has_class("-open")
+        assert run.commands == []
+
+
+async def test_d_detaches_and_the_run_goes_on():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        await pilot.press("d")
+        assert app.state is None and app.run_link is None
+        assert run.status == "running" and run.commands == []
+        assert not app.screen.has_class("-watching")
+        assert isinstance(app.focused, OptionList)
+        run.feed(*training_events(5, start_step=21))  # a detached run is not watched
+        await pilot.pause(0.05)
+        assert app.state is None
+
+
+async def test_quit_with_a_live_run_can_leave_it_running():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmQuitScreen)
+        await pilot.press("l")
+        await until(pilot, lambda: not app.is_running)
+    assert run.commands == []
+    assert app.return_value == 0
+
+
+async def test_quit_with_a_live_run_can_stop_it():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        await pilot.press("q", "s")
+        await until(pilot, lambda: not app.is_running)
+    assert run.commands == [("stop", {})]
+
+
+async def test_quit_with_a_live_run_can_be_cancelled():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot, app, engine)
+        await pilot.press("q", "escape")
+        assert app.is_running and app.state.live
+
+
+async def test_quit_when_idle_exits_at_once():
+    app = make_app()
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running)
+
+
+def _existing_run(run_id="run-7", steps=300):
+    config = make_preset("resnet18-cifar10").config
+    return FakeRun(run_id, config, history=[run_started(run_id, config), *training_events(steps)])
+
+
+async def test_attach_replays_the_history_then_follows():
+    run = _existing_run()
+    app = make_app(FakeEngine(runs=[run]), attach="run-7")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.state is not None and app.state.step == 300)
+        assert app.state.preset == "resnet18-cifar10"
+        assert app.state.history.series["loss"].count == 300
+        run.feed(*training_events(10, start_step=301))
+        await until(pilot, lambda: app.state.step == 310)
+
+
+async def test_attach_without_a_ref_takes_the_newest_live_run():
+    old, new = _existing_run("run-1", 5), _existing_run("run-2", 5)
+    old.status = "finished"
+    app = make_app(FakeEngine(runs=[old, new]), attach="")
+    async with app.run_test() as pilot:
+        await until(pilot, lambda: app.state is not None)
+        assert app.state.run_id == "run-2"
+
+
+async def test_attach_to_nothing_says_so_and_stays_usable():
+    app = make_app(FakeEngine(), attach="nope")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: "attach: no run matches 'nope'" in _log(app))
+        assert app.state is None
+        await until(pilot, lambda: app.presets_loaded)
+
+
+async def test_invalid_value_is_shown_inline_and_start_is_refused():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.query_one(ConfigPane)
+        await until(pilot, lambda: pane.config is not None)
+        field = app.query_one("#field-train-batch-size", Input)
+        field.focus()
+        await pilot.pause()
+        field.value = ""
+        await pilot.press("minus", "4")
+        await until(pilot, lambda: pane.error is not None)
+        assert field.value == "-4"
+        assert pane.error.startswith("train.batch_size:") and "-4" in pane.error
+        assert field.has_class("-invalid") and pane.has_class("-invalid")
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert engine.started == []
+        assert "not started: train.batch_size" in _log(app)
+        field.value = "32"
+        await until(pilot, lambda: pane.error is None)
+        await pilot.press("enter")
+        await until(pilot, lambda: engine.started)
+        assert engine.started[0].config().train.batch_size == 32
+
+
+async def test_a_broken_preset_is_listed_with_its_error():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        options = app.query_one("#preset-options", OptionList)
+        prompts = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert any("broken-example" in p and "broken" in p for p in prompts)
+        await pilot.press("up")  # lenet5-digits -> broken-example
+        assert app.query_one("#presets").highlighted.name == "broken-example"
+        assert "batch_size" in app.query_one(ConfigPane).error
+        await pilot.press("enter")
+        await pilot.pause(0.05)
+        assert engine.started == []
+        await pilot.press("down", "enter")  # the rest stay usable
+        await until(pilot, lambda: engine.started)
+
+
+async def test_slash_filters_the_presets():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("slash", "r", "e", "s")
+        options = app.query_one("#preset-options", OptionList)
+        assert options.option_count == 1
+        await pilot.press("enter")
+        await until(pilot, lambda: engine.started)
+        assert engine.started[0].config().name == "resnet18-cifar10"
+
+
+async def test_a_failed_run_shows_status_and_reason():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.feed(
+            {
+                "type": "failed",
+                "error": "CUDA error: an illegal memory access",
+                "traceback_path": "/runs/x/traceback.txt",
+            }
+        )
+        await until(pilot, lambda: app.state.status == "failed")
+        header = str(app.query_one("#header").render())
+        assert "failed" in header and "illegal memory access" in header
+        assert "traceback.txt" in _log(app)
+
+
+async def test_a_worker_that_dies_silently_shows_as_crashed():
+    engine = FakeEngine()
+    app = make_app(engine, liveness_interval=0.02)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.status = "crashed"
+        await until(pilot, lambda: app.state.status == "crashed")
+        assert "crashed" in str(app.query_one("#header").render())
+        assert "CRASHED" in _log(app)
+        assert not app.state.live
+
+
+async def test_bad_events_never_crash_the_app():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.feed(
+            {"type": "step", "loss": "abc", "step": None},
+            {"type": "oom", "remedies": None},
+            {"type": "remedy_applied", "changes": "nonsense"},
+            {"type": "epoch_end", "epoch": "x"},
+            {"type": "mystery"},
+            {"type": "log", "message": "still fine", "level": "info"},
+        )
+        await until(pilot, lambda: "still fine" in _log(app))
+        app.query_one(LossChart).redraw()
+        assert app.is_running
+
+
+async def test_a_broken_event_stream_is_reported():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        original = engine.start_run
+
+        async def start_broken(config):
+            run = await original(config)
+            run.events_error = OSError("events.jsonl vanished")
+            return run
+
+        engine.start_run = start_broken
+        await pilot.press("enter")
+        await until(pilot, lambda: "reading events failed" in _log(app))
+        assert app.is_running
+
+
+async def test_a_refused_command_is_reported():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.command_error = "the worker is not answering"
+        await pilot.press("space")
+        await until(pilot, lambda: "pause refused: the worker is not answering" in _log(app))
+
+
+async def test_a_start_that_fails_is_reported():
+    engine = FakeEngine()
+    engine.start_error = "cannot create the run directory"
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("enter")
+        await until(pilot, lambda: "could not start" in _log(app))
+        assert app.state is None
+
+
+async def test_chart_keys_change_the_chart():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await started(pilot, app, engine, steps=150)
+        chart = app.query_one(LossChart)
+        await pilot.press("s", "l", "t", "v")
+        assert (chart.smoothing, chart.log_scale, chart.x_axis, chart.view) == (
+            0.97,
+            True,
+            "epoch",
+            "accuracy",
+        )
+        await until(pilot, lambda: "accuracy" in chart.render().plain)
+        await pilot.press("v", "v", "t", "t")
+        await until(
+            pilot, lambda: "images/s" in chart.render().plain and "x: step" in chart.render().plain
+        )
+
+
+async def test_ctrl_s_saves_a_user_preset():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: engine.saved)
+        name, config = engine.saved[0]
+        assert name == "lenet5-digits-mine" and config.name == name
+
+
+async def test_help_opens_with_question_mark_and_f1():
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+
+
+async def test_runs_screen_opens_a_run_and_overlays_two():
+    from tui.screens.compare import CompareScreen
+    from tui.screens.runs import RunsScreen
+
+    runs = [_existing_run("run-1", 120), _existing_run("run-2", 80)]
+    app = make_app(FakeEngine(runs=runs))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("o")
+        assert isinstance(app.screen, RunsScreen)
+        await until(pilot, lambda: len(app.screen.runs) == 2)
+        await pilot.press("space", "down", "space", "c")
+        assert isinstance(app.screen, CompareScreen)
+        chart = app.screen.query_one(LossChart)
+        await until(pilot, lambda: len(chart.overlays) == 2)
+        await until(pilot, lambda: "run-1" in chart.render().plain)
+        await pilot.press("escape")
+        await pilot.press("enter")
+        await until(pilot, lambda: app.state is not None)
+        assert app.state.run_id in ("run-1", "run-2")
+
+
+async def test_tab_moves_between_panes():
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        first = app.focused
+        await pilot.press("tab")
+        assert app.focused is not first
+
+
+async def test_too_small_says_the_size_needed():
+    app = make_app()
+    async with app.run_test(size=(70, 20)) as pilot:
+        await pilot.pause(0.05)
+        assert app.screen.has_class("-too-small")
+        assert "needs at least 80×24" in str(app.query_one("#too-small").render())
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.05)
+        assert not app.screen.has_class("-too-small")
+
+
+async def test_command_palette_offers_the_actions_that_apply():
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Start run" in titles and "Stop run" not in titles
+
+
+async def test_every_binding_has_a_description_tooltip_and_id():
+    from textual.binding import Binding
+
+    from tui.screens.compare import CompareScreen
+    from tui.screens.runs import RunsScreen
+    from tui.widgets.preset_list import PresetFilter, PresetOptions
+
+    for owner in (
+        ConvdeckApp,
+        HelpScreen,
+        ConfirmStopScreen,
+        ConfirmQuitScreen,
+        RunsScreen,
+        CompareScreen,
+        PresetFilter,
+        PresetOptions,
+    ):
+        for binding in owner.BINDINGS:
+            assert isinstance(binding, Binding)
+            assert binding.description and binding.tooltip and binding.id, (owner, binding)
+
+
+async def test_chart_redraws_at_a_bounded_rate():
+    engine = FakeEngine()
+    app = make_app(engine, chart_data_interval=0.5)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine, steps=0)
+        chart = app.query_one(LossChart)
+        before = chart.redraws
+        for batch in range(40):  # 40 batches in about 0.4 s
+            run.feed(*training_events(25, start_step=batch * 25 + 1))
+            await pilot.pause(0.01)
+        assert app.state.step == 1000
+        assert chart.redraws - before <= 3
+
+
+def _log(app) -> str:
+    return "\n".join(app.query_one(LogPane).history)

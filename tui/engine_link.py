@@ -1,0 +1,89 @@
+"""What the app needs from the engine, and the real engine behind it.
+
+The app talks to runs only through this interface, so tests hand it a fake
+(:mod:`tui.fake_engine`) and the real one imports ``engine.presets`` and
+``engine.client`` lazily, off the UI thread, on first use. Neither imports
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine.config import RunConfig
+
+
+class RunLink(Protocol):
+    """One run, live or finished (``engine.client.RunHandle``)."""
+
+    run_id: str
+    run_dir: Path
+
+    def config(self) -> RunConfig: ...
+
+    def summary(self) -> Any: ...
+
+    def events(
+        self, from_start: bool = True, poll_interval: float = 0.2
+    ) -> AsyncIterator[list[dict]]: ...
+
+    async def command(self, command: str, timeout: float = 5.0, **args: Any) -> dict: ...
+
+
+class Engine(Protocol):
+    """Presets and runs, as the app uses them."""
+
+    def list_presets(self) -> list[Any]: ...
+
+    def save_user_preset(self, name: str, config: RunConfig) -> Path: ...
+
+    async def start_run(self, config: RunConfig) -> RunLink: ...
+
+    def find_run(self, ref: str | None) -> RunLink: ...
+
+    def list_runs(self) -> list[Any]: ...
+
+    def read_events(self, run: RunLink) -> Iterable[dict]: ...
+
+
+class RealEngine:
+    """The engine of this install: ``engine.presets`` and ``engine.client``.
+
+    Args:
+        home: the convdeck home (``$CONVDECK_HOME`` when None).
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home
+
+    def list_presets(self) -> list[Any]:
+        from engine import presets
+
+        return presets.list_presets(home=self.home)
+
+    def save_user_preset(self, name: str, config: RunConfig) -> Path:
+        from engine import presets
+
+        return presets.save_user_preset(name, config, home=self.home)
+
+    async def start_run(self, config: RunConfig) -> RunLink:
+        from engine import client
+
+        return await client.start_run(config, home=self.home)
+
+    def find_run(self, ref: str | None) -> RunLink:
+        from engine import client
+
+        return client.find_run(ref, home=self.home)
+
+    def list_runs(self) -> list[Any]:
+        from engine import client
+
+        return client.list_runs(home=self.home)
+
+    def read_events(self, run: RunLink) -> Iterable[dict]:
+        from engine.events import EVENTS_FILE, iter_events
+
+        return iter_events(Path(run.run_dir) / EVENTS_FILE)

@@ -1,0 +1,195 @@
+"""The config pane: the few fields people change, validated as they type.
+
+Every edit is laid over the chosen preset and checked with
+``engine.config.validate_config``, so the error shown inline is the one the
+worker would raise. While a run is watched the pane shows the run's live
+config, read-only (a remedy's change shows up here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Checkbox, Input, Label, Select, Static
+
+from engine.config import OOM_POLICIES, ConfigError, RunConfig, parse_value, validate_config
+from tui.messages import ConfigEdited, StartRequested
+
+TEXT_FIELDS = {
+    "train.batch_size": "batch size",
+    "train.learning_rate": "learning rate",
+    "train.epochs": "epochs",
+    "data.dataset": "dataset",
+}
+PLAIN_STRING_FIELDS = ("data.dataset",)
+
+
+def _field_id(dotted: str) -> str:
+    return "field-" + dotted.replace(".", "-").replace("_", "-")
+
+
+def _get(data: dict, dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _set(data: dict, dotted: str, value: Any) -> None:
+    *sections, last = dotted.split(".")
+    node = data
+    for part in sections:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
+class ConfigPane(VerticalScroll):
+    """Editable fields of the chosen preset, with the config's own errors inline."""
+
+    BORDER_TITLE = "Config"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.preset: Any = None
+        self.config: RunConfig | None = None
+        self.error: str | None = None
+        self._filling = False
+        self._last_data: dict | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="config-about")
+        for dotted, label in TEXT_FIELDS.items():
+            with Horizontal(classes="field"):
+                yield Label(label, classes="field-label")
+                yield Input(id=_field_id(dotted), compact=True, name=dotted)
+        with Horizontal(classes="field"):
+            yield Label("on OOM", classes="field-label")
+            yield Select(
+                [(policy, policy) for policy in OOM_POLICIES],
+                id=_field_id("train.on_oom"),
+                allow_blank=False,
+                compact=True,
+                value="ask",
+            )
+        yield Checkbox("mixed precision", id=_field_id("train.mixed_precision"), compact=True)
+        with Horizontal(classes="field"):
+            yield Label("save as", classes="field-label")
+            yield Input(id="save-name", compact=True, placeholder="name (ctrl+s)")
+        yield Static(id="config-error")
+
+    def show_preset(self, preset: Any) -> None:
+        """Fill the fields from ``preset``; a broken preset shows its error."""
+        self.preset = preset
+        self._last_data = None
+        self.set_class(False, "-live")
+        if preset.error or preset.config is None:
+            self._show_about(preset.name, "")
+            self._show_error(preset.error or "the preset did not load")
+            self.config = None
+            self.post_message(ConfigEdited(None, self.error))
+            return
+        self._show_about(preset.name, preset.description)
+        self._fill(preset.config.model_dump(mode="json"))
+        self.query_one("#save-name", Input).value = f"{preset.name}-mine"
+        self.validate()
+
+    def show_live(self, name: str, config: dict) -> None:
+        """Show a watched run's config, read-only."""
+        self.set_class(True, "-live")
+        self._last_data = None
+        self._show_about(name, "live config of the watched run")
+        self._fill(config)
+        self._show_error(None)
+
+    def _fill(self, data: dict) -> None:
+        self._filling = True
+        try:
+            for dotted in TEXT_FIELDS:
+                self.query_one(f"#{_field_id(dotted)}", Input).value = _show(_get(data, dotted))
+            policy = _get(data, "train.on_oom")
+            if policy in OOM_POLICIES:
+                self.query_one(f"#{_field_id('train.on_oom')}", Select).value = policy
+            checkbox = self.query_one(f"#{_field_id('train.mixed_precision')}", Checkbox)
+            checkbox.value = bool(_get(data, "train.mixed_precision"))
+        finally:
+            self._filling = False
+
+    def values(self) -> dict:
+        """The preset's config with the fields' values laid over, as plain data."""
+        data = self.preset.config.model_dump(mode="json")
+        for dotted in TEXT_FIELDS:
+            text = self.query_one(f"#{_field_id(dotted)}", Input).value.strip()
+            _set(data, dotted, text if dotted in PLAIN_STRING_FIELDS else parse_value(text))
+        _set(data, "train.on_oom", self.query_one(f"#{_field_id('train.on_oom')}", Select).value)
+        checkbox = self.query_one(f"#{_field_id('train.mixed_precision')}", Checkbox)
+        _set(data, "train.mixed_precision", checkbox.value)
+        return data
+
+    def validate(self) -> RunConfig | None:
+        """Check the fields now; post :class:`ConfigEdited` and return the config or None."""
+        if self.preset is None or self.preset.config is None or self.has_class("-live"):
+            return None
+        data = self.values()
+        if data == self._last_data:
+            return self.config  # an echo of filling the fields: nothing changed
+        self._last_data = data
+        try:
+            self.config = validate_config(data)
+            self._show_error(None)
+        except ConfigError as error:
+            self.config = None
+            self._show_error(str(error))
+        self.post_message(ConfigEdited(self.config, self.error))
+        return self.config
+
+    def save_name(self) -> str:
+        """The name typed in "save as"."""
+        return self.query_one("#save-name", Input).value.strip()
+
+    def _show_about(self, name: str, description: str) -> None:
+        about = Text.assemble((name, "bold"), "  " if description else "", (description, "dim"))
+        about.no_wrap = True
+        about.overflow = "ellipsis"
+        self.query_one("#config-about", Static).update(about)
+
+    def _show_error(self, error: str | None) -> None:
+        self.error = error
+        self.set_class(error is not None, "-invalid")
+        self.query_one("#config-error", Static).update(Text(f"✗ {error}" if error else ""))
+        for widget in self.query(".field Input, Checkbox, Select"):
+            dotted = widget.name or (widget.id or "").removeprefix("field-")
+            bad = bool(error) and _error_names(error, widget.id or "", dotted)
+            widget.set_class(bad, "-invalid")
+
+    @on(Input.Changed)
+    @on(Checkbox.Changed)
+    @on(Select.Changed)
+    def _edited(self, event: Any) -> None:
+        event.stop()
+        if not self._filling and getattr(event, "input", None) is not self._save_input():
+            self.validate()
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        # Enter in a field means "start": let the app's binding decide.
+        event.stop()
+        self.post_message(StartRequested())
+
+    def _save_input(self) -> Input:
+        return self.query_one("#save-name", Input)
+
+
+def _error_names(error: str, widget_id: str, dotted: str) -> bool:
+    """True when the one-line config error is about this field."""
+    field = widget_id.removeprefix("field-").replace("-", "_")
+    return error.split(":")[0].strip().replace(".", "_") == field or error.startswith(dotted + ":")

@@ -1,0 +1,162 @@
+"""The GPU panel: per device memory, utilisation, temperature, power, this run's memory.
+
+NVML is polled off the UI thread by a thread worker; the next poll is armed
+only when the previous one has reported, so polls never pile up behind a
+slow driver. With no driver the panel says why in one line and shows the
+host's CPU and memory instead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.widget import Widget
+
+from engine.gpu import GIB, GpuDevice, GpuSample, GpuSource, HostStats
+from tui.messages import GpuSampled
+
+SPARKS = "▁▂▃▄▅▆▇█"
+HISTORY_LENGTH = 24
+
+
+def sparkline(values: Sequence[float], top: float = 100.0) -> str:
+    """One block character per value, scaled to ``top``."""
+    last = len(SPARKS) - 1
+    return "".join(SPARKS[max(0, min(last, round(v / top * last)))] for v in values)
+
+
+def bar(fraction: float, width: int) -> Text:
+    """A meter ``width`` cells wide; red above 90 %."""
+    fraction = max(0.0, min(1.0, fraction))
+    filled = round(fraction * width)
+    color = "red" if fraction > 0.9 else "yellow" if fraction > 0.7 else "green"
+    return Text.assemble(("█" * filled, color), ("░" * (width - filled), "dim"))
+
+
+def gib(value: int) -> str:
+    """Bytes as GiB with one decimal (or MiB below one GiB)."""
+    return f"{value / GIB:.1f}G" if value >= GIB else f"{value / (1 << 20):.0f}M"
+
+
+class GpuPanel(Widget):
+    """Polls a :class:`engine.gpu.GpuSource` once a second and shows every device.
+
+    Args:
+        source: where samples come from (NVML, or a recording in tests).
+        interval: seconds between the end of one poll and the start of the next.
+    """
+
+    BORDER_TITLE = "GPU"
+
+    def __init__(self, source: GpuSource, interval: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.interval = interval
+        self.pids: tuple[int, ...] = ()
+        self.sample: GpuSample | None = None
+        self.devices: list[GpuDevice] = []
+        self.polls = 0
+        self.in_flight = False
+        self.history: dict[int, deque[float]] = {}
+
+    def on_mount(self) -> None:
+        self.poll()
+
+    def poll(self) -> None:
+        """Start one poll in a thread, unless one is already running."""
+        if self.in_flight or not self.is_attached:
+            return
+        self.in_flight = True
+        self.run_worker(self._sample_in_thread, thread=True, group="gpu-poll", exit_on_error=False)
+
+    def _sample_in_thread(self) -> None:
+        try:
+            sample = self.source.sample(self.pids)
+        except Exception as error:  # noqa: BLE001 - a broken source must not kill the poll loop
+            sample = GpuSample(error=f"GPU poll failed: {error}; retrying")
+        self.post_message(GpuSampled(sample))
+
+    @on(GpuSampled)
+    def _sampled(self, message: GpuSampled) -> None:
+        message.stop()
+        self.in_flight = False
+        self.polls += 1
+        self.show_sample(message.sample)
+        self.set_timer(self.interval, self.poll)
+
+    def show_sample(self, sample: GpuSample) -> None:
+        """Take a sample: remember devices and history, set the state classes, redraw."""
+        self.sample = sample
+        if sample.devices:
+            self.devices = list(sample.devices)
+            for device in sample.devices:
+                level = device.utilization
+                if level is None and device.memory_total:
+                    level = 100 * device.memory_used / device.memory_total
+                self.history.setdefault(device.index, deque(maxlen=HISTORY_LENGTH)).append(
+                    level or 0
+                )
+        self.set_class(sample.unavailable is not None, "-no-gpu")
+        self.set_class(sample.error is not None, "-error")
+        self.border_title = f"GPU · {len(self.devices)}" if self.devices else "GPU"
+        self.refresh(layout=True)
+
+    def get_content_height(self, container: Any, viewport: Any, width: int) -> int:
+        return max(1, len(self._lines(width)))
+
+    def render(self) -> Text:
+        return Text("\n").join(self._lines(self.content_size.width))
+
+    def _lines(self, width: int) -> list[Text]:
+        sample = self.sample
+        if sample is None:
+            return [Text("reading GPUs…", "dim")]
+        if sample.unavailable:
+            return [Text(sample.unavailable, "yellow")] + self._host_lines(sample.host, width)
+        lines = [Text(sample.error, "bold red")] if sample.error else []
+        dim = sample.error is not None
+        return lines + [self._device_line(d, width, dim) for d in self.devices]
+
+    def _device_line(self, device: GpuDevice, width: int, stale: bool) -> Text:
+        wide = width >= 70
+        name = device.name.removeprefix("NVIDIA ").removeprefix("Tesla ")
+        room = (14 if wide else 9) - (4 if device.mig else 0)
+        name = name[:room] + (" MIG" if device.mig else "")
+        total = device.memory_total or 1
+        line = Text.assemble(
+            (f"{device.index} ", "bold"), (f"{name:<{14 if wide else 9}} ", "cyan")
+        )
+        line.append_text(bar(device.memory_used / total, 10 if wide else 6))
+        line.append(f" {gib(device.memory_used)}/{gib(device.memory_total)}")
+        util = "  -%" if device.utilization is None else f"{device.utilization:>3}%"
+        line.append(f" {util}", "bold")
+        if device.temperature is not None:
+            line.append(f" {device.temperature}°C")
+        if wide and device.power is not None:
+            line.append(f" {device.power:.0f}W")
+        if device.process_memory is not None:
+            line.append(f" run {gib(device.process_memory)}", "magenta")
+        if wide:
+            line.append(" " + sparkline(self.history.get(device.index, ())), "green")
+        if stale:
+            line.stylize("dim")
+        line.no_wrap = True
+        line.overflow = "ellipsis"
+        return line
+
+    def _host_lines(self, host: HostStats | None, width: int) -> list[Text]:
+        if host is None:
+            return []
+        line = Text.assemble(
+            ("host ", "bold"), f"CPU {host.cpu_percent:>3.0f}% of {host.cpu_count}  mem "
+        )
+        line.append_text(bar(host.memory_used / (host.memory_total or 1), 10 if width >= 70 else 6))
+        line.append(f" {gib(host.memory_used)}/{gib(host.memory_total)}")
+        if host.process_memory is not None:
+            line.append(f" run {gib(host.process_memory)}", "magenta")
+        line.no_wrap = True
+        return [line]

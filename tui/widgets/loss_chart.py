@@ -1,0 +1,243 @@
+"""The loss chart: plotext drawn into a Textual widget, at a bounded rate.
+
+It draws from a :class:`engine.history.RunHistory`, whose series are
+downsampled to a fixed number of buckets, so a redraw costs the same at step
+100 and at step 1,000,000. New data only marks the chart dirty; a timer
+redraws at most ``max_fps`` times a second, and data alone redraws it at
+most once per ``data_interval`` seconds (slow ssh links pay per byte).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+from textual.widget import Widget
+
+from engine.history import AXES, BucketSeries, RunHistory, debiased_ema
+
+VIEWS = {
+    "loss": "loss",
+    "accuracy": "accuracy",
+    "learning_rate": "learning rate",
+    "images_per_sec": "images/s",
+}
+SMOOTHINGS = (0.0, 0.6, 0.9, 0.97)
+X_LABELS = {"step": "step", "epoch": "epoch", "time": "minutes"}
+
+RAW_COLOR, SMOOTH_COLOR, VAL_COLOR = 8, 14, 11
+OVERLAY_COLORS = (13, 10, 12, 9)
+MARKER_COLORS = {"oom": 9, "remedy_applied": 10, "paused": 11, "resumed": 12, "nan": 13}
+MARKER_NAMES = {
+    "oom": "oom",
+    "remedy_applied": "remedy",
+    "paused": "pause",
+    "resumed": "resume",
+    "nan": "nan",
+}
+
+_plotext: Any = None
+
+
+def plotext_module() -> Any:
+    """plotext, imported on the first plot: it costs ~0.1 s, which the first frame need not pay."""
+    global _plotext
+    if _plotext is None:
+        import plotext
+
+        plotext.add_theme("convdeck", text=8, grid=8, sequence=[RAW_COLOR, SMOOTH_COLOR, VAL_COLOR])
+        # plotext clamps plots to the terminal it sees; here the widget decides the size.
+        plotext.terminal.limit(False, False)
+        _plotext = plotext
+    return _plotext
+
+
+class LossChart(Widget, can_focus=True):
+    """A chart of one run (or several overlaid) with view, smoothing, scale and x-axis settings.
+
+    Args:
+        max_fps: the most redraws per second.
+        data_interval: the least seconds between redraws caused by new data alone.
+    """
+
+    def __init__(self, max_fps: float = 4.0, data_interval: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_fps = max_fps
+        self.data_interval = data_interval
+        self.history: RunHistory | None = None
+        self.overlays: list[tuple[str, RunHistory]] = []
+        self.view = "loss"
+        self.smoothing = 0.9
+        self.log_scale = False
+        self.x_axis = "step"
+        self.placeholder = "No run yet. Pick a preset and press Enter."
+        self.redraws = 0
+        self._rendered: Text = Text()
+        self._dirty = True
+        self._urgent = True
+        self._last_draw = 0.0
+
+    def on_mount(self) -> None:
+        self.set_interval(1 / self.max_fps, self._tick)
+
+    def on_resize(self) -> None:
+        self.redraw()
+
+    def set_history(self, history: RunHistory | None, overlays: list | None = None) -> None:
+        """Draw ``history`` (None: the placeholder), with optional ``(label, history)`` overlays."""
+        self.history = history
+        self.overlays = list(overlays or [])
+        self.mark_dirty(urgent=True)
+
+    def mark_dirty(self, urgent: bool = False) -> None:
+        """Ask for a redraw; ``urgent`` (a key press) redraws at once, data waits its turn."""
+        self._dirty = True
+        if urgent and not self._urgent and self.is_attached:
+            self.call_next(self._tick)
+        self._urgent = self._urgent or urgent
+
+    def cycle_view(self) -> str:
+        """Loss, accuracy, learning rate, images/s, and round again."""
+        names = list(VIEWS)
+        self.view = names[(names.index(self.view) + 1) % len(names)]
+        self.mark_dirty(urgent=True)
+        return self.view
+
+    def cycle_smoothing(self) -> float:
+        """Step through the smoothing weights."""
+        index = SMOOTHINGS.index(self.smoothing) if self.smoothing in SMOOTHINGS else 0
+        self.smoothing = SMOOTHINGS[(index + 1) % len(SMOOTHINGS)]
+        self.mark_dirty(urgent=True)
+        return self.smoothing
+
+    def toggle_log_scale(self) -> bool:
+        """Linear or logarithmic y axis."""
+        self.log_scale = not self.log_scale
+        self.mark_dirty(urgent=True)
+        return self.log_scale
+
+    def cycle_x_axis(self) -> str:
+        """Step, epoch, wall time."""
+        self.x_axis = AXES[(AXES.index(self.x_axis) + 1) % len(AXES)]
+        self.mark_dirty(urgent=True)
+        return self.x_axis
+
+    def _tick(self) -> None:
+        if not self._dirty:
+            return
+        now = time.monotonic()
+        if self._urgent or now - self._last_draw >= self.data_interval:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw now (the timer calls this; tests may too)."""
+        self._dirty = self._urgent = False
+        self._last_draw = time.monotonic()
+        self.redraws += 1
+        self._rendered = self._draw(self.size.width, self.size.height)
+        self.refresh()
+
+    def render(self) -> Text:
+        return self._rendered
+
+    def _draw(self, width: int, height: int) -> Text:
+        if width < 20 or height < 5:
+            return Text("chart: too small", "dim")
+        runs = ([("", self.history)] if self.history else []) + self.overlays
+        if not runs or not any(h.series[self.view].count for _, h in runs):
+            return Text(self.placeholder, "dim", justify="center")
+        try:
+            plot = self._plot(runs, width, height - 1)
+        except Exception as error:  # noqa: BLE001 - a chart bug must never take the app down
+            return Text(f"chart error: {error}", "red")
+        return self._legend(runs) + Text("\n") + plot
+
+    def _plot(self, runs: list[tuple[str, RunHistory]], width: int, height: int) -> Text:
+        plotext = plotext_module()
+        figure = plotext.figure
+        figure.clear()
+        figure.plot_size(width, height)
+        figure.theme("convdeck")
+        figure.legend(False)
+        axis = AXES.index(self.x_axis)
+        overlaid = len(runs) > 1
+        for index, (_, history) in enumerate(runs):
+            colors = (OVERLAY_COLORS[index % len(OVERLAY_COLORS)],) * 2 if overlaid else None
+            self._plot_series(figure, history.series[self.view], axis, colors, overlaid)
+            validation = self._validation(history)
+            if validation is not None and validation.count and not overlaid:
+                self._plot_points(figure, validation, axis)
+        if not overlaid and self.history is not None:
+            self._plot_markers(figure, self.history, axis)
+        if self.log_scale:
+            figure.ruler("y").scale("log")
+        return Text.from_ansi(figure.build().string(), no_wrap=True, end="")
+
+    def _validation(self, history: RunHistory) -> BucketSeries | None:
+        return {"loss": history.val_loss, "accuracy": history.val_accuracy}.get(self.view)
+
+    def _xs(self, series: BucketSeries, axis: int) -> list[float]:
+        xs = series.x(axis)
+        return [x / 60 for x in xs] if self.x_axis == "time" else xs
+
+    def _ys(self, values: list[float]) -> list[float]:
+        return [max(v, 1e-8) for v in values] if self.log_scale else values
+
+    def _plot_series(
+        self, figure: Any, series: BucketSeries, axis: int, colors: Any, overlaid: bool
+    ) -> None:
+        xs, means = self._xs(series, axis), series.mean()
+        raw_color, smooth_color = colors or (RAW_COLOR, SMOOTH_COLOR)
+        if not overlaid or self.smoothing == 0:
+            self._line(figure, xs, self._ys(means), raw_color)
+        if self.smoothing > 0:
+            smoothed = debiased_ema(means, self.smoothing, series.counts())
+            self._line(figure, xs, self._ys(smoothed), smooth_color)
+
+    def _line(self, figure: Any, xs: list[float], ys: list[float], color: int) -> None:
+        plotext = plotext_module()
+        signal = figure.signal(
+            xs, ys, marker=plotext.marker("braille", plotext.pixel(foreground=color))
+        )
+        signal.lines()
+        figure.draw(signal)
+
+    def _plot_points(self, figure: Any, series: BucketSeries, axis: int) -> None:
+        plotext = plotext_module()
+        marker = plotext.marker("●", plotext.pixel(foreground=VAL_COLOR))
+        figure.draw(figure.signal(self._xs(series, axis), self._ys(series.mean()), marker=marker))
+
+    def _plot_markers(self, figure: Any, history: RunHistory, axis: int) -> None:
+        xs = self._xs(history.series[self.view], axis)
+        if not xs:
+            return
+        plotext = plotext_module()
+        low, high = min(xs), max(xs)
+        for marker in history.markers:
+            x = marker.x[axis] / 60 if self.x_axis == "time" else marker.x[axis]
+            if low <= x <= high:
+                color = MARKER_COLORS.get(marker.kind, 15)
+                figure.line(x, orientation=1, pixel=plotext.pixel(foreground=color))
+
+    def _legend(self, runs: list[tuple[str, RunHistory]]) -> Text:
+        legend = Text.assemble((VIEWS[self.view], "bold"), "  ")
+        if len(runs) > 1:
+            for index, (label, _) in enumerate(runs):
+                color = OVERLAY_COLORS[index % len(OVERLAY_COLORS)]
+                legend.append(f"━ {label}  ", f"color({color})")
+        else:
+            legend.append("━ raw  ", f"color({RAW_COLOR})")
+            if self.smoothing:
+                legend.append(f"━ smoothed {self.smoothing:g}  ", f"color({SMOOTH_COLOR})")
+            if self.view in ("loss", "accuracy"):
+                legend.append("● val  ", f"color({VAL_COLOR})")
+            kinds = {m.kind for m in self.history.markers} if self.history else set()
+            for kind in MARKER_COLORS:
+                if kind in kinds:
+                    legend.append(f"│ {MARKER_NAMES[kind]} ", f"color({MARKER_COLORS[kind]})")
+        legend.append(f" x: {X_LABELS[self.x_axis]}", "dim")
+        legend.append("  log" if self.log_scale else "", "dim")
+        legend.no_wrap = True
+        legend.overflow = "ellipsis"
+        return legend

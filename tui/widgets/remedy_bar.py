@@ -1,0 +1,42 @@
+"""The remedy bar: appears on an ``oom`` event, one key per remedy and its effect."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+
+class RemedyBar(Static):
+    """Lists the remedies an OOM offers; hidden (no ``-open`` class) otherwise."""
+
+    def offer(self, oom: dict, remedies: list[dict]) -> None:
+        """Show the remedies of ``oom``."""
+        lines = [
+            Text.assemble(
+                (" OUT OF MEMORY ", "bold white on red"),
+                f" step {oom.get('step', '?')}, batch {oom.get('batch_size', '?')}: press a key",
+            )
+        ]
+        for remedy in remedies:
+            lines.append(
+                Text.assemble(
+                    (f" {remedy['key']} ", "bold reverse"),
+                    (f" {remedy['name']:<17}", "bold"),
+                    remedy.get("effect", ""),
+                )
+            )
+        lines.append(
+            Text.assemble(
+                (" x ", "bold reverse"), (f" {'stop':<17}", "bold"), "checkpoint and end the run"
+            )
+        )
+        for line in lines:
+            line.no_wrap = True
+            line.overflow = "ellipsis"
+        self.update(Text("\n").join(lines))
+        self.add_class("-open")
+
+    def close(self) -> None:
+        """Hide the bar."""
+        self.remove_class("-open")
+        self.update("")
