@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig
+from engine.control import COMMANDS, REMEDIES
 from engine.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
 from engine.runs import (
     CONFIG_FILE,
@@ -41,8 +42,7 @@ from engine.runs import list_runs as _list_runs
 
 WORKER_LOG = "worker.log"
 LIVE_STATUSES = ("running", "paused", "waiting")
-CONTROL_COMMANDS = ("pause", "resume", "stop", "checkpoint", "remedy", "status")
-REMEDIES = ("halve-batch", "halve-accumulate", "mixed-precision", "resnet18")
+CONTROL_COMMANDS = COMMANDS  # the worker's own lists, so front ends check what it accepts
 # History is read in chunks so a viewer draws the first part of a long run
 # before the last part is parsed, and the event loop stays responsive.
 HISTORY_CHUNK_BYTES = 1 << 20

@@ -35,6 +35,10 @@ class EventWriter:
         self._last_flush = time.monotonic()
         # O_APPEND makes each write land at the end even with another writer.
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if not _ends_with_newline(self.path):
+            # A worker killed mid-write left a torn line; end it so our first
+            # event starts a line of its own instead of being glued to garbage.
+            os.write(self._fd, b"\n")
 
     def emit(self, type: str, **fields: Any) -> dict:
         """Record one event; returns it as written."""
@@ -67,6 +71,15 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return True
+        handle.seek(size - 1)
+        return handle.read(1) == b"\n"
 
 
 def _jsonable(value: Any) -> Any:
@@ -102,16 +115,26 @@ class EventTail:
         self.skipped = 0
 
     def read_new(self, max_bytes: int = 8 << 20) -> list[dict]:
-        """The complete events appended since the last call (at most ``max_bytes`` of them)."""
+        """The complete events appended since the last call (about ``max_bytes`` of them).
+
+        Returns an empty list only at the end of the complete lines, never for
+        a chunk that happened to hold nothing but garbage.
+        """
+        while True:
+            events, advanced = self._read_chunk(max_bytes)
+            if events or not advanced:
+                return events
+
+    def _read_chunk(self, max_bytes: int) -> tuple[list[dict], bool]:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
                 chunk = handle.read(max_bytes)
         except FileNotFoundError:
-            return []
+            return [], False
         end = chunk.rfind(b"\n")
         if end < 0:
-            return []
+            return [], False
         self.offset += end + 1
         events = []
         for line in chunk[: end + 1].splitlines():
@@ -120,7 +143,7 @@ class EventTail:
                 self.skipped += 1 if line.strip() else 0
             else:
                 events.append(event)
-        return events
+        return events, True
 
     def at_end(self) -> bool:
         """True when every complete line has been read."""

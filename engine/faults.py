@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine.config import ConfigError
 
@@ -26,6 +27,14 @@ class Faults:
     oom_steps: set[int] = field(default_factory=set)
     nan_steps: set[int] = field(default_factory=set)
     fired: set[int] = field(default_factory=set)
+    # One-shot faults must stay fired across the worker's restart after a remedy.
+    fired_path: Path | None = None
+
+    def mark_fired(self, step: int) -> None:
+        self.fired.add(step)
+        if self.fired_path is not None:
+            with open(self.fired_path, "a") as handle:
+                handle.write(f"{step}\n")
 
     def oom_at(self, step: int, per_replica_batch: int) -> bool:
         """True if step ``step`` (1-based) should run out of memory."""
@@ -43,11 +52,18 @@ class Faults:
         return bool(self.oom_batch_above is not None or self.oom_steps or self.nan_steps)
 
 
-def parse_faults(text: str | None = None) -> Faults:
-    """Parse ``CONVDECK_FAULTS`` (or ``text``); ConfigError for a rule it does not know."""
+def parse_faults(text: str | None = None, fired_path: Path | None = None) -> Faults:
+    """Parse ``CONVDECK_FAULTS`` (or ``text``); ConfigError for a rule it does not know.
+
+    Args:
+        text: the rules; the environment variable when None.
+        fired_path: a file that records one-shot faults already raised.
+    """
     if text is None:
         text = os.environ.get("CONVDECK_FAULTS", "")
-    faults = Faults()
+    faults = Faults(fired_path=fired_path)
+    if fired_path is not None and fired_path.exists():
+        faults.fired = {int(n) for n in fired_path.read_text().split()}
     for rule in filter(None, (r.strip() for r in text.split(","))):
         match = _RULE.match(rule)
         if not match or (match[1] == "nan" and match[2] != "step="):

@@ -42,6 +42,14 @@ class OutOfMemory(Exception):
         self.step, self.batch_size, self.message = step, batch_size, message
 
 
+class ApplyRemedy(Exception):
+    """A remedy was asked for; the worker checkpoints, then restarts with it applied."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
 class StopTraining(Exception):
     """Training ends early, for the reason given (``stopped`` or ``nan``)."""
 
@@ -81,6 +89,10 @@ class Trainer:
         self.control = control or ControlState()
         self.faults = faults or Faults()
         self.step = 0
+        # Progress inside the epoch counts examples, not steps, so a remedy that
+        # changes the batch size resumes at the same place in the data.
+        self.epoch = 0
+        self.examples_in_epoch = 0
         self.steps_per_call = config.train.steps_per_call or 1
         self.last_metrics: dict = {}
         self.best_val_accuracy: float | None = None
@@ -89,8 +101,14 @@ class Trainer:
 
     # ----- setup -------------------------------------------------------------
 
-    def setup(self, resume: bool = False) -> None:
-        """Build data, model, optimizer and checkpointing; restore when resuming."""
+    def setup(self, resume: bool = False, progress_from: str | None = None) -> None:
+        """Build data, model, optimizer and checkpointing; restore when resuming.
+
+        Args:
+            resume: restore the latest checkpoint of ``checkpoints/``.
+            progress_from: a checkpoint of an earlier model (a model-changing
+                remedy) to take only the step and data position from.
+        """
         train = self.config.train
         tf.keras.utils.set_random_seed(train.seed)
         self.policy = precision.apply_policy(train.mixed_precision)
@@ -102,6 +120,8 @@ class Trainer:
         self.optimizer.build(self.model.trainable_variables)
         self._make_checkpointing()
         self.restored_from = self._restore() if resume else None
+        if self.restored_from is None and progress_from:
+            self.restored_from = self._restore_progress(progress_from)
         self._compile_functions()
         self.tensorboard = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
 
@@ -112,9 +132,10 @@ class Trainer:
 
     def _make_checkpointing(self) -> None:
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step_var
-        )
+        self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.examples_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
+        self.progress = dict(step=self.step_var, epoch=self.epoch_var, examples_in_epoch=self.examples_var)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, **self.progress)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
             str(self.run_dir / "checkpoints"),
@@ -126,7 +147,16 @@ class Trainer:
         if path is None:
             return None
         self.checkpoint.restore(path).assert_existing_objects_matched()
+        return self._read_progress()
+
+    def _restore_progress(self, path: str) -> int:
+        tf.train.Checkpoint(**self.progress).restore(path).expect_partial()
+        return self._read_progress()
+
+    def _read_progress(self) -> int:
         self.step = int(self.step_var.numpy())
+        self.epoch = int(self.epoch_var.numpy())
+        self.examples_in_epoch = int(self.examples_var.numpy())
         self._saved_step = self.step
         return self.step
 
@@ -226,15 +256,14 @@ class Trainer:
             OutOfMemory: a step ran out of memory; the weights are those before it.
         """
         self._emit_started()
-        started = time.monotonic()
-        first_epoch = self.step // self.steps_per_epoch
+        self._started = time.monotonic()
         try:
-            for epoch in range(first_epoch, self.config.train.epochs):
+            for epoch in range(self.epoch, self.config.train.epochs):
                 self._train_epoch(epoch)
                 self._end_epoch(epoch)
         except StopTraining as stop:
-            return self._finish(str(stop), started)
-        return self._finish("completed", started)
+            return self.finish(str(stop))
+        return self.finish("completed")
 
     def _emit_started(self) -> None:
         self.events.emit(
@@ -254,11 +283,16 @@ class Trainer:
             resumed_from_step=self.restored_from,
         )
 
+    @property
+    def images_per_step(self) -> int:
+        return self.config.train.batch_size * self.config.train.accumulation_steps
+
     def _train_epoch(self, epoch: int) -> None:
-        done_in_epoch = self.step - epoch * self.steps_per_epoch
-        skip = done_in_epoch * self.config.train.accumulation_steps
+        self.epoch = epoch
+        skip = self.examples_in_epoch // self.config.train.batch_size
         iterator = iter(self.data.train_for_epoch(epoch, skip_batches=skip))
-        epoch_end = (epoch + 1) * self.steps_per_epoch
+        done = self.examples_in_epoch // self.images_per_step
+        epoch_end = self.step + max(0, self.steps_per_epoch - done)
         while self.step < epoch_end:
             self._obey_controls()
             self._run_call(iterator, self._steps_for_next_call(epoch_end), epoch)
@@ -292,7 +326,7 @@ class Trainer:
         step = self.step + 1
         batch = self.config.train.batch_size
         if self.faults.oom_at(step, batch):
-            self.faults.fired.add(step)
+            self.faults.mark_fired(step)
             self._after_oom(
                 f"OOM when allocating tensor with shape[{batch},...] and type float "
                 f"(injected by CONVDECK_FAULTS)"
@@ -301,7 +335,9 @@ class Trainer:
     def _after_oom(self, message: str):
         # A step that failed mid-call may have applied the updates before it;
         # the step variable counts exactly those, so the counter stays true.
-        self.step = int(self.step_var.numpy())
+        completed = int(self.step_var.numpy()) - self.step
+        self.step += completed
+        self.examples_in_epoch += completed * self.images_per_step
         first_line = message.strip().splitlines()[0] if message.strip() else "out of memory"
         raise OutOfMemory(self.step + 1, self.config.train.batch_size, first_line)
 
@@ -318,9 +354,10 @@ class Trainer:
     def _report_call(self, result: CallResult, epoch: int) -> None:
         steps = len(result.losses)
         per_step = result.seconds / steps
-        images = self.config.train.batch_size * self.config.train.accumulation_steps
+        images = self.images_per_step
         for i in range(steps):
             self.step += 1
+            self.examples_in_epoch += images
             loss = float(result.losses[i])
             if not math.isfinite(loss):
                 self._on_nan(self.step)
@@ -341,7 +378,7 @@ class Trainer:
             self.save_checkpoint()
 
     def _on_nan(self, step: int) -> None:
-        self.faults.fired.add(step)
+        self.faults.mark_fired(step)
         self.weights_tainted = True
         self.events.emit("nan", step=step)
         # Never let NaN weights reach a checkpoint: go back to the last good one.
@@ -373,28 +410,35 @@ class Trainer:
                 tf.summary.scalar("val/loss", val_loss)
                 tf.summary.scalar("val/accuracy", val_accuracy)
         self.last_metrics = metrics
+        self.epoch, self.examples_in_epoch = epoch + 1, 0
         self.events.emit("epoch_end", epoch=epoch + 1, step=self.step, **_rounded(metrics))
+        self._saved_step = None  # the same step, but now at the start of the next epoch
         self.save_checkpoint()
 
     # ----- controls ----------------------------------------------------------
 
     def _obey_controls(self) -> None:
-        if self.control.take_checkpoint_request():
-            self.save_checkpoint()
         if self.control.paused and not self.control.stop_requested:
             self._pause()
+        if self.control.take_checkpoint_request():
+            self.save_checkpoint()
+        remedy = self.control.take_remedy()
+        if remedy:
+            raise ApplyRemedy(remedy)
         if self.control.stop_requested:
             self.save_checkpoint()
             raise StopTraining("stopped")
 
     def _pause(self) -> None:
-        epoch = self.step // self.steps_per_epoch
+        epoch = self.epoch
         self.events.emit("paused", step=self.step)
         self._update_status("paused", epoch)
         while self.control.paused and not self.control.stop_requested:
             self.control.wait_while_paused()
             if self.control.take_checkpoint_request():
                 self.save_checkpoint()
+            if self.control.remedy:
+                break  # a remedy restarts the worker; it resumes unpaused
         self.events.emit("resumed", step=self.step)
         self._update_status("running", epoch)
 
@@ -414,12 +458,15 @@ class Trainer:
             return None
         if self._saved_step == self.step:
             return self.manager.latest_checkpoint  # this step is saved already
+        self.epoch_var.assign(self.epoch)
+        self.examples_var.assign(self.examples_in_epoch)
         path = self.manager.save(checkpoint_number=self.step)
         self._saved_step = self.step
         self.events.emit("checkpoint", step=self.step, path=path)
         return path
 
-    def _finish(self, reason: str, started: float) -> str:
+    def finish(self, reason: str) -> str:
+        """Checkpoint, save model.keras and write the ``finished`` event."""
         self.save_checkpoint()
         self.tensorboard.flush()
         self.model.save(self.run_dir / "model.keras")
@@ -427,7 +474,7 @@ class Trainer:
             "finished",
             reason=reason,
             steps=self.step,
-            elapsed=round(time.monotonic() - started, 2),
+            elapsed=round(time.monotonic() - getattr(self, "_started", time.monotonic()), 2),
             best_val_accuracy=self.best_val_accuracy,
             **_rounded(self.last_metrics),
         )

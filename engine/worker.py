@@ -27,10 +27,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from engine.config import ConfigError  # noqa: E402
 from engine.control import ControlServer, ControlState  # noqa: E402
 from engine.events import EVENTS_FILE, EventWriter  # noqa: E402
-from engine.runs import HEARTBEAT_FILE, PID_FILE, SOCKET_FILE, read_config  # noqa: E402
+from engine.runs import (  # noqa: E402
+    HEARTBEAT_FILE,
+    PID_FILE,
+    SOCKET_FILE,
+    read_config,
+    read_config_revisions,
+    write_config,
+)
 
 HEARTBEAT_SECONDS = 2.0
 TRACEBACK_FILE = "traceback.txt"
+FAULTS_FIRED_FILE = ".faults-fired"
 
 
 def write_pid_file(run_dir: Path) -> None:
@@ -65,9 +73,12 @@ def install_signal_handlers(control: ControlState) -> None:
 class Worker:
     """One run's process: wires events, control and the trainer together."""
 
-    def __init__(self, run_dir: Path, resume: bool = False) -> None:
+    def __init__(self, run_dir: Path, resume: bool = False, remedy: str | None = None) -> None:
         self.run_dir = run_dir
         self.resume = resume
+        self.remedy = remedy
+        self.progress_from: str | None = None
+        self.restart_with: str | None = None
         self.events = EventWriter(run_dir / EVENTS_FILE)
         self.control = ControlState()
         self.server = ControlServer(run_dir / SOCKET_FILE, self.handle_command)
@@ -85,38 +96,125 @@ class Worker:
         install_signal_handlers(self.control)
         self.server.start()
         try:
-            return self._train()
+            code = self._train()
         except ConfigError as error:
             self.events.emit("failed", error=str(error), user_error=True)
-            return 2
+            code = 2
         except Exception as error:  # anything else is a crash worth a traceback
-            return self._fail(error)
+            code = self._fail(error)
         finally:
             self.server.close()
             self.events.close()
+        if self.restart_with:
+            self._restart(self.restart_with)
+        return code
 
     def _train(self) -> int:
         from engine.faults import parse_faults
-        from engine.trainer import OutOfMemory, Trainer
+        from engine.trainer import ApplyRemedy, OutOfMemory, Trainer
 
+        if self.remedy:
+            self._apply_remedy(self.remedy)
         config = read_config(self.run_dir)
-        self.trainer = Trainer(config, self.run_dir, self.events, self.control, parse_faults())
-        self.trainer.setup(resume=self.resume)
+        faults = parse_faults(fired_path=self.run_dir / FAULTS_FIRED_FILE)
+        self.trainer = Trainer(config, self.run_dir, self.events, self.control, faults)
+        self.trainer.setup(resume=self.resume, progress_from=self.progress_from)
         try:
             self.trainer.run()
         except OutOfMemory as oom:
-            return self._out_of_memory(oom)
+            return self._out_of_memory(oom, config)
+        except ApplyRemedy as asked:
+            self._restart_with(asked.name, config)
         return 0
 
-    def _out_of_memory(self, oom) -> int:
+    # ----- out of memory and remedies ---------------------------------------
+
+    def _out_of_memory(self, oom, config) -> int:
+        from engine.remedies import POLICY_REMEDY, applicable_remedies
+
+        # The failed step changed no weight: what the model holds is the last good state.
+        self.trainer.save_checkpoint()
+        policy = config.train.on_oom
+        remedies = applicable_remedies(config)
         self.events.emit(
-            "oom", step=oom.step, batch_size=oom.batch_size, message=oom.message, remedies=[], waiting=False
+            "oom",
+            step=oom.step,
+            batch_size=oom.batch_size,
+            message=oom.message,
+            memory=_device_memory(),
+            remedies=remedies,
+            policy=policy,
+            waiting=policy == "ask" and bool(remedies),
         )
+        wanted = POLICY_REMEDY.get(policy)
+        if policy == "ask" and remedies:
+            wanted = self._wait_for_remedy()
+            if wanted is None:
+                self.trainer.finish("stopped")
+                return 0
+        if wanted and any(r["name"] == wanted for r in remedies):
+            self._restart_with(wanted, config)
+            return 0
+        return self._give_up_on_oom(oom, policy, remedies)
+
+    def _wait_for_remedy(self) -> str | None:
+        """Block until a ``remedy`` command (its name) or ``stop`` (None)."""
+        self.control.waiting_for_remedy = True
+        self.control.status = {**self.control.status, "state": "waiting"}
+        while not self.control.stop_requested:
+            remedy = self.control.take_remedy()
+            if remedy:
+                return remedy
+            self.control.wait_while_paused()
+        return None
+
+    def _give_up_on_oom(self, oom, policy: str, remedies: list[dict]) -> int:
+        if not remedies:
+            advice = "no remedy applies (batch size 1, mixed precision on, ResNet [2,2,2,2])"
+        elif policy == "stop":
+            advice = f"train.on_oom is 'stop'; resume with --remedy {remedies[0]['name']}"
+        else:
+            advice = f"policy {policy!r} cannot apply at batch size {oom.batch_size}"
         self.events.emit(
-            "failed",
-            error=f"out of memory at step {oom.step} with batch {oom.batch_size}: {oom.message}",
+            "failed", error=f"out of memory at step {oom.step} with batch {oom.batch_size}: {advice}"
         )
         return 1
+
+    def _restart_with(self, name: str, config) -> None:
+        """Checkpoint now; after cleanup, the process replaces itself with the remedy applied."""
+        from engine.remedies import apply_remedy
+
+        apply_remedy(name, config)  # a remedy that cannot apply fails here, before any change
+        self.trainer.save_checkpoint()
+        self.events.emit("log", level="info", message=f"applying remedy {name}: restarting the worker")
+        self.restart_with = name
+
+    def _restart(self, name: str) -> None:
+        # exec keeps the pid (viewers and worker.pid stay valid) while the
+        # new image starts with a fresh TensorFlow, so GPU memory is released.
+        args = [sys.executable, "-m", "engine.worker", str(self.run_dir), "--resume", "--remedy", name]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, args)
+
+    def _apply_remedy(self, name: str) -> None:
+        """Write the remedy's config revision and note where progress continues from."""
+        from engine.remedies import apply_remedy, changes_weights
+
+        config = read_config(self.run_dir)
+        new_config, changes = apply_remedy(name, config)
+        revisions = read_config_revisions(self.run_dir)
+        number = len(revisions) + 1
+        step = _latest_step(self.run_dir / "checkpoints")
+        if changes_weights(name):
+            self.progress_from = _set_checkpoints_aside(self.run_dir, number)
+        revisions.append({"revision": number, "remedy": name, "step": step or 0, "changes": changes})
+        write_config(self.run_dir, new_config, revisions)
+        self.events.emit(
+            "remedy_applied", name=name, revision=number, step=step or 0, changes=changes,
+            fresh_model=changes_weights(name),
+        )
+        self.resume = True
 
     def _fail(self, error: BaseException) -> int:
         path = self.run_dir / TRACEBACK_FILE
@@ -125,6 +223,38 @@ class Worker:
         line = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         self.events.emit("failed", error=line, traceback_path=str(path))
         return 1
+
+
+def _device_memory() -> dict:
+    """Bytes in use and peak per GPU, where TensorFlow can tell."""
+    import tensorflow as tf
+
+    memory = {}
+    for device in tf.config.list_logical_devices("GPU"):
+        try:
+            memory[device.name] = tf.config.experimental.get_memory_info(device.name)
+        except (ValueError, tf.errors.OpError):
+            continue
+    return memory
+
+
+def _latest_step(directory: Path) -> int | None:
+    import tensorflow as tf
+
+    path = tf.train.latest_checkpoint(str(directory))
+    return int(path.rsplit("-", 1)[1]) if path else None
+
+
+def _set_checkpoints_aside(run_dir: Path, revision: int) -> str | None:
+    """Move an old model's checkpoints aside; returns its latest, for the step and data position."""
+    import tensorflow as tf
+
+    old = run_dir / "checkpoints"
+    aside = run_dir / f"checkpoints.rev{revision - 1}"
+    latest = tf.train.latest_checkpoint(str(old))
+    os.replace(old, aside)
+    old.mkdir()
+    return latest.replace(str(old), str(aside)) if latest else None
 
 
 def _describe(request: dict) -> str:
@@ -139,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint saves log at INFO per shard
-    return Worker(args.run_dir.resolve(), resume=args.resume).run()
+    return Worker(args.run_dir.resolve(), resume=args.resume, remedy=args.remedy).run()
 
 
 if __name__ == "__main__":

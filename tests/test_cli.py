@@ -388,6 +388,25 @@ def test_plain_display_writes_epoch_lines_and_throttled_step_lines():
     assert lines[3] == "paused at step 2 (go on: convdeck ctl r1 resume)"
 
 
+def test_plain_display_says_how_to_answer_an_out_of_memory():
+    stream = io.StringIO()
+    remedies = [{"name": "halve-batch", "title": "Halve the batch", "effect": "batch 64"}]
+    oom = {"type": "oom", "step": 7, "batch_size": 128, "remedies": remedies, "waiting": True}
+    applied = {
+        "type": "remedy_applied",
+        "name": "halve-batch",
+        "step": 7,
+        "changes": {"train.batch_size": [128, 64]},
+    }
+    PlainDisplay(stream).handle([started(run_id="r1"), oom, applied])
+    lines = stream.getvalue().splitlines()
+    assert lines[1] == (
+        "out of memory at step 7 with batch 128; remedies: halve-batch; "
+        "waiting for one: convdeck ctl r1 remedy halve-batch"
+    )
+    assert lines[2] == "remedy halve-batch applied at step 7: train.batch_size 128 -> 64"
+
+
 def test_plain_display_keeps_quiet_between_step_lines():
     stream = io.StringIO()
     display = PlainDisplay(stream, line_every=60.0)
@@ -451,7 +470,6 @@ def test_detached_real_run_answers_status_and_stops(convdeck_home):
 
 
 @needs_worker
-@pytest.mark.slow
 def test_real_run_interrupted_then_resumed_continues_its_steps(convdeck_home):
     process = start_cli("run", "--json", "--set", "train.epochs=3", *REAL_RUN)
     wait_for_step(process, 20)
@@ -470,3 +488,15 @@ def test_real_run_interrupted_then_resumed_continues_its_steps(convdeck_home):
     assert first_step["step"] == resumed[0]["resumed_from_step"] + 1
     assert resumed[-1]["reason"] == "completed"
     assert summarize_run(convdeck_home / "runs" / run_id).status == "finished"
+
+
+@needs_worker
+@pytest.mark.slow
+def test_run_follows_the_worker_through_an_out_of_memory_remedy(convdeck_home, monkeypatch):
+    monkeypatch.setenv("CONVDECK_FAULTS", "oom:batch_size>16")  # batch 32 "runs out of memory"
+    args = ("--set", "train.epochs=1", "--set", "train.on_oom=halve", *REAL_RUN)
+    result = run_cli("run", "lenet5-digits", *args, timeout=170)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "out of memory at step 1 with batch 32" in result.stdout
+    assert "remedy halve-batch applied at step 0: train.batch_size 32 -> 16" in result.stdout
+    assert re.search(r"completed: val_accuracy \d\.\d+", result.stdout.splitlines()[-1])

@@ -210,19 +210,33 @@ def _started_line(event: dict) -> str:
 
 
 def _oom_line(event: dict, run_id: str) -> str:
-    remedies = event.get("remedies") or []
-    fix = f"; fix with `convdeck ctl {run_id} remedy {remedies[0]}`" if remedies else ""
-    options = f" (remedies: {', '.join(map(str, remedies))})" if remedies else ""
-    return (
-        f"out of memory at step {event.get('step', '?')} with batch "
-        f"{event.get('batch_size', '?')}{options}{fix}"
+    names = [_remedy_name(remedy) for remedy in event.get("remedies") or []]
+    line = (
+        f"out of memory at step {event.get('step', '?')} with batch {event.get('batch_size', '?')}"
     )
+    if names:
+        line += f"; remedies: {', '.join(names)}"
+    if names and event.get("waiting", True):
+        line += f"; waiting for one: convdeck ctl {run_id} remedy {names[0]}"
+    return line
+
+
+def _remedy_name(remedy: Any) -> str:
+    """An ``oom`` event lists remedies as dicts (name, title, effect); older ones as names."""
+    return str(remedy.get("name", "?")) if isinstance(remedy, dict) else str(remedy)
 
 
 def _remedy_line(event: dict) -> str:
-    changes = {k: v for k, v in event.items() if k not in ("type", "time", "name")}
-    detail = ", ".join(f"{k} {v}" for k, v in changes.items())
-    return f"remedy {event.get('name', '?')} applied" + (f": {detail}" if detail else "")
+    changes = event.get("changes") or {}
+    detail = ", ".join(f"{field} {_old_to_new(change)}" for field, change in changes.items())
+    where = f" at step {event['step']}" if "step" in event else ""
+    return f"remedy {event.get('name', '?')} applied{where}" + (f": {detail}" if detail else "")
+
+
+def _old_to_new(change: Any) -> str:
+    if isinstance(change, (list, tuple)) and len(change) == 2:
+        return f"{change[0]} -> {change[1]}"
+    return str(change)
 
 
 class JsonLinesDisplay:

@@ -77,6 +77,7 @@ class LossChart(Widget, can_focus=True):
         self._dirty = True
         self._urgent = True
         self._last_draw = 0.0
+        self._plotted = False
 
     def on_mount(self) -> None:
         self.set_interval(1 / self.max_fps, self._tick)
@@ -88,11 +89,13 @@ class LossChart(Widget, can_focus=True):
         """Draw ``history`` (None: the placeholder), with optional ``(label, history)`` overlays."""
         self.history = history
         self.overlays = list(overlays or [])
+        self._plotted = False
         self.mark_dirty(urgent=True)
 
     def mark_dirty(self, urgent: bool = False) -> None:
         """Ask for a redraw; ``urgent`` (a key press) redraws at once, data waits its turn."""
         self._dirty = True
+        urgent = urgent or not self._plotted  # the first curve should not wait its turn
         if urgent and not self._urgent and self.is_attached:
             self.call_next(self._tick)
         self._urgent = self._urgent or urgent
@@ -147,6 +150,7 @@ class LossChart(Widget, can_focus=True):
         runs = ([("", self.history)] if self.history else []) + self.overlays
         if not runs or not any(h.series[self.view].count for _, h in runs):
             return Text(self.placeholder, "dim", justify="center")
+        self._plotted = True
         try:
             plot = self._plot(runs, width, height - 1)
         except Exception as error:  # noqa: BLE001 - a chart bug must never take the app down
