@@ -62,9 +62,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# name -> (preset, overrides, default timed epochs)
-WORKLOADS: dict[str, tuple[str, list[str], int]] = {
-    "lenet5": ("lenet5-digits", [], 6),
+# name -> (preset, overrides, default timed epochs, default repeats)
+WORKLOADS: dict[str, tuple[str, list[str], int, int]] = {
+    "lenet5": ("lenet5-digits", [], 10, 3),
     "resnet18": (
         "resnet18-cifar10",
         [
@@ -74,12 +74,14 @@ WORKLOADS: dict[str, tuple[str, list[str], int]] = {
             # No validation split: the engine's end-of-epoch validation is
             # outside the timing anyway, and would only lengthen the run.
             "data.validation_split=0.0",
-            # Batch 128 (the preset's) takes ~4 s a step on 2 CPU cores;
-            # 32 keeps the whole workload near two minutes there. On a GPU
-            # pass --set train.batch_size=128.
-            "train.batch_size=32",
-            "train.steps_per_epoch=8",
+            # The preset's batch 128 takes several seconds a step on 2 CPU
+            # cores; 16 keeps the workload near two minutes there. It is
+            # bound by arithmetic either way. On a GPU pass
+            # --set train.batch_size=128 --set train.steps_per_epoch=50.
+            "train.batch_size=16",
+            "train.steps_per_epoch=4",
         ],
+        2,
         2,
     ),
 }
@@ -89,7 +91,9 @@ DEFAULT_SPE = "8,32,64"
 # ----- the measurements (child process) ------------------------------------
 
 
-def child(workload: str, epochs: int, repeats: int, spe_list: list[int], extra: list[str]) -> dict:
+def child(
+    workload: str, epochs: int, repeats: int, spe_list: list[int], extra: list[str], other_trainer: str | None
+) -> dict:
     import keras
     import tensorflow as tf
 
@@ -103,7 +107,7 @@ def child(workload: str, epochs: int, repeats: int, spe_list: list[int], extra: 
     from engine.presets import load_preset
     from engine.trainer import Trainer
 
-    preset, overrides, _ = WORKLOADS[workload]
+    preset, overrides, _, _ = WORKLOADS[workload]
     config = load_preset(preset, [*overrides, *extra, f"train.epochs={1 + epochs}"])
     train = config.train
     precision.apply_policy(train.mixed_precision)
@@ -139,8 +143,8 @@ def child(workload: str, epochs: int, repeats: int, spe_list: list[int], extra: 
         )
         return {"images_per_sec": rate(timer.records), "epochs": timer.records}
 
-    def measure_engine() -> dict:
-        class TimedTrainer(Trainer):
+    def measure_engine(trainer_class) -> dict:
+        class TimedTrainer(trainer_class):
             records: list[tuple[int, float]] = []
             end_epoch_seconds: list[float] = []
 
@@ -177,14 +181,21 @@ def child(workload: str, epochs: int, repeats: int, spe_list: list[int], extra: 
             "steps_per_call": trainer.steps_per_call,
         }
 
-    variants = [f"fit spe={spe}" for spe in [1, *spe_list]] + ["engine"]
-    results: dict[str, list[dict]] = {v: [] for v in variants}
+    # An execution longer than the epoch would only run extra steps each epoch
+    # (the data repeats), so K is clipped to the steps per epoch.
+    spes = sorted({1, *(min(k, steps_per_epoch) for k in spe_list)})
+    engines = {"engine": Trainer}
+    if other_trainer:
+        engines[f"engine {Path(other_trainer).name}"] = load_trainer_class(other_trainer)
+    results: dict[str, list[dict]] = {f"fit spe={k}": [] for k in spes}
+    results.update({name: [] for name in engines})
     for _ in range(repeats):
-        for spe in [1, *spe_list]:
+        for spe in spes:
             results[f"fit spe={spe}"].append(measure_fit(spe))
             log(workload, f"fit spe={spe}", results[f"fit spe={spe}"][-1])
-        results["engine"].append(measure_engine())
-        log(workload, "engine", results["engine"][-1])
+        for name, trainer_class in engines.items():
+            results[name].append(measure_engine(trainer_class))
+            log(workload, name, results[name][-1])
     return {
         "workload": workload,
         "preset": preset,
@@ -194,9 +205,20 @@ def child(workload: str, epochs: int, repeats: int, spe_list: list[int], extra: 
         "batch": batch,
         "steps_per_epoch": steps_per_epoch,
         "epochs_timed": epochs,
+        "repeats": repeats,
         "optimizer": f"{train.optimizer} lr={train.learning_rate} schedule={train.schedule}",
         "results": results,
     }
+
+
+def load_trainer_class(path: str):
+    """``Trainer`` from a copy of engine/trainer.py, to measure a proposed change beside the real one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("proposed_trainer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Trainer
 
 
 def EpochTimer(optimizer):  # noqa: N802 - a callback class made once keras is imported
@@ -226,7 +248,6 @@ def log(workload: str, variant: str, result: dict) -> None:
     per_epoch = " ".join(f"{s}:{t:.3f}s" for s, t in result["epochs"])
     print(
         f"  [{workload}] {variant:<11} {result['images_per_sec']:9.1f} img/s  epochs(steps:s) {per_epoch}",
-        file=sys.stderr,
         flush=True,
     )
 
@@ -259,80 +280,109 @@ def machine_line() -> str:
     )
 
 
+def load_line() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+        return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+    except OSError:
+        return "load average unknown"
+
+
 def print_table(report: dict) -> None:
     results = report["results"]
     medians = {v: statistics.median(r["images_per_sec"] for r in rs) for v, rs in results.items()}
     fits = {v: m for v, m in medians.items() if v.startswith("fit")}
+    engines = [v for v in results if v.startswith("engine")]
     best = max(fits, key=fits.get)
-    engine = medians["engine"]
     print(
         f"\n{report['workload']}: preset {report['preset']}"
-        + (f" --set {' --set '.join(report['overrides'])}" if report["overrides"] else "")
+        + "".join(f" --set {shlex.quote(o)}" for o in report["overrides"])
     )
     print(
-        f"  model {report['model']}, {report['data']}, batch {report['batch']}, "
-        f"{report['optimizer']}, {report['steps_per_epoch']} steps/epoch, "
-        f"1 warm-up + {report['epochs_timed']} timed epochs, "
-        f"median of {len(results['engine'])}"
+        f"  {report['model']} on {report['data']}; batch {report['batch']}; {report['optimizer']}; "
+        f"{report['steps_per_epoch']} steps/epoch; 1 warm-up + {report['epochs_timed']} timed epochs; "
+        f"median of {report['repeats']}"
     )
-    print(f"  {'variant':<14}{'images/s':>10}{'  vs best fit':>14}   runs (images/s)")
+    width = max(16, *(len(v) + 3 for v in results))
+    print(f"  {'variant':<{width}}{'images/s':>10}{'vs best fit':>13}   each repeat (images/s)")
     for variant, rs in results.items():
         mark = " *" if variant == best else ""
         runs = ", ".join(f"{r['images_per_sec']:.0f}" for r in rs)
-        print(f"  {variant + mark:<14}{medians[variant]:>10.1f}{medians[variant] / fits[best]:>13.2f}x   {runs}")
-    own = [r["own_images_per_sec"] for r in results["engine"] if r["own_images_per_sec"]]
-    if own:
-        print(f"  {'engine (own)':<14}{statistics.median(own):>10.1f}{'':>14}   its step events' images_per_sec")
-    end = statistics.median(r["end_epoch_seconds"] for r in results["engine"])
-    spc = results["engine"][-1]["steps_per_call"]
-    print(
-        f"  engine / best fit ({best.removeprefix('fit ')}): {engine / fits[best]:.2f}   "
-        f"engine / fit spe=1: {engine / medians['fit spe=1']:.2f}   "
-        f"(engine steps_per_call {spc}; its end-of-epoch validation+checkpoint, not timed: {end:.2f} s)"
-    )
+        ratio = medians[variant] / fits[best]
+        print(f"  {variant + mark:<{width}}{medians[variant]:>10.1f}{ratio:>12.2f}x   {runs}")
+    for name in engines:
+        rs = results[name]
+        own = [r["own_images_per_sec"] for r in rs if r["own_images_per_sec"]]
+        end = statistics.median(r["end_epoch_seconds"] for r in rs)
+        print(
+            f"  {name}: / best fit ({best.removeprefix('fit ')}) = {medians[name] / fits[best]:.2f}, "
+            f"/ fit spe=1 = {medians[name] / medians['fit spe=1']:.2f}; "
+            f"its step events say {statistics.median(own) if own else float('nan'):.0f} images/s; "
+            f"steps_per_call {rs[-1]['steps_per_call']}; "
+            f"end-of-epoch validation+checkpoint (not timed) {end:.2f} s an epoch"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     parser.add_argument("--epochs", type=int, help="timed epochs after the warm-up one (default: per workload)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeat each measurement; report the median")
-    parser.add_argument("--spe", default=DEFAULT_SPE, help="steps_per_execution values to try for fit")
+    parser.add_argument("--repeats", type=int, help="repeat each measurement, report the median (default: per workload)")
+    parser.add_argument("--spe", default=DEFAULT_SPE, help=f"steps_per_execution values for fit besides 1 (default {DEFAULT_SPE})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every workload (e.g. train.batch_size=128)")
+    parser.add_argument("--trainer", metavar="FILE",
+                        help="also measure the Trainer of this copy of engine/trainer.py (a proposed change)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     spe_list = [int(s) for s in args.spe.split(",") if s.strip()]
 
     if args.child:
-        epochs = args.epochs or WORKLOADS[args.child][2]
-        report = child(args.child, epochs, args.repeats, spe_list, args.overrides)
+        import warnings
+
+        # fit warns that it cannot shuffle a tf.data.Dataset: the bundle's is shuffled already.
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+        _, _, epochs, repeats = WORKLOADS[args.child]
+        report = child(
+            args.child, args.epochs or epochs, args.repeats or repeats, spe_list, args.overrides, args.trainer
+        )
         Path(args.out).write_text(json.dumps(report))
         return 0
 
     print("command: " + " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]))
     print("machine: " + machine_line())
+    print("before:  " + load_line())
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     started = time.monotonic()
     for name in names:
         # One process per workload: each gets a fresh TensorFlow runtime (thread
-        # pools, the global Keras dtype policy and seeds, allocator and oneDNN
-        # primitive caches), so one workload's warm caches or memory never
-        # flatter or slow the next. Inside a workload the variants share a
-        # process and are interleaved, so they meet the same conditions.
+        # pools, the global Keras dtype policy and seed, allocator and oneDNN
+        # primitive caches), so one workload's warm caches, memory or threads
+        # never flatter or slow the next. Inside a workload the variants share
+        # a process and are interleaved repeat by repeat, so drift of the
+        # machine (other processes, thermal) meets them all alike.
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),
-                       "--spe", args.spe, "--out", out.name]
-            if args.epochs:
-                command += ["--epochs", str(args.epochs)]
+            command = [sys.executable, __file__, "--child", name, "--spe", args.spe, "--out", out.name]
+            for flag, value in (("--epochs", args.epochs), ("--repeats", args.repeats), ("--trainer", args.trainer)):
+                if value:
+                    command += [flag, str(value)]
             for assignment in args.overrides:
                 command += ["--set", assignment]
             t0 = time.monotonic()
-            subprocess.run(command, check=True)
+            # TensorFlow's start-up chatter goes to a file, shown only on failure.
+            with tempfile.TemporaryFile("w+") as chatter:
+                done = subprocess.run(command, stderr=chatter)
+                if done.returncode:
+                    chatter.seek(0)
+                    sys.stderr.write(chatter.read())
+                    print(f"{name}: the measuring process failed (exit {done.returncode})", file=sys.stderr)
+                    return 1
             report = json.loads(Path(out.name).read_text())
         print_table(report)
-        print(f"  ({time.monotonic() - t0:.0f} s for this workload)", flush=True)
+        print(f"  ({time.monotonic() - t0:.0f} s for this workload; {load_line()})", flush=True)
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     return 0
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -28,7 +29,6 @@ from engine.control import COMMANDS, REMEDIES
 from engine.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
 from engine.runs import (
     CONFIG_FILE,
-    PID_FILE,
     SOCKET_FILE,
     RunSummary,
     create_run_dir,
@@ -46,6 +46,9 @@ CONTROL_COMMANDS = COMMANDS  # the worker's own lists, so front ends check what 
 # History is read in chunks so a viewer draws the first part of a long run
 # before the last part is parsed, and the event loop stays responsive.
 HISTORY_CHUNK_BYTES = 1 << 20
+# The supervisor reports the worker's pid within a fraction of a second; a
+# machine busy importing TensorFlow elsewhere can make it much slower.
+SUPERVISOR_REPORT_SECONDS = 30.0
 # sockaddr_un holds 108 bytes with the NUL; deep run directories overflow it.
 _MAX_SOCKET_PATH = 107
 
@@ -55,8 +58,9 @@ class RunHandle:
 
     Args:
         run_dir: the run's directory.
-        process: the worker, when this process started it (exit codes and
-            liveness then come from it directly).
+        process: the worker, when this process started it (a
+            :class:`SupervisedWorker`: exit codes and liveness then come from
+            it directly).
         spawn_offset: the size of events.jsonl when the worker was spawned,
             so a follower can skip what earlier workers wrote.
     """
@@ -64,7 +68,7 @@ class RunHandle:
     def __init__(
         self,
         run_dir: Path,
-        process: subprocess.Popen | None = None,
+        process: SupervisedWorker | subprocess.Popen | None = None,
         spawn_offset: int = 0,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -553,48 +557,108 @@ def _with_preset_name(summary: RunSummary) -> RunSummary:
 
 
 def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> RunHandle:
-    """Start ``python -m engine.worker RUN_DIR`` detached: own session, no terminal."""
-    command = [sys.executable, "-m", _worker_module(), str(run_dir)]
-    command += ["--resume"] if resume else []
-    command += ["--remedy", remedy] if remedy else []
+    """Start the worker detached, under its supervisor (:mod:`engine.supervisor`).
+
+    The supervisor runs ``python -m engine.worker RUN_DIR`` as its child in a
+    session of its own, records its pid in worker.pid and reports it back
+    here, then waits to tell how the worker ended (a death by signal becomes
+    a ``worker_exit`` event).
+    """
+    worker_args = ["--resume"] if resume else []
+    worker_args += ["--remedy", remedy] if remedy else []
     events_path = run_dir / EVENTS_FILE
     spawn_offset = events_path.stat().st_size if events_path.exists() else 0
     # Unbuffered, so worker.log shows a crash's last words.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(run_dir / WORKER_LOG, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            close_fds=True,
-            env=env,
-        )
-    _record_pid(run_dir, process.pid)
+    read_fd, write_fd = os.pipe()
+    command = [
+        sys.executable,
+        "-m",
+        "engine.supervisor",
+        "--worker-module",
+        _worker_module(),
+        "--report-fd",
+        str(write_fd),
+        str(run_dir),
+        *worker_args,
+    ]
+    try:
+        with open(run_dir / WORKER_LOG, "ab") as log:
+            supervisor = subprocess.Popen(
+                command,
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                close_fds=True,
+                pass_fds=(write_fd,),
+                env=env,
+            )
+        os.close(write_fd)
+        write_fd = -1
+        worker_pid = _read_worker_pid(read_fd, supervisor)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    worker_command = [sys.executable, "-m", _worker_module(), str(run_dir), *worker_args]
+    process = SupervisedWorker(supervisor, worker_pid, worker_command)
     return RunHandle(run_dir, process=process, spawn_offset=spawn_offset)
+
+
+class SupervisedWorker:
+    """A worker started under a supervisor, as much like its ``Popen`` as callers need.
+
+    ``pid`` is the worker's (what worker.pid names); ``poll``, ``wait`` and
+    ``returncode`` are the supervisor's, which ends when the worker does, with
+    the worker's exit code or by the worker's signal.
+    """
+
+    def __init__(
+        self, supervisor: subprocess.Popen, worker_pid: int | None, args: list[str]
+    ) -> None:
+        self.supervisor = supervisor
+        # Without a reported pid (the supervisor died first) the supervisor stands in.
+        self.pid = worker_pid if worker_pid is not None else supervisor.pid
+        self.args = args
+
+    def poll(self) -> int | None:
+        return self.supervisor.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.supervisor.wait(timeout)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.supervisor.returncode
+
+
+def _read_worker_pid(fd: int, supervisor: subprocess.Popen) -> int | None:
+    """The pid line the supervisor writes once the worker runs; None if it never comes."""
+    deadline = time.monotonic() + SUPERVISOR_REPORT_SECONDS
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if not ready:
+            if supervisor.poll() is not None:
+                return None
+            continue
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break  # closed without a pid: the supervisor failed
+        data += chunk
+    try:
+        return int(data.split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def _worker_module() -> str:
     """``engine.worker``; tests swap in a fake, TF-free worker through the environment."""
     return os.environ.get("CONVDECK_WORKER_MODULE") or "engine.worker"
-
-
-def _record_pid(run_dir: Path, pid: int) -> None:
-    """Write worker.pid now, so `runs` never sees a starting worker as crashed.
-
-    The worker writes the same line itself once it is up; this closes the
-    gap while Python and its imports load.
-    """
-    import psutil
-
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return  # already gone: the follower will report it
-    tmp = run_dir / (PID_FILE + ".client.tmp")
-    tmp.write_text(f"{pid} {created}\n")
-    os.replace(tmp, run_dir / PID_FILE)
 
 
 # -- metrics for `show` --------------------------------------------------------

@@ -47,8 +47,9 @@ def create_run_dir(config: RunConfig, home: Path | None = None) -> Path:
     """Make a run directory (mode 0700) holding the run's config.toml."""
     root = runs_root(home)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    while True:
-        run_dir = root / new_run_id(config.name)
+    run_id = new_run_id(config.name)
+    for attempt in range(1, 1000):
+        run_dir = root / (run_id if attempt == 1 else f"{run_id}{attempt}")
         try:
             run_dir.mkdir(mode=0o700)
             break
@@ -76,14 +77,26 @@ def write_config(run_dir: Path, config: RunConfig, history: list[dict] | None = 
 
 def read_config(run_dir: Path) -> RunConfig:
     """The run's current config; ConfigError with one line when unreadable."""
-    data = load_toml(run_dir / CONFIG_FILE)
+    data = _load_config_toml(run_dir)
     data.pop("revisions", None)
     return validate_config(data, source=str(run_dir / CONFIG_FILE))
 
 
 def read_config_revisions(run_dir: Path) -> list[dict]:
     """Earlier config revisions (each a dict with revision, reason, config changes)."""
-    return list(load_toml(run_dir / CONFIG_FILE).get("revisions", []))
+    return list(_load_config_toml(run_dir).get("revisions", []))
+
+
+def _load_config_toml(run_dir: Path) -> dict:
+    """config.toml as a dict; binary garbage (not UTF-8) is one line too, not a traceback."""
+    path = run_dir / CONFIG_FILE
+    try:
+        return load_toml(path)
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not a text file (byte {error.start} is not UTF-8); "
+            "the run's config is unreadable"
+        ) from None
 
 
 @dataclass

@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from engine import precision
 from engine.optimizers import current_learning_rate, make_optimizer
-from engine.config import RunConfig
+from engine.strategy import StrategyInfo, configure_devices, make_strategy
+from engine.config import ConfigError, RunConfig
 from engine.control import ControlState
 from engine.data import DataBundle, load_data
 from engine.events import EventWriter
@@ -110,20 +111,36 @@ class Trainer:
                 remedy) to take only the step and data position from.
         """
         train = self.config.train
+        configure_devices(train)
+        self.dist: StrategyInfo = make_strategy(train)
+        self._check_batch_divides()
         tf.keras.utils.set_random_seed(train.seed)
         self.policy = precision.apply_policy(train.mixed_precision)
         self.data: DataBundle = load_data(self.config.data, train.batch_size, seed=train.seed)
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * train.epochs
-        self.model = build_model(self.config.model, self.data.input_shape, self.data.num_classes)
-        self.optimizer = make_optimizer(train, self.steps_per_epoch, self.total_steps)
-        self.optimizer.build(self.model.trainable_variables)
-        self._make_checkpointing()
+        with self.dist.strategy.scope():
+            self.model = build_model(self.config.model, self.data.input_shape, self.data.num_classes)
+            self.optimizer = make_optimizer(train, self.steps_per_epoch, self.total_steps)
+            self.optimizer.build(self.model.trainable_variables)
+            self._make_checkpointing()
         self.restored_from = self._restore() if resume else None
         if self.restored_from is None and progress_from:
             self.restored_from = self._restore_progress(progress_from)
         self._compile_functions()
         self.tensorboard = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+
+    @property
+    def per_replica_batch(self) -> int:
+        return self.config.train.batch_size // self.dist.replicas
+
+    def _check_batch_divides(self) -> None:
+        batch, replicas = self.config.train.batch_size, self.dist.replicas
+        if batch % replicas:
+            raise ConfigError(
+                f"train.batch_size {batch} does not split over {replicas} replicas; "
+                f"use a multiple of {replicas}, e.g. {max(replicas, batch // replicas * replicas)}"
+            )
 
     def _steps_per_epoch(self) -> int:
         steps = max(1, self.data.steps_per_epoch // self.config.train.accumulation_steps)
@@ -168,18 +185,24 @@ class Trainer:
         self._train_calls = tf.function(self._train_loop, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_dataset)
 
-    def _loss_and_accuracy(self, outputs, labels):
+    def _loss_and_accuracy(self, outputs, labels, global_batch=None):
+        """Loss and accuracy of a batch; with ``global_batch``, this replica's share of them.
+
+        Each replica divides by the global batch, so summing over replicas
+        gives the mean, and the gradients all-reduced by the optimizer too.
+        """
         aux_outputs = []
         if isinstance(outputs, (list, tuple)):
             outputs, aux_outputs = outputs[0], list(outputs[1:])
-        loss = self._mean_crossentropy(outputs, labels)
+        loss = self._crossentropy_sum(outputs, labels)
         for aux in aux_outputs:
-            loss += AUX_LOSS_WEIGHT * self._mean_crossentropy(aux, labels)
+            loss += AUX_LOSS_WEIGHT * self._crossentropy_sum(aux, labels)
         predicted = tf.argmax(outputs, axis=-1, output_type=tf.int32)
-        accuracy = tf.reduce_mean(tf.cast(predicted == tf.cast(labels, tf.int32), tf.float32))
-        return loss, accuracy
+        correct = tf.reduce_sum(tf.cast(predicted == tf.cast(labels, tf.int32), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32) if global_batch is None else float(global_batch)
+        return loss / count, correct / count
 
-    def _mean_crossentropy(self, logits, labels):
+    def _crossentropy_sum(self, logits, labels):
         logits = tf.cast(logits, tf.float32)
         smoothing = self.config.train.label_smoothing
         if smoothing:
@@ -191,13 +214,13 @@ class Trainer:
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.cast(labels, tf.int32), logits=logits
             )
-        return tf.reduce_mean(per_example)
+        return tf.reduce_sum(per_example)
 
     def _replica_step(self, images, labels, poison):
         """Loss, accuracy and gradients of one micro-batch (changes no weight)."""
         with tf.GradientTape() as tape:
             outputs = self.model(images, training=True)
-            loss, accuracy = self._loss_and_accuracy(outputs, labels)
+            loss, accuracy = self._loss_and_accuracy(outputs, labels, self.config.train.batch_size)
             # nan:step=N fault: a NaN loss that also poisons the gradients, as a real one would.
             # A multiplier, not tf.where: where's gradient flows through both branches.
             loss = loss * tf.where(poison, float("nan"), 1.0)
@@ -205,21 +228,27 @@ class Trainer:
         grads = tape.gradient(scaled, self.model.trainable_variables)
         return loss, accuracy, grads
 
-    def _one_update(self, iterator, poison):
-        """One optimizer update from ``accumulation_steps`` micro-batches."""
-        accumulate = self.config.train.accumulation_steps
+    def _replica_update(self, batches, poison):
+        """On one replica: gradients of its micro-batches, summed, then one update."""
         total_loss, total_accuracy, summed = 0.0, 0.0, None
-        for _ in range(accumulate):  # unrolled: accumulation is fixed per config
-            images, labels = next(iterator)
+        for images, labels in batches:  # unrolled: accumulation is fixed per config
             loss, accuracy, grads = self._replica_step_fn(images, labels, poison)
             total_loss += loss
             total_accuracy += accuracy
             summed = grads if summed is None else [a + b for a, b in zip(summed, grads)]
-        if accumulate > 1:
-            summed = [g / accumulate for g in summed]
+        if len(batches) > 1:
+            summed = [g / len(batches) for g in summed]
         self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))
+        return total_loss / len(batches), total_accuracy / len(batches)
+
+    def _one_update(self, iterator, poison):
+        """One optimizer update from ``accumulation_steps`` micro-batches, on every replica."""
+        batches = tuple(next(iterator) for _ in range(self.config.train.accumulation_steps))
+        strategy = self.dist.strategy
+        loss, accuracy = strategy.run(self._replica_update, args=(batches, poison))
         self.step_var.assign_add(1)
-        return total_loss / accumulate, total_accuracy / accumulate
+        total = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(total, loss, axis=None), strategy.reduce(total, accuracy, axis=None)
 
     def _train_loop(self, iterator, steps, nan_step):
         """Run ``steps`` updates; per-step loss, accuracy and learning rate come back together."""
@@ -271,8 +300,10 @@ class Trainer:
             config=self.config.model_dump(mode="json"),
             run_id=self.run_dir.name,
             devices=[d.name for d in tf.config.list_logical_devices()],
-            strategy="one_device",
-            replicas=1,
+            strategy=self.dist.name,
+            replicas=self.dist.replicas,
+            per_replica_batch=self.per_replica_batch,
+            replica_devices=self.dist.devices,
             precision=self.policy,
             model_name=self.model.name,
             parameters=int(self.model.count_params()),
@@ -290,7 +321,8 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         skip = self.examples_in_epoch // self.config.train.batch_size
-        iterator = iter(self.data.train_for_epoch(epoch, skip_batches=skip))
+        dataset = self.data.train_for_epoch(epoch, skip_batches=skip)
+        iterator = iter(self.dist.strategy.experimental_distribute_dataset(_shard_by_data(dataset)))
         done = self.examples_in_epoch // self.images_per_step
         epoch_end = self.step + max(0, self.steps_per_epoch - done)
         while self.step < epoch_end:
@@ -324,7 +356,7 @@ class Trainer:
 
     def _raise_injected_oom(self) -> None:
         step = self.step + 1
-        batch = self.config.train.batch_size
+        batch = self.per_replica_batch
         if self.faults.oom_at(step, batch):
             self.faults.mark_fired(step)
             self._after_oom(
@@ -479,6 +511,13 @@ class Trainer:
             **_rounded(self.last_metrics),
         )
         return reason
+
+
+def _shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Shard by element across workers: in-memory datasets have no files to shard by."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def _rounded(metrics: dict) -> dict:

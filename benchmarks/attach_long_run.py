@@ -1,0 +1,325 @@
+"""Attaching to a long run: time to the live tail, and memory, against the events file's length.
+
+Fabricates run directories whose events.jsonl holds 100,000 and 1,000,000
+step events (with run_started, an epoch_end every 1,000 steps and a
+checkpoint every 200), marks each run live (this process's pid and a fresh
+heartbeat), and measures in a fresh child process per figure:
+
+- ``tui``: the TUI's own path (tui/app.py ``_tail``): ``RunHandle.events(
+  history_steps=HISTORY_STEPS)`` folded into ``RunState`` (and so into
+  engine.history's ``RunHistory``) in ``INGEST_CHUNK`` slices, yielding to
+  the event loop between slices. A thread appends a live step line every
+  0.1 s from the moment following begins; "live tail" is the time until the
+  first of those is folded in.
+- ``full``: the same without thinning (``history_steps=None``): every step
+  line parsed and folded in. The baseline the thinning saves.
+- ``summary``: ``RunHandle.summary()`` (engine.runs.summarize_run), which the
+  TUI calls every 2 s while it watches a live run and ``convdeck runs`` calls
+  for every run; and ``run_metrics`` (``convdeck show``).
+
+Memory: the peak of Python's heap under tracemalloc while following (a
+second child, as tracemalloc slows the code it watches), and the growth of
+the child's peak RSS over its RSS after imports.
+
+Goal (issue 3, item 7): live tail in < 2 s at 1,000,000 steps; memory flat in
+the file's length.
+
+Usage: python benchmarks/attach_long_run.py [--sizes 100000 1000000] [--keep]
+(``--child MODE RUN_DIR`` is one measurement; it prints one JSON line.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STEPS_PER_EPOCH = 1000
+CHECKPOINT_EVERY = 200
+LIVE_EVERY = 0.1  # seconds between the live steps the "worker" appends
+
+
+# -- fabricating a long run --------------------------------------------------------------------
+
+
+def fabricate(home: Path, steps: int) -> Path:
+    """A run directory as a worker would leave it after ``steps`` steps, still live."""
+    import psutil
+
+    from engine.config import RunConfig
+    from engine.runs import write_config
+
+    run_dir = home / "runs" / f"20250101-000000-long-{steps}"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    config = RunConfig(name="lenet5-digits")
+    write_config(run_dir, config)
+    start = time.time() - steps * 0.01
+    with open(run_dir / "events.jsonl", "w") as out:
+        started = {
+            "type": "run_started",
+            "time": round(start, 3),
+            "config": config.model_dump(mode="json"),
+            "run_id": run_dir.name,
+            "devices": ["/device:CPU:0"],
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "epochs": steps // STEPS_PER_EPOCH + 1,
+            "total_steps": (steps // STEPS_PER_EPOCH + 1) * STEPS_PER_EPOCH,
+            "resumed_from_step": None,
+        }
+        out.write(json.dumps(started) + "\n")
+        lines = []
+        for n in range(1, steps + 1):
+            now = round(start + n * 0.01, 3)
+            epoch = (n - 1) // STEPS_PER_EPOCH + 1
+            loss = 2.3 / (1 + n / 5000) + 0.01 * ((n * 7919) % 13) / 13
+            # json.dumps field order and spacing, as EventWriter writes them.
+            lines.append(
+                f'{{"type": "step", "time": {now}, "step": {n}, "epoch": {epoch}, '
+                f'"loss": {loss:.6f}, "accuracy": {min(0.99, 0.1 + n / steps):.5f}, '
+                f'"learning_rate": 0.001, "images_per_sec": 12345.6, "step_time": 0.01037}}\n'
+            )
+            if n % CHECKPOINT_EVERY == 0:
+                lines.append(
+                    json.dumps({"type": "checkpoint", "time": now, "step": n,
+                                "path": str(run_dir / "checkpoints" / f"ckpt-{n}")}) + "\n"
+                )  # fmt: skip
+            if n % STEPS_PER_EPOCH == 0:
+                lines.append(
+                    json.dumps({"type": "epoch_end", "time": now, "epoch": epoch, "step": n,
+                                "loss": loss, "accuracy": 0.9, "val_loss": loss * 1.1,
+                                "val_accuracy": 0.88}) + "\n"
+                )  # fmt: skip
+            if len(lines) >= 50_000:
+                out.write("".join(lines))
+                lines.clear()
+        out.write("".join(lines))
+    me = psutil.Process()
+    (run_dir / "worker.pid").write_text(f"{me.pid} {me.create_time()}")
+    (run_dir / "heartbeat").touch()
+    return run_dir
+
+
+# -- one measurement, in a child process ---------------------------------------------------------
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class LiveWorker:
+    """Appends a step line every LIVE_EVERY seconds, as the run's worker would."""
+
+    def __init__(self, run_dir: Path, first_step: int) -> None:
+        self.path = run_dir / "events.jsonl"
+        self.step = first_step
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._append, daemon=True)
+        self._thread.start()
+
+    def _append(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while not self._stop.wait(LIVE_EVERY):
+                line = json.dumps({"type": "step", "time": round(time.time(), 3), "step": self.step,
+                                   "epoch": 1, "loss": 0.1, "live": True})  # fmt: skip
+                os.write(fd, (line + "\n").encode())
+                self.step += 1
+        finally:
+            os.close(fd)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def follow_like_the_tui(run_dir: Path, history_steps: int | None) -> dict:
+    """tui/app.py ``_tail``: events in batches, folded into RunState in INGEST_CHUNK slices."""
+    from engine.client import RunHandle
+    from engine.events import last_event_of
+    from tui.app import INGEST_CHUNK
+    from tui.run_state import RunState
+
+    handle = RunHandle(run_dir)
+    state = RunState(run_id=handle.run_id)
+    figures: dict = {"events_folded": 0}
+    t0 = time.perf_counter()
+    last = last_event_of(handle.events_path, ("step",))
+    live = LiveWorker(run_dir, first_step=(last or {}).get("step", 0) + 1)
+    try:
+        async for batch in handle.events(from_start=True, history_steps=history_steps):
+            figures.setdefault("first_batch_s", time.perf_counter() - t0)
+            for start in range(0, len(batch), INGEST_CHUNK):
+                chunk = batch[start : start + INGEST_CHUNK]
+                state.apply(chunk)
+                figures["events_folded"] += len(chunk)
+                if any(e.get("live") for e in chunk):
+                    figures["live_tail_s"] = time.perf_counter() - t0
+                    break
+                await asyncio.sleep(0)
+            if "live_tail_s" in figures:
+                break
+    finally:
+        live.stop()
+    history = state.history
+    figures.update(
+        chart_points=history.series["loss"].count,
+        chart_buckets=len(history.series["loss"]),
+        bucket_size=history.series["loss"].bucket_size,
+        step_reached=state.step,
+    )
+    return figures
+
+
+def child(mode: str, run_dir: Path) -> dict:
+    import tracemalloc
+
+    # Everything the measured code imports, before the baseline.
+    import engine.client  # noqa: F401
+    import tui.app  # noqa: F401
+    import tui.run_state  # noqa: F401
+    from engine.client import RunHandle, run_metrics
+    from tui.app import HISTORY_STEPS
+
+    traced = mode.endswith("-mem")
+    mode = mode.removesuffix("-mem")
+    baseline_rss = _rss()
+    if traced:
+        tracemalloc.start()
+    if mode == "summary":
+        t0 = time.perf_counter()
+        summary = RunHandle(run_dir).summary()
+        figures = {"summary_s": time.perf_counter() - t0, "status": summary.status}
+        t0 = time.perf_counter()
+        run_metrics(run_dir)
+        figures["show_metrics_s"] = time.perf_counter() - t0
+    else:
+        history_steps = HISTORY_STEPS if mode == "tui" else None
+        figures = asyncio.run(follow_like_the_tui(run_dir, history_steps))
+        figures["history_steps"] = history_steps
+    if traced:
+        figures["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    figures["rss_growth_mb"] = max(0, peak_rss - baseline_rss) / 2**20
+    return figures
+
+
+def measure(mode: str, run_dir: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"child {mode} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def truncate_to(run_dir: Path, size: int) -> None:
+    """Drop what the live appender added, so every measurement sees the same history."""
+    os.truncate(run_dir / "events.jsonl", size)
+    (run_dir / "heartbeat").touch()
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--keep", action="store_true", help="keep the fabricated runs")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "RUN_DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        return
+
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    home = Path(tempfile.mkdtemp(prefix="cdk-attach-", dir="/tmp"))
+    rows = []
+    try:
+        for steps in args.sizes:
+            t0 = time.perf_counter()
+            run_dir = fabricate(home, steps)
+            size = (run_dir / "events.jsonl").stat().st_size
+            print(
+                f"fabricated {steps:,} steps: {size / 2**20:.0f} MiB in "
+                f"{time.perf_counter() - t0:.1f} s ({run_dir})",
+                flush=True,
+            )
+            row = {"steps": steps, "mib": size / 2**20}
+            for mode in ("tui", "tui-mem", "full", "full-mem", "summary"):
+                figures = measure(mode, run_dir)
+                truncate_to(run_dir, size)
+                row[mode] = figures
+                print(f"  {mode:<8} {json.dumps(figures)}", flush=True)
+            rows.append(row)
+    finally:
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    def cell(value, spec: str) -> str:
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    print()
+    print("attach to a live run (the TUI's path: thinned history -> RunState/RunHistory, then live)")
+    header = (
+        f"{'steps':>10} {'file MiB':>9} | {'first batch s':>13} {'live tail s':>11} "
+        f"{'events folded':>13} {'heap peak MiB':>13} {'RSS growth MiB':>14} | "
+        f"{'full replay s':>13} {'heap peak MiB':>13} {'RSS growth MiB':>14} | "
+        f"{'summary s':>9} {'show s':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        tui, tui_mem, full, full_mem, summary = (
+            row[k] for k in ("tui", "tui-mem", "full", "full-mem", "summary")
+        )
+        print(
+            f"{row['steps']:>10,} {row['mib']:>9.0f} | {cell(tui.get('first_batch_s'), '13.3f')} "
+            f"{cell(tui.get('live_tail_s'), '11.3f')} {tui['events_folded']:>13,} "
+            f"{tui_mem['tracemalloc_peak_mb']:>13.1f} {tui['rss_growth_mb']:>14.1f} | "
+            f"{cell(full.get('live_tail_s'), '13.3f')} {full_mem['tracemalloc_peak_mb']:>13.1f} "
+            f"{full['rss_growth_mb']:>14.1f} | {summary['summary_s']:>9.3f} "
+            f"{summary['show_metrics_s']:>7.3f}"
+        )
+    print()
+    print("live tail s: from starting to follow until the first step appended after that is folded")
+    print("in; goal < 2 s at 1,000,000 steps. heap peak: tracemalloc, in a separate child run.")
+    print("summary s: RunHandle.summary(), which the TUI calls every 2 s while it watches a live")
+    print("run, and `convdeck runs` for each run; show s: run_metrics (`convdeck show`).")
+    if len(rows) >= 2:
+        small, large = rows[0], rows[-1]
+        ratio = large["steps"] / small["steps"]
+        print(
+            f"file x{ratio:.0f}: live tail x{large['tui']['live_tail_s'] / small['tui']['live_tail_s']:.2f}, "
+            f"heap peak x{large['tui-mem']['tracemalloc_peak_mb'] / small['tui-mem']['tracemalloc_peak_mb']:.2f} "
+            f"(thinned); full replay x{large['full']['live_tail_s'] / small['full']['live_tail_s']:.2f}, "
+            f"heap peak x{large['full-mem']['tracemalloc_peak_mb'] / small['full-mem']['tracemalloc_peak_mb']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

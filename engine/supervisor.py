@@ -1,0 +1,368 @@
+"""The supervisor: a tiny parent that reports how its worker died.
+
+``python -m engine.supervisor [--worker-module M] [--report-fd FD] RUN_DIR [WORKER ARGS...]``
+
+A worker killed by a signal writes no last event: the kernel's OOM killer
+sends SIGKILL, a CUDA or native fault raises SIGSEGV. Only its parent learns
+how it ended, so the client starts this process (detached, TF-free, a few
+MB) and it runs the worker as its child (in a session of its own, as
+before). Every second it samples the worker's resident memory and the host's
+available memory (and the cgroup's, where one limits it). When the worker
+dies by a signal, or exits non-zero without a final event, it appends a
+``worker_exit`` event: the signal, the return code, whether host memory ran
+low, and what to do next. The run's status stays ``crashed``; its reason
+now says why.
+
+- ``worker.pid`` names the worker, written by the supervisor before it
+  reports the pid to the client through ``--report-fd``.
+- The worker's exec-restart (after a remedy) keeps its pid, so the
+  supervisor keeps waiting on the same child.
+- SIGHUP is ignored; SIGTERM and SIGINT are forwarded to the worker, which
+  treats them as ``stop``.
+- The supervisor exits with the worker: with its exit code, or by the same
+  signal (core dumps off), so whoever waits on it sees what the worker did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from engine.events import EVENTS_FILE, EventWriter, parse_line
+
+PID_FILE = "worker.pid"  # engine.runs.PID_FILE; not imported, to keep pydantic out
+SAMPLE_SECONDS = 1.0
+RECENT_SAMPLES = 5  # how far back "memory ran low just before it died" looks
+# Host (or cgroup) memory counts as nearly exhausted below this share of the total...
+LOW_MEMORY_FRACTION = 0.08
+# ...or below this many bytes, whichever is larger.
+LOW_MEMORY_BYTES = 512 << 20
+# The worker alone holding this share of the memory is a likely OOM-killer victim too.
+WORKER_SHARE_FRACTION = 0.7
+NATIVE_FAULTS = ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a huge number
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One look at the worker and the host, in bytes."""
+
+    time: float
+    worker_rss: int
+    available: int
+    total: int
+
+
+def read_sample(pid: int) -> Sample:
+    """The worker's resident memory (with its children) and the memory left to it."""
+    rss = 0
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(pid)
+        rss = process.memory_info().rss
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                rss += child.memory_info().rss
+    memory = psutil.virtual_memory()
+    available, total = memory.available, memory.total
+    limit = cgroup_memory()
+    if limit is not None:
+        usage, cap = limit
+        available, total = min(available, max(0, cap - usage)), min(total, cap)
+    return Sample(time.time(), rss, available, total)
+
+
+def cgroup_memory() -> tuple[int, int] | None:
+    """``(usage, limit)`` of this process's memory cgroup when a limit is set, else None."""
+    for usage_file, limit_file in (
+        ("/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory.max"),  # v2
+        (
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ),  # v1
+    ):
+        try:
+            limit_text = Path(limit_file).read_text().strip()
+            if limit_text == "max" or int(limit_text) >= _NO_LIMIT:
+                return None
+            return int(Path(usage_file).read_text().strip()), int(limit_text)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def cgroup_oom_kills() -> int | None:
+    """How many processes the cgroup's OOM killer has killed so far (None: unknown)."""
+    for path, key in (
+        ("/sys/fs/cgroup/memory.events", "oom_kill"),
+        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+    ):
+        try:
+            for line in Path(path).read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def diagnose(
+    returncode: int,
+    samples: list[Sample],
+    oom_kills: int | None = None,
+    run_id: str = "RUN",
+) -> dict:
+    """The ``worker_exit`` event's fields for a worker that ended with ``returncode``.
+
+    Args:
+        returncode: as subprocess reports it: negative for a signal.
+        samples: the last samples before it died, oldest first.
+        oom_kills: how many OOM kills the cgroup counted while it ran (None: unknown).
+        run_id: the run, for the command the suggestion gives.
+    """
+    recent = samples[-RECENT_SAMPLES:]
+    low = False
+    if recent:
+        total = recent[-1].total
+        floor = max(LOW_MEMORY_BYTES, LOW_MEMORY_FRACTION * total)
+        low = min(s.available for s in recent) < floor or (
+            recent[-1].worker_rss >= WORKER_SHARE_FRACTION * total
+        )
+    low = low or bool(oom_kills)
+    name = signal_name(-returncode) if returncode < 0 else None
+    suggestion = _suggestion(name, returncode, low, run_id)
+    how = f"killed by {name}" if name else f"exited with code {returncode} without a final event"
+    fields = {
+        "returncode": returncode,
+        "signal": name,
+        "signal_number": -returncode if returncode < 0 else None,
+        "host_memory_low": low,
+        "suggestion": suggestion,
+        "message": f"{how}: {suggestion}",
+    }
+    if recent:
+        fields.update(
+            worker_rss_bytes=recent[-1].worker_rss,
+            worker_peak_rss_bytes=max(s.worker_rss for s in samples),
+            host_available_bytes=min(s.available for s in recent),
+            host_total_bytes=recent[-1].total,
+        )
+    if oom_kills is not None:
+        fields["oom_kills"] = oom_kills
+    return fields
+
+
+def _suggestion(name: str | None, returncode: int, low: bool, run_id: str) -> str:
+    resume = f"`convdeck resume {run_id}`"
+    if name == "SIGKILL" and low:
+        return (
+            "the kernel's OOM killer likely ended it: host memory ran out; "
+            f"resume with `convdeck resume {run_id} --remedy halve-batch`"
+        )
+    if name == "SIGKILL":
+        return (
+            "something outside ended it (a user, a job scheduler, or a memory limit); "
+            f"host memory was not low when last sampled; resume with {resume}"
+        )
+    if name in NATIVE_FAULTS:
+        return (
+            "a CUDA or native fault (TensorFlow, a driver or a library crashed); "
+            f"resume with {resume}, and if it happens again see worker.log"
+        )
+    if name == "SIGABRT":
+        return (
+            "an abort inside TensorFlow or CUDA (a failed check); see worker.log; "
+            f"resume with {resume}"
+        )
+    if low:
+        return (
+            f"host memory was nearly exhausted; resume with "
+            f"`convdeck resume {run_id} --remedy halve-batch`"
+        )
+    if name:
+        return f"it ended before it could save; resume with {resume}"
+    return f"see worker.log for why; resume with {resume}"
+
+
+class Supervisor:
+    """Runs one worker to its end, sampling it, and reports a death by signal."""
+
+    def __init__(self, run_dir: Path, command: list[str]) -> None:
+        self.run_dir = run_dir
+        self.command = command
+        self.samples: collections.deque[Sample] = collections.deque(maxlen=RECENT_SAMPLES)
+        self.peak_rss = 0
+        self.child: subprocess.Popen | None = None
+        self.pending: list[int] = []  # signals that came before the worker started
+        events = run_dir / EVENTS_FILE
+        self.events_offset = events.stat().st_size if events.exists() else 0
+
+    def start(self) -> int:
+        """Start the worker (a session of its own) and record its pid; returns the pid."""
+        self.oom_kills_before = cgroup_oom_kills()
+        self.child = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
+        )
+        record_pid(self.run_dir, self.child.pid)
+        for number in self.pending:
+            self.forward(number)
+        return self.child.pid
+
+    def forward(self, number: int, _frame: object = None) -> None:
+        """Pass SIGTERM or SIGINT on to the worker (it checkpoints and stops)."""
+        if self.child is None:
+            self.pending.append(number)
+        elif self.child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child.pid, number)
+
+    def wait(self) -> int:
+        """Sample every second until the worker ends; returns its return code."""
+        assert self.child is not None
+        pidfd = _pidfd(self.child.pid)
+        try:
+            while self.child.poll() is None:
+                sample = read_sample(self.child.pid)
+                if self.child.poll() is not None:
+                    break  # it died while we looked: this sample shows the aftermath
+                self.samples.append(sample)
+                self.peak_rss = max(self.peak_rss, sample.worker_rss)
+                _wait_readable(pidfd, self.child, SAMPLE_SECONDS)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return self.child.wait()
+
+    def report(self, returncode: int) -> dict | None:
+        """Append ``worker_exit`` when the worker died by a signal or without a final event."""
+        if returncode == 0 or (returncode > 0 and self._ended_with_final_event()):
+            return None
+        kills = cgroup_oom_kills()
+        new_kills = None
+        if kills is not None and self.oom_kills_before is not None:
+            new_kills = kills - self.oom_kills_before
+        samples = list(self.samples)
+        fields = diagnose(returncode, samples, new_kills, run_id=self.run_dir.name)
+        if samples:
+            fields["worker_peak_rss_bytes"] = max(self.peak_rss, fields["worker_peak_rss_bytes"])
+        assert self.child is not None
+        with EventWriter(self.run_dir / EVENTS_FILE) as writer:
+            return writer.emit("worker_exit", pid=self.child.pid, **fields)
+
+    def _ended_with_final_event(self) -> bool:
+        """Whether the worker's last start was followed by ``finished`` or ``failed``."""
+        final = False
+        try:
+            with open(self.run_dir / EVENTS_FILE, "rb") as handle:
+                handle.seek(self.events_offset)
+                for line in handle:
+                    event = parse_line(line)
+                    if event is None:
+                        continue
+                    if event["type"] in ("finished", "failed"):
+                        final = True
+                    elif event["type"] == "run_started":
+                        final = False
+        except OSError:
+            return False
+        return final
+
+
+def record_pid(run_dir: Path, pid: int) -> None:
+    """Write ``worker.pid`` as the worker does: pid and start time, atomically."""
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return  # already gone; the report says how
+    tmp = run_dir / (PID_FILE + ".supervisor.tmp")
+    tmp.write_text(f"{pid} {created}\n")
+    os.replace(tmp, run_dir / PID_FILE)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None  # old kernel or Python: poll instead
+
+
+def _wait_readable(pidfd: int | None, child: subprocess.Popen, seconds: float) -> None:
+    """Sleep up to ``seconds``, waking at once when the child exits."""
+    if pidfd is not None:
+        select.select([pidfd], [], [], seconds)
+        return
+    deadline = time.monotonic() + seconds
+    while child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _exit_like(returncode: int) -> None:
+    """Leave as the worker did: the same exit code, or the same signal."""
+    if returncode >= 0:
+        sys.exit(returncode)
+    number = -returncode
+    with contextlib.suppress(ValueError, OSError):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the worker's fault, not ours
+    with contextlib.suppress(ValueError, OSError, RuntimeError):
+        signal.signal(number, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), number)
+    os._exit(128 + number)  # a signal whose default is not to end the process
+
+
+def _report_pid(fd: int | None, pid: int) -> None:
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{pid}\n".encode())
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.supervisor")
+    parser.add_argument("--worker-module", default="engine.worker")
+    parser.add_argument("--report-fd", type=int, help="write the worker's pid here, then close it")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("worker_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    run_dir = args.run_dir.resolve()
+    command = [sys.executable, "-m", args.worker_module, str(run_dir), *args.worker_args]
+    supervisor = Supervisor(run_dir, command)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, supervisor.forward)
+    pid = supervisor.start()
+    _report_pid(args.report_fd, pid)
+    returncode = supervisor.wait()
+    try:
+        supervisor.report(returncode)
+    except Exception as error:  # noqa: BLE001 - a failed report must not hide the exit
+        print(f"supervisor: could not report the worker's exit: {error}", file=sys.stderr)
+    _exit_like(returncode)
+    return returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
