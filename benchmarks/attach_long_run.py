@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 STEPS_PER_EPOCH = 1000
 CHECKPOINT_EVERY = 200
 LIVE_EVERY = 0.1  # seconds between the live steps the "worker" appends
+FOLLOW_SECONDS = 12.0  # how long to keep following once live, measuring each step's lag
 
 
 # -- fabricating a long run --------------------------------------------------------------------
@@ -137,7 +138,8 @@ class LiveWorker:
         try:
             while not self._stop.wait(LIVE_EVERY):
                 line = json.dumps({"type": "step", "time": round(time.time(), 3), "step": self.step,
-                                   "epoch": 1, "loss": 0.1, "live": True})  # fmt: skip
+                                   "epoch": 1, "loss": 0.1, "live": True,
+                                   "appended": time.perf_counter()})  # fmt: skip
                 os.write(fd, (line + "\n").encode())
                 self.step += 1
         finally:
@@ -148,8 +150,35 @@ class LiveWorker:
         self._thread.join()
 
 
-async def follow_like_the_tui(run_dir: Path, history_steps: int | None) -> dict:
-    """tui/app.py ``_tail``: events in batches, folded into RunState in INGEST_CHUNK slices."""
+class LivenessPoller:
+    """tui/app.py ``_check_liveness``: ``run.summary()`` in a thread, 2 s after the last one."""
+
+    def __init__(self, handle, interval: float = 2.0) -> None:
+        self.handle = handle
+        self.interval = interval
+        self.durations: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.perf_counter()
+            self.handle.summary()
+            self.durations.append(time.perf_counter() - started)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def follow_like_the_tui(
+    run_dir: Path, history_steps: int | None, follow_seconds: float = 0.0, poll: bool = False
+) -> dict:
+    """tui/app.py ``_tail``: events in batches, folded into RunState in INGEST_CHUNK slices.
+
+    After reaching the live tail it keeps following for ``follow_seconds`` and
+    records how late each live step is folded in (appended -> folded).
+    """
     from engine.client import RunHandle
     from engine.events import last_event_of
     from tui.app import INGEST_CHUNK
@@ -158,9 +187,12 @@ async def follow_like_the_tui(run_dir: Path, history_steps: int | None) -> dict:
     handle = RunHandle(run_dir)
     state = RunState(run_id=handle.run_id)
     figures: dict = {"events_folded": 0}
+    lags: list[float] = []
     t0 = time.perf_counter()
     last = last_event_of(handle.events_path, ("step",))
     live = LiveWorker(run_dir, first_step=(last or {}).get("step", 0) + 1)
+    poller = LivenessPoller(handle) if poll else None
+    until = None
     try:
         async for batch in handle.events(from_start=True, history_steps=history_steps):
             figures.setdefault("first_batch_s", time.perf_counter() - t0)
@@ -168,14 +200,29 @@ async def follow_like_the_tui(run_dir: Path, history_steps: int | None) -> dict:
                 chunk = batch[start : start + INGEST_CHUNK]
                 state.apply(chunk)
                 figures["events_folded"] += len(chunk)
-                if any(e.get("live") for e in chunk):
-                    figures["live_tail_s"] = time.perf_counter() - t0
-                    break
+                now = time.perf_counter()
+                lags += [now - e["appended"] for e in chunk if e.get("live")]
+                if lags and "live_tail_s" not in figures:
+                    figures["live_tail_s"] = now - t0
+                    until = now + follow_seconds
                 await asyncio.sleep(0)
-            if "live_tail_s" in figures:
+            if until is not None and time.perf_counter() >= until:
                 break
     finally:
         live.stop()
+        if poller:
+            poller.stop()
+    if follow_seconds:
+        lags.sort()
+        figures.update(
+            live_lag_p50_s=lags[len(lags) // 2],
+            live_lag_max_s=lags[-1],
+            live_steps_appended=live.step - (last or {}).get("step", 0) - 1,
+            live_steps_folded=len(lags),
+        )
+    if poller:
+        figures["summary_calls"] = len(poller.durations)
+        figures["summary_call_s"] = poller.durations
     history = state.history
     figures.update(
         chart_points=history.series["loss"].count,
@@ -209,8 +256,11 @@ def child(mode: str, run_dir: Path) -> dict:
         run_metrics(run_dir)
         figures["show_metrics_s"] = time.perf_counter() - t0
     else:
-        history_steps = HISTORY_STEPS if mode == "tui" else None
-        figures = asyncio.run(follow_like_the_tui(run_dir, history_steps))
+        history_steps = None if mode == "full" else HISTORY_STEPS
+        follow = FOLLOW_SECONDS if mode in ("tui", "tui+poll") and not traced else 0.0
+        figures = asyncio.run(
+            follow_like_the_tui(run_dir, history_steps, follow, poll=mode == "tui+poll")
+        )
         figures["history_steps"] = history_steps
     if traced:
         figures["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
@@ -267,7 +317,7 @@ def main() -> None:
                 flush=True,
             )
             row = {"steps": steps, "mib": size / 2**20}
-            for mode in ("tui", "tui-mem", "full", "full-mem", "summary"):
+            for mode in ("tui", "tui-mem", "tui+poll", "full", "full-mem", "summary"):
                 figures = measure(mode, run_dir)
                 truncate_to(run_dir, size)
                 row[mode] = figures

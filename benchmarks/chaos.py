@@ -133,9 +133,8 @@ class Run:
         except FileNotFoundError:
             return [], []
         events, bad = [], []
-        for number, line in enumerate(data.split(b"\n")):
-            if not line.strip():
-                continue
+        lines = [line for line in data.split(b"\n") if line.strip()]
+        for number, line in enumerate(lines):
             event = parse_line(line)
             if event is None:
                 bad.append(number)
@@ -231,6 +230,9 @@ def check_disk(run: Run, cycle: Cycle) -> None:
         cycle.problems.append(f"`runs` says {cycle.status_after}, expected {expected}")
     if cycle.signal == "SIGKILL" and cycle.graceful:
         cycle.problems.append("a final event after SIGKILL?")
+    if cycle.signal != "SIGKILL" and cycle.started and not cycle.graceful:
+        # Its handlers were installed before run_started: it should have stopped cleanly.
+        cycle.problems.append(f"{cycle.signal} after run_started, yet no final event")
     everything, _ = run.events()
     cycle.step_at_kill = max(steps_of(everything), default=0)
     cycle.checkpoint_after = run.checkpoint_on_disk()

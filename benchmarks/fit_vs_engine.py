@@ -47,6 +47,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -189,13 +190,16 @@ def child(
         engines[f"engine {Path(other_trainer).name}"] = load_trainer_class(other_trainer)
     results: dict[str, list[dict]] = {f"fit spe={k}": [] for k in spes}
     results.update({name: [] for name in engines})
-    for _ in range(repeats):
-        for spe in spes:
-            results[f"fit spe={spe}"].append(measure_fit(spe))
-            log(workload, f"fit spe={spe}", results[f"fit spe={spe}"][-1])
-        for name, trainer_class in engines.items():
-            results[name].append(measure_engine(trainer_class))
+    runs = [(f"fit spe={spe}", lambda spe=spe: measure_fit(spe)) for spe in spes]
+    runs += [(name, lambda cls=cls: measure_engine(cls)) for name, cls in engines.items()]
+    for repeat in range(repeats):
+        # Alternate the order, so whatever running first or last costs is shared.
+        for name, measure in runs if repeat % 2 == 0 else runs[::-1]:
+            results[name].append(measure())
             log(workload, name, results[name][-1])
+            # Leave nothing of this run (models, iterators, graphs) to the next.
+            keras.backend.clear_session()
+            gc.collect()
     return {
         "workload": workload,
         "preset": preset,

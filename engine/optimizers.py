@@ -17,7 +17,9 @@ def make_schedule(train: TrainConfig, steps_per_epoch: int, total_steps: int):
     if train.schedule == "step":
         every = train.step_epochs * steps_per_epoch
         drops = max(0, (total_steps - 1) // every)
-        boundaries = [every * (i + 1) for i in range(drops)]
+        # Keras evaluates a schedule at the count of updates already made, so the
+        # first update of epoch k*step_epochs+1 sees the boundary minus one.
+        boundaries = [every * (i + 1) - 1 for i in range(drops)]
         if not boundaries:
             return rate
         values = [rate * train.step_gamma**i for i in range(drops + 1)]

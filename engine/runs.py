@@ -114,6 +114,8 @@ class RunSummary:
     started: float = 0.0
     reason: str = ""
     pid: int | None = None
+    # A crashed run whose supervisor saw the worker die: the signal's name (e.g. SIGKILL).
+    signal: str | None = None
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -178,12 +180,17 @@ def summarize_run(run_dir: Path) -> RunSummary:
     state = _fold_events(run_dir, summary)
     summary.pid = worker_alive(run_dir)
     summary.status = _status(state, summary.pid is not None)
+    exit_event = state.get("worker_exit")
+    if summary.status == "crashed" and exit_event is not None:
+        # The supervisor saw how the worker died (engine.supervisor): say so.
+        summary.signal = exit_event.get("signal")
+        summary.reason = str(exit_event.get("message") or exit_event.get("suggestion") or "")
     return summary
 
 
 def _fold_events(run_dir: Path, summary: RunSummary) -> dict:
     """Walk the events once, keeping the last of each kind that decides the status."""
-    state: dict = {"last": None, "paused": False, "waiting": False}
+    state: dict = {"last": None, "paused": False, "waiting": False, "worker_exit": None}
     tail = EventTail(run_dir / EVENTS_FILE)
     while batch := tail.read_new():
         for event in batch:
@@ -196,7 +203,7 @@ def _fold_one(event: dict, summary: RunSummary, state: dict) -> None:
     if kind == "run_started":
         summary.preset = (event.get("config") or {}).get("name", summary.preset)
         summary.started = summary.started or event.get("time", 0.0)
-        state.update(last=None, paused=False, waiting=False)
+        state.update(last=None, paused=False, waiting=False, worker_exit=None)
     elif kind == "step":
         summary.step, summary.epoch = _last(event.get("step", 0)), _last(event.get("epoch", 0))
         summary.last_loss = _last(event.get("loss"))
@@ -208,6 +215,12 @@ def _fold_one(event: dict, summary: RunSummary, state: dict) -> None:
         state["waiting"] = event.get("waiting", True)
     elif kind == "remedy_applied":
         state["waiting"] = False
+    elif kind == "worker_exit":
+        state["worker_exit"] = event
+        if not event.get("final_event"):
+            # A worker (e.g. a resumed one) died before its own final event:
+            # an older run's "failed" or "finished" no longer describes the run.
+            state["last"] = None
     if kind in ("finished", "failed"):
         state["last"] = event
         summary.reason = event.get("error") or event.get("reason", "")
@@ -224,7 +237,8 @@ def _status(state: dict, alive: bool) -> str:
         # A terminal event decides, even while the worker is still exiting.
         if last["type"] == "failed":
             return "failed"
-        return "stopped" if last.get("reason") == "stopped" else "finished"
+        # "stopped" by a person, or by policy (reason "nan"): it did not complete.
+        return "finished" if last.get("reason", "completed") == "completed" else "stopped"
     if not alive:
         return "crashed"
     if state["waiting"]:

@@ -253,7 +253,8 @@ class Supervisor:
 
     def report(self, returncode: int) -> dict | None:
         """Append ``worker_exit`` when the worker died by a signal or without a final event."""
-        if returncode == 0 or (returncode > 0 and self._ended_with_final_event()):
+        final = self._ended_with_final_event()
+        if returncode == 0 or (returncode > 0 and final):
             return None
         kills = cgroup_oom_kills()
         new_kills = None
@@ -265,7 +266,7 @@ class Supervisor:
             fields["worker_peak_rss_bytes"] = max(self.peak_rss, fields["worker_peak_rss_bytes"])
         assert self.child is not None
         with EventWriter(self.run_dir / EVENTS_FILE) as writer:
-            return writer.emit("worker_exit", pid=self.child.pid, **fields)
+            return writer.emit("worker_exit", pid=self.child.pid, final_event=final, **fields)
 
     def _ended_with_final_event(self) -> bool:
         """Whether the worker's last start was followed by ``finished`` or ``failed``."""

@@ -51,6 +51,10 @@ class ApplyRemedy(Exception):
         self.name = name
 
 
+class _Rewind(Exception):
+    """The weights went back to a checkpoint; the epoch restarts from its data position."""
+
+
 class StopTraining(Exception):
     """Training ends early, for the reason given (``stopped`` or ``nan``)."""
 
@@ -257,10 +261,12 @@ class Trainer:
         rates = tf.TensorArray(tf.float32, size=steps)
         for i in tf.range(steps):
             poison = self.step_var + 1 == nan_step
+            # The rate this update uses: read before the update advances the schedule.
+            rate = current_learning_rate(self.optimizer)
             loss, accuracy = self._one_update(iterator, poison)
             losses = losses.write(i, tf.cast(loss, tf.float32))
             accuracies = accuracies.write(i, accuracy)
-            rates = rates.write(i, current_learning_rate(self.optimizer))
+            rates = rates.write(i, rate)
         return losses.stack(), accuracies.stack(), rates.stack()
 
     def _evaluate_dataset(self, dataset):
@@ -286,10 +292,16 @@ class Trainer:
         """
         self._emit_started()
         self._started = time.monotonic()
+        # A restore point before the first step: a NaN or an out-of-memory
+        # error early on has good weights to go back to.
+        self.save_checkpoint()
         try:
-            for epoch in range(self.epoch, self.config.train.epochs):
-                self._train_epoch(epoch)
-                self._end_epoch(epoch)
+            while self.epoch < self.config.train.epochs:
+                try:
+                    self._train_epoch(self.epoch)
+                except _Rewind:
+                    continue
+                self._end_epoch(self.epoch)
         except StopTraining as stop:
             return self.finish(str(stop))
         return self.finish("completed")
@@ -334,9 +346,9 @@ class Trainer:
         next_checkpoint = (self.step // every + 1) * every
         limit = min(self.steps_per_call, epoch_end - self.step, next_checkpoint - self.step)
         fault = self.faults.next_fault_step(self.step)
-        if fault is not None and fault > self.step + 1:
-            # End the call just before an injected fault, so it starts a call of its own.
-            limit = min(limit, fault - 1 - self.step)
+        if fault is not None:
+            # An injected fault gets a call of its own: end this one just before it.
+            limit = 1 if fault == self.step + 1 else min(limit, fault - 1 - self.step)
         return max(1, limit)
 
     def _run_call(self, iterator, steps: int, epoch: int) -> None:
@@ -388,11 +400,11 @@ class Trainer:
         per_step = result.seconds / steps
         images = self.images_per_step
         for i in range(steps):
-            self.step += 1
-            self.examples_in_epoch += images
             loss = float(result.losses[i])
             if not math.isfinite(loss):
-                self._on_nan(self.step)
+                self._on_nan(self.step + 1)  # raises: the rest of this call is poisoned too
+            self.step += 1
+            self.examples_in_epoch += images
             self.events.emit(
                 "step",
                 step=self.step,
@@ -415,15 +427,16 @@ class Trainer:
         self.events.emit("nan", step=step)
         # Never let NaN weights reach a checkpoint: go back to the last good one.
         restored = self._restore()
-        self.weights_tainted = False
+        self.weights_tainted = restored is None
         self.events.emit(
             "log",
             level="warning",
-            message=f"loss was NaN at step {step}; restored the checkpoint of step {restored or 0}",
+            message=f"loss was NaN at step {step}; restored the checkpoint of step {restored}",
         )
         if self.config.train.on_nan == "stop":
             raise StopTraining("nan")
         self.control.request("pause")
+        raise _Rewind()
 
     def _write_summaries(self, result: CallResult) -> None:
         with self.tensorboard.as_default(step=self.step):

@@ -229,7 +229,8 @@ def test_kill_9_mid_run_shows_crashed_and_resume_continues_the_step_counter(conv
     announced = max(e["step"] for e in killed if e["type"] == "checkpoint")
     # The worker announces a checkpoint after saving it: the disk may be one save ahead.
     assert saved is not None and announced <= saved <= kill_step, (announced, saved, kill_step)
-    assert kill_step - saved < CHECKPOINT_EVERY + STEPS_PER_EPOCH
+    # Checkpoints come every CHECKPOINT_EVERY steps (and at epoch ends): at most that many are redone.
+    assert kill_step - saved <= CHECKPOINT_EVERY, (kill_step, saved)
     assert last_step(before_kill) <= kill_step
     events_bytes = (run_dir / "events.jsonl").read_bytes()
 
@@ -307,7 +308,7 @@ class TerminalViewer:
 
 @pytest.mark.parametrize("how", ["hangup", "sigkill"])
 def test_the_worker_trains_on_when_its_viewer_dies(convdeck_home, how):
-    epochs = 3
+    epochs = 4
     viewer = TerminalViewer("run", "lenet5-digits", *small(epochs))
     home_runs = convdeck_home / "runs"
     try:

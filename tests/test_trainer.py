@@ -349,7 +349,8 @@ def test_stop_checkpoints_the_current_step_and_resume_continues_from_it(tmp_path
     assert 2 <= last < 10  # mid-epoch: the next call never started
     assert_consecutive(stopped.steps())
     # The stop itself saved this step (checkpoint_every is far away).
-    assert [e["step"] for e in stopped.of("checkpoint")] == [last]
+    # (step 0 is the restore point saved before the first step)
+    assert [e["step"] for e in stopped.of("checkpoint") if e["step"]] == [last]
     assert checkpoint_step(tf.train.latest_checkpoint(str(run_dir / "checkpoints"))) == last
     finished = stopped.events[-1]
     assert (
@@ -453,7 +454,7 @@ def test_checkpoint_command_saves_at_the_current_step(tmp_path):
 
     run = train(new_run_dir(tmp_path), overrides, hook=hook)
     assert run.result == "completed"
-    checkpoints = run.of("checkpoint")
+    checkpoints = [e for e in run.of("checkpoint") if e["step"]]  # past the step-0 restore point
     first = checkpoints[0]
     assert 2 <= first["step"] < 12
     index = run.events.index(first)

@@ -249,13 +249,143 @@ def _report_crash(handle: client.RunHandle) -> int:
         if code is None
         else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
     )
+    summary = handle.summary()
+    # The supervisor's diagnosis (engine.supervisor): the signal and what to do next.
+    why = ""
+    if summary.status == "crashed" and summary.reason:
+        # "killed by SIGKILL: <suggestion>": the signal is named above already.
+        reason = summary.reason
+        if summary.signal and reason.startswith(f"killed by {summary.signal}: "):
+            reason = f"{summary.signal}: " + reason.split(": ", 1)[1]
+        why = f"; {reason}"
     last = handle.last_log_line()
     said = f"; its log ends: {last}" if last else ""
     _error(
-        f"run {handle.run_id} crashed: the worker died without a final event{how}{said} "
+        f"run {handle.run_id} crashed: the worker died without a final event{how}{why}{said} "
         f"(see {handle.log_path})"
     )
     return EXIT_FAILED
+
+
+# -- fit-batch -----------------------------------------------------------------------
+
+
+@cli.command("fit-batch")
+@click.argument("preset", required=False, default=DEFAULT_PRESET)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config field, e.g. --set data.image_size=[64,64].",
+)
+@click.option(
+    "--max",
+    "cap",
+    type=int,
+    default=None,
+    metavar="N",
+    help="The largest batch to try (default 4096, or the training set's size).",
+)
+@click.option(
+    "--steps", type=int, default=None, metavar="K", help="Real train steps per trial (default 3)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each trial and the result as JSON.")
+def fit_batch(
+    preset: str, overrides: tuple[str, ...], cap: int | None, steps: int | None, as_json: bool
+) -> int:
+    """Find the largest batch PRESET really trains with, and suggest one with headroom.
+
+    Doubles the batch from the preset's until a trial runs out of memory,
+    then binary-searches; each trial runs a few real steps in a fresh process.
+    """
+    from engine import fitbatch
+
+    cap = fitbatch.DEFAULT_CAP if cap is None else cap
+    steps = fitbatch.DEFAULT_STEPS if steps is None else steps
+    if cap < 1:
+        raise ConfigError(f"--max: got {cap}; expected a batch size of at least 1")
+    if steps < 1:
+        raise ConfigError(f"--steps: got {steps}; expected at least 1")
+    config = load_preset(preset, overrides)
+    client.preflight(config)
+    start = min(config.train.batch_size, cap)
+    if not as_json:
+        click.echo(
+            f"fit-batch {config.name}: from batch {start} up to {cap}, {steps} real "
+            f"step{'s' if steps != 1 else ''} a trial, each in a fresh process"
+        )
+
+    def show(trial: Any) -> None:
+        if as_json:
+            click.echo(json.dumps({"trial": _trial_json(trial)}))
+        else:
+            click.echo(_trial_line(trial))
+
+    result = fitbatch.search(
+        lambda batch: fitbatch.trial_in_subprocess(config, batch, steps), start, cap, show
+    )
+    if as_json:
+        click.echo(json.dumps({"result": result.as_dict()}, default=str))
+    if result.error is not None:
+        error = result.error
+        if error.user_error:
+            raise ConfigError(error.detail)
+        _error(
+            f"the trial at batch {error.batch_size} failed: {error.detail} "
+            f"(run `convdeck run {config.name} --set train.batch_size={error.batch_size}` "
+            "to see the traceback)"
+        )
+        return EXIT_FAILED
+    if result.largest == 0:
+        _error(
+            f"not even batch 1 fits ({result.trials[-1].detail}); try "
+            "--set train.mixed_precision=true, smaller images or a smaller model"
+        )
+        return EXIT_FAILED
+    if not as_json:
+        for line in _fit_summary(config.name, result):
+            click.echo(line)
+    return EXIT_DONE
+
+
+def _trial_line(trial: Any) -> str:
+    if trial.error:
+        outcome = "error"
+    else:
+        outcome = "fits" if trial.fits else "out of memory"
+    extra = []
+    if trial.fits and trial.images_per_sec:
+        extra.append(f"{fmt(trial.images_per_sec, 0)} img/s")
+    if trial.peak_bytes:
+        extra.append(f"peak {trial.peak_bytes / (1 << 30):.2f} GiB")
+    if not trial.fits and trial.detail:
+        extra.append(_one_line(trial.detail)[:100])
+    extra.append(f"{trial.seconds:.1f} s")
+    return f"  batch {trial.batch_size:>6}  {outcome:<13}  " + "  ".join(extra)
+
+
+def _trial_json(trial: Any) -> dict:
+    from dataclasses import asdict
+
+    return asdict(trial)
+
+
+def _fit_summary(name: str, result: Any) -> list[str]:
+    if result.limited_by_memory:
+        found = (
+            f"largest batch that ran: {result.largest} "
+            f"(batch {result.first_failure} ran out of memory)"
+        )
+        why = "90% of it, rounded, to leave headroom"
+    else:
+        found = f"largest batch that ran: {result.largest}, the cap (no memory limit below it)"
+        why = "the cap; raise --max to look further"
+    return [
+        found,
+        f"suggested: train.batch_size = {result.suggested} ({why})",
+        f"  convdeck run {name} --set train.batch_size={result.suggested}",
+    ]
 
 
 # -- listing and showing -----------------------------------------------------------
@@ -318,6 +448,11 @@ def runs(as_json: bool) -> int:
         for s in summaries
     ]
     _print_table(("ID", "PRESET", "STATUS", "EPOCH/STEP", "LOSS", "VAL_ACC", "STARTED"), rows)
+    crashes = [s for s in summaries if s.status == "crashed" and s.reason]
+    if crashes:
+        click.echo("")
+    for summary in crashes:
+        click.echo(f"{summary.run_id} crashed: {_one_line(summary.reason)}")
     return EXIT_DONE
 
 
