@@ -13,9 +13,11 @@ heartbeat), and measures in a fresh child process per figure:
   first of those is folded in.
 - ``full``: the same without thinning (``history_steps=None``): every step
   line parsed and folded in. The baseline the thinning saves.
-- ``summary``: ``RunHandle.summary()`` (engine.runs.summarize_run), which the
-  TUI calls every 2 s while it watches a live run and ``convdeck runs`` calls
-  for every run; and ``run_metrics`` (``convdeck show``).
+- ``tui+poll``: ``tui`` with the app's liveness check every 2 s in a thread
+  (``tui.app._liveness``: the worker's pid, and a summary only once it is
+  gone; ``RunHandle.summary()`` where the app has no such function).
+- ``summary``: ``RunHandle.summary()`` (engine.runs.summarize_run), which
+  ``convdeck runs`` calls for every run; and ``run_metrics`` (``convdeck show``).
 
 Memory: the peak of Python's heap under tracemalloc while following (a
 second child, as tracemalloc slows the code it watches), and the growth of
@@ -151,9 +153,16 @@ class LiveWorker:
 
 
 class LivenessPoller:
-    """tui/app.py ``_check_liveness``: ``run.summary()`` in a thread, 2 s after the last one."""
+    """tui/app.py ``_check_liveness``: in a thread, 2 s after the last check ended, what
+    the app asks (``tui.app._liveness`` where it exists, else ``run.summary()``)."""
 
     def __init__(self, handle, interval: float = 2.0) -> None:
+        try:
+            from tui.app import _liveness as check
+        except ImportError:
+            check = None
+        self.check = check or (lambda run: run.summary())
+        self.how = "tui.app._liveness" if check else "RunHandle.summary"
         self.handle = handle
         self.interval = interval
         self.durations: list[float] = []
@@ -164,7 +173,7 @@ class LivenessPoller:
     def _poll(self) -> None:
         while not self._stop.wait(self.interval):
             started = time.perf_counter()
-            self.handle.summary()
+            self.check(self.handle)
             self.durations.append(time.perf_counter() - started)
 
     def stop(self) -> None:
@@ -189,6 +198,7 @@ async def follow_like_the_tui(
     figures: dict = {"events_folded": 0}
     lags: list[float] = []
     t0 = time.perf_counter()
+    live_since, cpu_since = float("inf"), 0.0
     last = last_event_of(handle.events_path, ("step",))
     live = LiveWorker(run_dir, first_step=(last or {}).get("step", 0) + 1)
     poller = LivenessPoller(handle) if poll else None
@@ -201,10 +211,13 @@ async def follow_like_the_tui(
                 state.apply(chunk)
                 figures["events_folded"] += len(chunk)
                 now = time.perf_counter()
-                lags += [now - e["appended"] for e in chunk if e.get("live")]
-                if lags and "live_tail_s" not in figures:
+                folded = [(e["appended"], now) for e in chunk if e.get("live")]
+                if folded and "live_tail_s" not in figures:
                     figures["live_tail_s"] = now - t0
                     until = now + follow_seconds
+                    live_since, cpu_since = now, time.process_time()
+                # Steady state only: steps appended once the live tail was reached.
+                lags += [done - appended for appended, done in folded if appended >= live_since]
                 await asyncio.sleep(0)
             if until is not None and time.perf_counter() >= until:
                 break
@@ -218,9 +231,12 @@ async def follow_like_the_tui(
             live_lag_p50_s=lags[len(lags) // 2],
             live_lag_max_s=lags[-1],
             live_steps_appended=live.step - (last or {}).get("step", 0) - 1,
-            live_steps_folded=len(lags),
+            live_steps_measured=len(lags),
+            # CPU of this process (all threads) per second of following live.
+            cpu_share=(time.process_time() - cpu_since) / (time.perf_counter() - live_since),
         )
     if poller:
+        figures["liveness_check"] = poller.how
         figures["summary_calls"] = len(poller.durations)
         figures["summary_call_s"] = poller.durations
     history = state.history
@@ -334,40 +350,80 @@ def print_table(rows: list[dict]) -> None:
         return format(value, spec) if isinstance(value, (int, float)) else "-"
 
     print()
-    print("attach to a live run (the TUI's path: thinned history -> RunState/RunHistory, then live)")
+    print(
+        "1) attach to a live run: the TUI's path "
+        "(thinned history -> RunState/RunHistory, then live)"
+    )
+    print("   against a full replay of every event")
     header = (
-        f"{'steps':>10} {'file MiB':>9} | {'first batch s':>13} {'live tail s':>11} "
-        f"{'events folded':>13} {'heap peak MiB':>13} {'RSS growth MiB':>14} | "
-        f"{'full replay s':>13} {'heap peak MiB':>13} {'RSS growth MiB':>14} | "
-        f"{'summary s':>9} {'show s':>7}"
+        f"{'steps':>10} {'file MiB':>8} | {'first batch s':>13} {'live tail s':>11} "
+        f"{'events folded':>13} {'heap peak MiB':>13} {'RSS +MiB':>8} | "
+        f"{'full replay s':>13} {'heap peak MiB':>13} {'RSS +MiB':>8}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        tui, tui_mem, full, full_mem, summary = (
-            row[k] for k in ("tui", "tui-mem", "full", "full-mem", "summary")
-        )
+        tui, tui_mem, full, full_mem = (row[k] for k in ("tui", "tui-mem", "full", "full-mem"))
         print(
-            f"{row['steps']:>10,} {row['mib']:>9.0f} | {cell(tui.get('first_batch_s'), '13.3f')} "
+            f"{row['steps']:>10,} {row['mib']:>8.0f} | {cell(tui.get('first_batch_s'), '13.3f')} "
             f"{cell(tui.get('live_tail_s'), '11.3f')} {tui['events_folded']:>13,} "
-            f"{tui_mem['tracemalloc_peak_mb']:>13.1f} {tui['rss_growth_mb']:>14.1f} | "
+            f"{tui_mem['tracemalloc_peak_mb']:>13.1f} {tui['rss_growth_mb']:>8.1f} | "
             f"{cell(full.get('live_tail_s'), '13.3f')} {full_mem['tracemalloc_peak_mb']:>13.1f} "
-            f"{full['rss_growth_mb']:>14.1f} | {summary['summary_s']:>9.3f} "
-            f"{summary['show_metrics_s']:>7.3f}"
+            f"{full['rss_growth_mb']:>8.1f}"
+        )
+    print()
+    print(
+        f"2) following live for {FOLLOW_SECONDS:g} s after that "
+        f"(a step appended every {LIVE_EVERY:g} s):"
+    )
+    print(
+        "   lag from append to fold, alone and with the TUI's liveness check every 2 s "
+        f"({rows[0]['tui+poll'].get('liveness_check', '?')})"
+    )
+    header = (
+        f"{'steps':>10} | {'lag p50 s':>9} {'lag max s':>9} {'CPU':>5} | "
+        f"{'+poll: live tail s':>18} "
+        f"{'lag p50 s':>9} {'lag max s':>9} {'CPU':>5} {'checks':>6} {'s per check':>11} | "
+        f"{'summary s':>9} {'show s':>7} {'RSS +MiB':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        tui, polled, summary = row["tui"], row["tui+poll"], row["summary"]
+        per_call = polled.get("summary_call_s") or []
+        print(
+            f"{row['steps']:>10,} | {tui['live_lag_p50_s']:>9.3f} {tui['live_lag_max_s']:>9.3f} "
+            f"{tui['cpu_share']:>5.0%} | "
+            f"{cell(polled.get('live_tail_s'), '18.3f')} {polled['live_lag_p50_s']:>9.3f} "
+            f"{polled['live_lag_max_s']:>9.3f} {polled['cpu_share']:>5.0%} "
+            f"{polled['summary_calls']:>6} "
+            f"{(sum(per_call) / len(per_call) if per_call else float('nan')):>11.3f} | "
+            f"{summary['summary_s']:>9.3f} {summary['show_metrics_s']:>7.3f} "
+            f"{summary['rss_growth_mb']:>8.1f}"
         )
     print()
     print("live tail s: from starting to follow until the first step appended after that is folded")
-    print("in; goal < 2 s at 1,000,000 steps. heap peak: tracemalloc, in a separate child run.")
-    print("summary s: RunHandle.summary(), which the TUI calls every 2 s while it watches a live")
-    print("run, and `convdeck runs` for each run; show s: run_metrics (`convdeck show`).")
+    print(
+        "in; goal < 2 s at 1,000,000 steps. heap peak: tracemalloc peak, in a separate child run."
+    )
+    print(
+        "RSS +MiB: the child's peak RSS over its RSS after imports. summary s: RunHandle.summary()"
+    )
+    print("(engine.runs.summarize_run: `convdeck runs` per run; the TUI once its worker is gone);")
+    print("show s: run_metrics (`convdeck show`). lag: append -> folded, for steps appended after")
+    print("the live tail was reached; CPU: the viewer's CPU time per second while following live.")
     if len(rows) >= 2:
         small, large = rows[0], rows[-1]
-        ratio = large["steps"] / small["steps"]
+
+        def grew(mode: str, key: str) -> str:
+            return f"x{large[mode][key] / small[mode][key]:.2f}"
+
         print(
-            f"file x{ratio:.0f}: live tail x{large['tui']['live_tail_s'] / small['tui']['live_tail_s']:.2f}, "
-            f"heap peak x{large['tui-mem']['tracemalloc_peak_mb'] / small['tui-mem']['tracemalloc_peak_mb']:.2f} "
-            f"(thinned); full replay x{large['full']['live_tail_s'] / small['full']['live_tail_s']:.2f}, "
-            f"heap peak x{large['full-mem']['tracemalloc_peak_mb'] / small['full-mem']['tracemalloc_peak_mb']:.2f}"
+            f"file x{large['steps'] / small['steps']:.0f}: live tail {grew('tui', 'live_tail_s')}, "
+            f"heap peak {grew('tui-mem', 'tracemalloc_peak_mb')} (thinned); "
+            f"full replay {grew('full', 'live_tail_s')}, "
+            f"heap peak {grew('full-mem', 'tracemalloc_peak_mb')}; "
+            f"summary {grew('summary', 'summary_s')}"
         )
 
 

@@ -1,4 +1,4 @@
-"""Chaos: kill a run's worker at random moments with random signals, resume, and check nothing is lost.
+"""Chaos: kill a run's worker at random moments with random signals, resume, check nothing is lost.
 
 One run of LeNet-5 on the digits (small: 28x28, a checkpoint every 20 steps)
 goes through N cycles of:
@@ -26,7 +26,6 @@ Usage: python benchmarks/chaos.py [--cycles 8] [--seed 1] [--checkpoint-every 20
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -75,6 +74,7 @@ class Cycle:
     exit_seconds: float = 0.0
     graceful: bool = False  # wrote a final event (stopped) before exiting
     redone: int | None = None  # steps the next worker did again
+    reported: str = ""  # the supervisor's worker_exit: the signal it saw
     problems: list[str] = field(default_factory=list)
 
 
@@ -173,6 +173,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def supervisor_of(pid: int) -> int | None:
+    """The worker's parent when it is engine.supervisor (it appends ``worker_exit``)."""
+    try:
+        parent = psutil.Process(pid).parent()
+        if parent is not None and "engine.supervisor" in " ".join(parent.cmdline()):
+            return parent.pid
+    except psutil.Error:
+        pass
+    return None
+
+
 def wait_gone(pid: int, timeout: float = DEADLINE) -> float:
     started = time.monotonic()
     while alive(pid):
@@ -216,7 +227,9 @@ def check_disk(run: Run, cycle: Cycle) -> None:
     all_lines = [line for line in run.events_path.read_bytes().split(b"\n") if line.strip()]
     new_bad = len(bad) - run.known_bad_lines
     if new_bad > 1 or (new_bad == 1 and bad[-1] != len(all_lines) - 1):
-        cycle.problems.append(f"events.jsonl: {new_bad} new unreadable lines, not only a torn last one")
+        cycle.problems.append(
+            f"events.jsonl: {new_bad} new unreadable lines, not only a torn last one"
+        )
     run.known_bad_lines = len(bad)
     try:
         read_config(run.run_dir)
@@ -230,6 +243,10 @@ def check_disk(run: Run, cycle: Cycle) -> None:
         cycle.problems.append(f"`runs` says {cycle.status_after}, expected {expected}")
     if cycle.signal == "SIGKILL" and cycle.graceful:
         cycle.problems.append("a final event after SIGKILL?")
+    exits = [e for e in segment if e["type"] == "worker_exit"]
+    cycle.reported = ",".join(str(e.get("signal") or e.get("returncode")) for e in exits) or "-"
+    if not cycle.graceful and not exits:
+        cycle.problems.append("the worker died without a final event, and no worker_exit says how")
     if cycle.signal != "SIGKILL" and cycle.started and not cycle.graceful:
         # Its handlers were installed before run_started: it should have stopped cleanly.
         cycle.problems.append(f"{cycle.signal} after run_started, yet no final event")
@@ -242,8 +259,14 @@ def check_disk(run: Run, cycle: Cycle) -> None:
         )
 
 
-def note_start(run: Run, cycle: Cycle, checkpoint_before: int | None, previous: Cycle | None) -> None:
-    """Fill in what this worker's run_started says: where it resumed, and the steps it redid."""
+def note_start(
+    run: Run, cycle: Cycle, checkpoint_before: int | None, awaiting: list[Cycle]
+) -> None:
+    """Fill in what this worker's run_started says: where it resumed, and the steps it redid.
+
+    ``awaiting`` are the kills since the last worker that got as far as
+    run_started; the steps each of them costs are known now.
+    """
     segment, _ = run.events(cycle.spawned_at_offset)
     starts = [e for e in segment if e["type"] == "run_started"]
     if not starts:
@@ -252,40 +275,52 @@ def note_start(run: Run, cycle: Cycle, checkpoint_before: int | None, previous: 
     cycle.resumed_from = starts[0].get("resumed_from_step") or 0
     if cycle.resumed_from != (checkpoint_before or 0):
         cycle.problems.append(
-            f"resumed from step {cycle.resumed_from}, but the latest checkpoint was {checkpoint_before}"
+            f"resumed from step {cycle.resumed_from}, "
+            f"but the latest checkpoint was {checkpoint_before}"
         )
     steps = steps_of(segment)
     if steps:
         expected = list(range(cycle.resumed_from + 1, cycle.resumed_from + 1 + len(steps)))
         cycle.first_step_ok = steps == expected
         if not cycle.first_step_ok:
-            cycle.problems.append(f"steps after resuming from {cycle.resumed_from} are {steps[:5]}...")
-    if previous is not None:
-        previous.redone = previous.step_at_kill - cycle.resumed_from
+            cycle.problems.append(
+                f"steps after resuming from {cycle.resumed_from} are {steps[:5]}..."
+            )
+    for killed in awaiting:
+        killed.redone = killed.step_at_kill - cycle.resumed_from
+    awaiting.clear()
 
 
-def run_cycle(run: Run, cycle: Cycle, rng_moment: tuple[str, float, int], previous: Cycle | None) -> bool:
+def run_cycle(
+    run: Run, cycle: Cycle, rng_moment: tuple[str, float, int], awaiting: list[Cycle]
+) -> bool:
     """One spawn-wait-kill-check; False when the run finished before the kill."""
     checkpoint_before = run.checkpoint_on_disk()
     cycle.spawned_at_offset = run.size()
     spawned = time.monotonic()
     result = run.start() if cycle.number == 1 else run.resume()
     if result.returncode != 0:
-        cycle.problems.append(f"could not {'start' if cycle.number == 1 else 'resume'}: {result.stderr.strip()}")
+        cycle.problems.append(
+            f"could not {'start' if cycle.number == 1 else 'resume'}: {result.stderr.strip()}"
+        )
         return False
     kind, seconds, steps = rng_moment
     if not wait_for_moment(run, cycle, spawned, kind, seconds, steps):
-        note_start(run, cycle, checkpoint_before, previous)
+        note_start(run, cycle, checkpoint_before, awaiting)
         return False
     pid = run.worker_pid()
+    supervisor = supervisor_of(pid)
     os.kill(pid, SIGNALS[cycle.signal])
     cycle.exit_seconds = wait_gone(pid)
-    note_start(run, cycle, checkpoint_before, previous)
+    if supervisor is not None:
+        wait_gone(supervisor)  # it reports a death by signal (worker_exit), then ends
+    note_start(run, cycle, checkpoint_before, awaiting)
     check_disk(run, cycle)
+    awaiting.append(cycle)
     return True
 
 
-def finish(run: Run, previous: Cycle | None) -> tuple[Cycle, list[dict]]:
+def finish(run: Run, awaiting: list[Cycle]) -> tuple[Cycle, list[dict]]:
     """Resume once more and let the run end; check every step of every epoch was trained."""
     final = Cycle(number=0, signal="-", moment="to the end")
     checkpoint_before = run.checkpoint_on_disk()
@@ -306,7 +341,7 @@ def finish(run: Run, previous: Cycle | None) -> tuple[Cycle, list[dict]]:
     pid = run.worker_pid()
     if pid:
         wait_gone(pid)
-    note_start(run, final, checkpoint_before, previous)
+    note_start(run, final, checkpoint_before, awaiting)
     events, bad = run.events()
     end = segment[-1] if segment else {}
     total = run.args.epochs * STEPS_PER_EPOCH
@@ -316,7 +351,9 @@ def finish(run: Run, previous: Cycle | None) -> tuple[Cycle, list[dict]]:
         final.problems.append(f"finished at step {end.get('steps')}, expected {total}")
     covered = set(steps_of(events))
     if covered != set(range(1, total + 1)):
-        final.problems.append(f"steps never trained: {sorted(set(range(1, total + 1)) - covered)[:10]}")
+        final.problems.append(
+            f"steps never trained: {sorted(set(range(1, total + 1)) - covered)[:10]}"
+        )
     epochs_ended = sorted({e["epoch"] for e in events if e["type"] == "epoch_end"})
     if epochs_ended != list(range(1, run.args.epochs + 1)):
         final.problems.append(f"epochs ended: {epochs_ended}")
@@ -326,6 +363,7 @@ def finish(run: Run, previous: Cycle | None) -> tuple[Cycle, list[dict]]:
     if status != "finished":
         final.problems.append(f"`runs` says {status}")
     final.step_at_kill = max(covered, default=0)
+    final.checkpoint_after = run.checkpoint_on_disk()
     final.status_after = status
     return final, events
 
@@ -366,15 +404,19 @@ def main() -> int:
     began = time.monotonic()
     lost = False
     try:
-        previous = None
+        awaiting: list[Cycle] = []
         for number in range(1, args.cycles + 1):
             name = rng.choice(list(SIGNALS))
             kind, seconds, steps = moment = random_moment(rng, args)
-            described = f"{seconds:.1f} s after spawn" if kind == "time" else f"{steps} steps + {seconds:.2f} s"
+            described = (
+                f"{seconds:.1f} s after spawn"
+                if kind == "time"
+                else f"{steps} steps + {seconds:.2f} s"
+            )
             cycle = Cycle(number=number, signal=name, moment=described)
             cycles.append(cycle)
             try:
-                killed = run_cycle(run, cycle, moment, previous)
+                killed = run_cycle(run, cycle, moment, awaiting)
             except (TimeoutError, OSError, TypeError) as error:
                 cycle.problems.append(f"{type(error).__name__}: {error}")
                 killed = False
@@ -387,8 +429,7 @@ def main() -> int:
             )
             if not killed:
                 break
-            previous = cycle
-        final, events = finish(run, previous) if run.run_id else (None, [])
+        final, events = finish(run, awaiting) if run.run_id else (None, [])
         if final is None or final.problems:
             lost = True
     finally:
@@ -403,7 +444,7 @@ def main() -> int:
     print()
     header = (
         f"{'cycle':>5} {'signal':<7} {'moment':<22} {'resumed from':>12} {'step at kill':>12} "
-        f"{'checkpoint':>10} {'redone':>6} {'exit s':>6} {'status':<8} ok"
+        f"{'checkpoint':>10} {'redone':>6} {'exit s':>6} {'status':<8} {'worker_exit':<11} ok"
     )
     print(header)
     print("-" * len(header))
@@ -413,8 +454,10 @@ def main() -> int:
         redone = "-" if cycle.redone is None else str(cycle.redone)
         checkpoint = "-" if cycle.checkpoint_after is None else str(cycle.checkpoint_after)
         print(
-            f"{label:>5} {cycle.signal:<7} {cycle.moment:<22} {resumed:>12} {cycle.step_at_kill:>12} "
+            f"{label:>5} {cycle.signal:<7} {cycle.moment:<22} {resumed:>12} "
+            f"{cycle.step_at_kill:>12} "
             f"{checkpoint:>10} {redone:>6} {cycle.exit_seconds:>6.2f} {cycle.status_after:<8} "
+            f"{cycle.reported or '-':<11} "
             f"{'yes' if not cycle.problems else 'NO: ' + '; '.join(cycle.problems)}"
         )
     survived = sum(1 for c in cycles if not c.problems)
@@ -426,7 +469,8 @@ def main() -> int:
         f"summary: {survived}/{len(cycles)} cycles survived "
         f"({', '.join(f'{n} {k}' for k, n in kinds.items())}); "
         f"steps redone after a kill: max {max(redone, default=0)}, "
-        f"mean {sum(redone) / max(1, len(redone)):.1f} (bound: checkpoint_every = {args.checkpoint_every}); "
+        f"mean {sum(redone) / max(1, len(redone)):.1f} "
+        f"(bound: checkpoint_every = {args.checkpoint_every}); "
         f"runs lost: {int(lost)}; cycles with a corrupt or inconsistent state: {corrupt}; "
         f"wall {wall:.0f} s{kept}"
     )

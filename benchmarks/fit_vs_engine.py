@@ -1,46 +1,62 @@
 """The engine's training speed against plain Keras ``model.fit``, side by side.
 
 For each workload it trains the same model (``engine.models.build_model``,
-same seed, same initial weights) on the same data (the run's ``DataBundle``)
-with the same batch, optimizer (``engine.optimizers.make_optimizer`` on the
-preset's train section) and loss (sparse categorical crossentropy from
-logits, plus an accuracy metric, as the engine computes) through:
+same seed) on the same data (the run's ``DataBundle``; fit gets its
+``train`` dataset with ``.repeat()``) with the same batch, optimizer
+(``engine.optimizers.make_optimizer`` on the preset's train section, so
+Adam 2e-3 for LeNet-5 and the preset's SGD for ResNet) and loss (sparse
+categorical crossentropy from logits, plus accuracy, as the engine
+computes) through:
 
   fit spe=1    ``model.fit`` with ``steps_per_execution=1``
-  fit spe=K    ``model.fit`` with ``steps_per_execution`` K for each K tried;
-               the table shows every K and marks the best
-  engine       ``engine.trainer.Trainer`` in process: ``setup()``, ``run()``,
-               with a real run directory, events file, checkpoints and
-               TensorBoard summaries, exactly as the worker drives it
+  fit spe=K    ``model.fit`` with ``steps_per_execution`` K, for each K of
+               ``--spe`` clipped to the steps in an epoch (a longer
+               execution would only run extra steps an epoch); the best fit
+               is marked ``*``
+  engine       ``engine.trainer.Trainer`` in process, exactly as the worker
+               drives it: ``setup()``, ``run()``, with a run directory, an
+               events file, checkpoints and TensorBoard summaries
+  engine FILE  with ``--trainer FILE``: the Trainer of a copy of
+               engine/trainer.py, to measure a proposed change beside it
 
-How speed is measured (the same for all three): each run trains
+How speed is measured, the same way for all of them: a run trains
 ``1 + --epochs`` epochs. The first is warm-up (tracing, graph optimisation,
-the engine's first short call) and is not counted. Every later epoch is
-timed from its start to its end on a monotonic clock, where its end waits
-for the device (fit: the epoch's logs are read as Python floats; engine: its
-calls hand back numpy arrays), and the steps it ran are counted from the
-optimizer's update counter. images/s = batch x steps / seconds over the
-timed epochs. What an epoch costs the engine between its steps - per-step
-events, mid-epoch checkpoints, TensorBoard scalars, making the epoch's
-iterator - is inside the timing; its end-of-epoch validation and checkpoint
-are not (fit gets no validation data), and are reported separately.
-Each measurement is repeated ``--repeats`` times, the variants interleaved
-within each repeat so drift of the machine hits them alike; the median is
-printed. ``engine (own)`` is the median ``images_per_sec`` the engine wrote
-in its step events for the timed epochs (device time of its calls only), as
-a cross-check of what a user sees in the UI.
+the engine's first short call) and is not counted. Each later epoch is timed
+from its start to its end, where its end waits for the device (fit: its
+logs are read as Python floats; engine: its calls hand back numpy arrays),
+and the steps it ran are counted (fit: the optimizer's update counter).
+
+  images/s      batch x steps / wall-clock seconds of the timed epochs
+  images/CPU-s  the same over the process's CPU seconds (all its threads):
+                steadier than wall-clock on a machine shared with other work
+                (it cannot see time spent waiting, though)
+
+Inside the engine's epochs is everything it does between steps: per-step
+events, mid-epoch checkpoints (``checkpoint_every``; their share is printed),
+TensorBoard scalars, making the epoch's data iterator. Its end-of-epoch
+validation and checkpoint are not (fit gets no validation data); their
+seconds are printed apart. Its own view, the median ``images_per_sec`` of its
+step events (call time only), is printed too.
+
+Every measurement is repeated ``--repeats`` times and the median printed.
+The variants of a workload run in one process, interleaved, in alternating
+order from repeat to repeat, so drift of the machine and whatever running
+first or last costs fall on all of them alike.
 
 Workloads:
   lenet5    preset lenet5-digits as it ships (batch 32, Adam 2e-3, 44 steps
             an epoch): bound by per-step overhead, not arithmetic.
   resnet18  preset resnet18-cifar10 on synthetic 32x32 images (ResNet
-            [2,2,2,2], its SGD/momentum/cosine optimizer and flip/crop
-            augmentation), with a smaller batch and a capped epoch so it fits
-            a few minutes on a laptop CPU (see WORKLOADS): bound by arithmetic.
+            [2,2,2,2], the preset's SGD/momentum/cosine and flip/crop
+            augmentation) with batch 16 and 4 steps an epoch, so that it fits
+            a couple of minutes on two CPU cores: bound by arithmetic. On a
+            GPU: --workload resnet18 --set train.batch_size=128
+            --set train.steps_per_epoch=50.
 
 Usage:
   python benchmarks/fit_vs_engine.py [--workload lenet5|resnet18|all]
       [--epochs N] [--repeats R] [--spe 8,32,64] [--set KEY=VALUE]...
+      [--trainer COPY_OF_TRAINER.py]...
 (``--child`` is the per-workload process it launches.)
 """
 
@@ -65,7 +81,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # name -> (preset, overrides, default timed epochs, default repeats)
 WORKLOADS: dict[str, tuple[str, list[str], int, int]] = {
-    "lenet5": ("lenet5-digits", [], 10, 3),
+    "lenet5": ("lenet5-digits", [], 8, 3),
     "resnet18": (
         "resnet18-cifar10",
         [
@@ -93,10 +109,14 @@ DEFAULT_SPE = "8,32,64"
 
 
 def child(
-    workload: str, epochs: int, repeats: int, spe_list: list[int], extra: list[str], other_trainer: str | None
+    workload: str,
+    epochs: int,
+    repeats: int,
+    spe_list: list[int],
+    extra: list[str],
+    other_trainers: list[str],
 ) -> dict:
     import keras
-    import tensorflow as tf
 
     from engine import precision
     from engine.control import ControlState
@@ -119,9 +139,15 @@ def child(
     total_epochs = 1 + epochs
     batch = train.batch_size * train.accumulation_steps
 
-    def rate(epoch_records: list[tuple[int, float]]) -> float:
-        timed = epoch_records[1:]  # the first epoch is warm-up
-        return batch * sum(s for s, _ in timed) / sum(t for _, t in timed)
+    def rates(epochs: list[tuple[int, float, float]]) -> dict:
+        """images/s of wall-clock and of process CPU time, over the epochs after the first."""
+        timed = epochs[1:]  # the first epoch is warm-up
+        images = batch * sum(steps for steps, _, _ in timed)
+        return {
+            "images_per_sec": images / sum(wall for _, wall, _ in timed),
+            "images_per_cpu_sec": images / sum(cpu for _, _, cpu in timed),
+            "epochs": epochs,
+        }
 
     def measure_fit(spe: int) -> dict:
         keras.utils.set_random_seed(train.seed)
@@ -142,31 +168,45 @@ def child(
             callbacks=[timer],
             verbose=0,
         )
-        return {"images_per_sec": rate(timer.records), "epochs": timer.records}
+        return rates(timer.records)
 
     def measure_engine(trainer_class) -> dict:
         class TimedTrainer(trainer_class):
-            records: list[tuple[int, float]] = []
-            end_epoch_seconds: list[float] = []
+            """The trainer as it is, with clocks around its epochs and checkpoints."""
 
             def _train_epoch(self, epoch: int) -> None:
-                first, started = self.step, time.perf_counter()
+                first, started, cpu = self.step, time.perf_counter(), time.process_time()
+                self.bench_saving = 0.0
                 super()._train_epoch(epoch)
-                self.records.append((self.step - first, time.perf_counter() - started))
+                elapsed = time.perf_counter() - started
+                self.bench_records.append((self.step - first, elapsed, time.process_time() - cpu))
+                self.bench_checkpointing.append(self.bench_saving)
+                self.bench_saving = None
 
             def _end_epoch(self, epoch: int) -> None:
                 started = time.perf_counter()
                 super()._end_epoch(epoch)
-                self.end_epoch_seconds.append(time.perf_counter() - started)
+                self.bench_end_epoch.append(time.perf_counter() - started)
+
+            def save_checkpoint(self):
+                started = time.perf_counter()
+                try:
+                    return super().save_checkpoint()
+                finally:
+                    if getattr(self, "bench_saving", None) is not None:
+                        self.bench_saving += time.perf_counter() - started
 
         with tempfile.TemporaryDirectory(prefix="convdeck-bench-") as tmp:
             run_dir = Path(tmp) / "bench-run"
             run_dir.mkdir()
             events = EventWriter(run_dir / "events.jsonl")
             trainer = TimedTrainer(config, run_dir, events, ControlState(), Faults())
-            trainer.records, trainer.end_epoch_seconds = [], []
+            trainer.bench_records, trainer.bench_end_epoch, trainer.bench_checkpointing = [], [], []
             trainer.setup()
-            assert trainer.steps_per_epoch == steps_per_epoch, (trainer.steps_per_epoch, steps_per_epoch)
+            assert trainer.steps_per_epoch == steps_per_epoch, (
+                trainer.steps_per_epoch,
+                steps_per_epoch,
+            )
             trainer.run()
             events.close()
             own = [
@@ -174,11 +214,13 @@ def child(
                 for e in read_events(run_dir / "events.jsonl")
                 if e["type"] == "step" and e["epoch"] > 1
             ]
+        timed_wall = sum(wall for _, wall, _ in trainer.bench_records[1:])
         return {
-            "images_per_sec": rate(trainer.records),
-            "epochs": trainer.records,
+            **rates(trainer.bench_records),
+            # Share of the timed epochs spent saving checkpoints mid-epoch (checkpoint_every).
+            "checkpoint_share": sum(trainer.bench_checkpointing[1:]) / timed_wall,
             "own_images_per_sec": statistics.median(own) if own else None,
-            "end_epoch_seconds": statistics.median(trainer.end_epoch_seconds[1:] or [0.0]),
+            "end_epoch_seconds": statistics.median(trainer.bench_end_epoch[1:] or [0.0]),
             "steps_per_call": trainer.steps_per_call,
         }
 
@@ -186,8 +228,8 @@ def child(
     # (the data repeats), so K is clipped to the steps per epoch.
     spes = sorted({1, *(min(k, steps_per_epoch) for k in spe_list)})
     engines = {"engine": Trainer}
-    if other_trainer:
-        engines[f"engine {Path(other_trainer).name}"] = load_trainer_class(other_trainer)
+    for path in other_trainers:
+        engines[f"engine {Path(path).name}"] = load_trainer_class(path)
     results: dict[str, list[dict]] = {f"fit spe={k}": [] for k in spes}
     results.update({name: [] for name in engines})
     runs = [(f"fit spe={spe}", lambda spe=spe: measure_fit(spe)) for spe in spes]
@@ -216,11 +258,12 @@ def child(
 
 
 def load_trainer_class(path: str):
-    """``Trainer`` from a copy of engine/trainer.py, to measure a proposed change beside the real one."""
+    """``Trainer`` of a copy of engine/trainer.py: a proposed change, measured beside it."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("proposed_trainer", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.Trainer
 
@@ -233,25 +276,28 @@ def EpochTimer(optimizer):  # noqa: N802 - a callback class made once keras is i
 
         def __init__(self) -> None:
             super().__init__()
-            self.records: list[tuple[int, float]] = []
+            self.records: list[tuple[int, float, float]] = []
 
         def on_epoch_begin(self, epoch, logs=None):
             self._steps = int(optimizer.iterations.numpy())
-            self._started = time.perf_counter()
+            self._started, self._cpu = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             for value in (logs or {}).values():
                 float(value)  # waits for the epoch's last step
             steps = int(optimizer.iterations.numpy()) - self._steps
-            self.records.append((steps, time.perf_counter() - self._started))
+            self.records.append(
+                (steps, time.perf_counter() - self._started, time.process_time() - self._cpu)
+            )
 
     return _EpochTimer()
 
 
 def log(workload: str, variant: str, result: dict) -> None:
-    per_epoch = " ".join(f"{s}:{t:.3f}s" for s, t in result["epochs"])
+    per_epoch = " ".join(f"{s}:{t:.3f}s" for s, t, _ in result["epochs"])
     print(
-        f"  [{workload}] {variant:<11} {result['images_per_sec']:9.1f} img/s  epochs(steps:s) {per_epoch}",
+        f"  [{workload}] {variant:<11} {result['images_per_sec']:9.1f} img/s  "
+        f"epochs(steps:s) {per_epoch}",
         flush=True,
     )
 
@@ -304,26 +350,39 @@ def print_table(report: dict) -> None:
     )
     print(
         f"  {report['model']} on {report['data']}; batch {report['batch']}; {report['optimizer']}; "
-        f"{report['steps_per_epoch']} steps/epoch; 1 warm-up + {report['epochs_timed']} timed epochs; "
+        f"{report['steps_per_epoch']} steps/epoch; "
+        f"1 warm-up + {report['epochs_timed']} timed epochs; "
         f"median of {report['repeats']}"
     )
+    cpu = {v: statistics.median(r["images_per_cpu_sec"] for r in rs) for v, rs in results.items()}
+    best_cpu = max((v for v in cpu if v.startswith("fit")), key=cpu.get)
     width = max(16, *(len(v) + 3 for v in results))
-    print(f"  {'variant':<{width}}{'images/s':>10}{'vs best fit':>13}   each repeat (images/s)")
+    print(
+        f"  {'variant':<{width}}{'images/s':>10}{'vs best fit':>13}"
+        f"{'images/CPU-s':>14}{'vs best fit':>13}   each repeat (images/s)"
+    )
     for variant, rs in results.items():
         mark = " *" if variant == best else ""
         runs = ", ".join(f"{r['images_per_sec']:.0f}" for r in rs)
-        ratio = medians[variant] / fits[best]
-        print(f"  {variant + mark:<{width}}{medians[variant]:>10.1f}{ratio:>12.2f}x   {runs}")
+        print(
+            f"  {variant + mark:<{width}}{medians[variant]:>10.1f}"
+            f"{medians[variant] / fits[best]:>12.2f}x"
+            f"{cpu[variant]:>14.1f}{cpu[variant] / cpu[best_cpu]:>12.2f}x   {runs}"
+        )
     for name in engines:
         rs = results[name]
         own = [r["own_images_per_sec"] for r in rs if r["own_images_per_sec"]]
         end = statistics.median(r["end_epoch_seconds"] for r in rs)
+        saving = statistics.median(r["checkpoint_share"] for r in rs)
         print(
-            f"  {name}: / best fit ({best.removeprefix('fit ')}) = {medians[name] / fits[best]:.2f}, "
-            f"/ fit spe=1 = {medians[name] / medians['fit spe=1']:.2f}; "
-            f"its step events say {statistics.median(own) if own else float('nan'):.0f} images/s; "
-            f"steps_per_call {rs[-1]['steps_per_call']}; "
-            f"end-of-epoch validation+checkpoint (not timed) {end:.2f} s an epoch"
+            f"  {name}: / best fit ({best.removeprefix('fit ')}) = "
+            f"{medians[name] / fits[best]:.2f}, "
+            f"/ fit spe=1 = {medians[name] / medians['fit spe=1']:.2f}\n"
+            f"    its step events say {statistics.median(own) if own else float('nan'):.0f} "
+            f"images/s (call time only); {100 * saving:.0f}% of its timed epochs went to "
+            f"mid-epoch checkpoints; "
+            f"steps_per_call {rs[-1]['steps_per_call']}; validation+checkpoint after each epoch "
+            f"(not timed) {end:.2f} s"
         )
 
 
@@ -332,13 +391,34 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
-    parser.add_argument("--epochs", type=int, help="timed epochs after the warm-up one (default: per workload)")
-    parser.add_argument("--repeats", type=int, help="repeat each measurement, report the median (default: per workload)")
-    parser.add_argument("--spe", default=DEFAULT_SPE, help=f"steps_per_execution values for fit besides 1 (default {DEFAULT_SPE})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for every workload (e.g. train.batch_size=128)")
-    parser.add_argument("--trainer", metavar="FILE",
-                        help="also measure the Trainer of this copy of engine/trainer.py (a proposed change)")
+    parser.add_argument(
+        "--epochs", type=int, help="timed epochs after the warm-up one (default: per workload)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="repeat each measurement, report the median (default: per workload)",
+    )
+    parser.add_argument(
+        "--spe",
+        default=DEFAULT_SPE,
+        help=f"steps_per_execution values for fit besides 1 (default {DEFAULT_SPE})",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every workload (e.g. train.batch_size=128)",
+    )
+    parser.add_argument(
+        "--trainer",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="also measure the Trainer of this copy of engine/trainer.py (a change); repeatable",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -351,7 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=".*shuffle=True.*")
         _, _, epochs, repeats = WORKLOADS[args.child]
         report = child(
-            args.child, args.epochs or epochs, args.repeats or repeats, spe_list, args.overrides, args.trainer
+            args.child,
+            args.epochs or epochs,
+            args.repeats or repeats,
+            spe_list,
+            args.overrides,
+            args.trainer,
         )
         Path(args.out).write_text(json.dumps(report))
         return 0
@@ -369,10 +454,21 @@ def main(argv: list[str] | None = None) -> int:
         # a process and are interleaved repeat by repeat, so drift of the
         # machine (other processes, thermal) meets them all alike.
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            command = [sys.executable, __file__, "--child", name, "--spe", args.spe, "--out", out.name]
-            for flag, value in (("--epochs", args.epochs), ("--repeats", args.repeats), ("--trainer", args.trainer)):
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                "--spe",
+                args.spe,
+                "--out",
+                out.name,
+            ]
+            for flag, value in (("--epochs", args.epochs), ("--repeats", args.repeats)):
                 if value:
                     command += [flag, str(value)]
+            for path in args.trainer:
+                command += ["--trainer", str(Path(path).resolve())]
             for assignment in args.overrides:
                 command += ["--set", assignment]
             t0 = time.monotonic()
@@ -382,7 +478,10 @@ def main(argv: list[str] | None = None) -> int:
                 if done.returncode:
                     chatter.seek(0)
                     sys.stderr.write(chatter.read())
-                    print(f"{name}: the measuring process failed (exit {done.returncode})", file=sys.stderr)
+                    print(
+                        f"{name}: the measuring process failed (exit {done.returncode})",
+                        file=sys.stderr,
+                    )
                     return 1
             report = json.loads(Path(out.name).read_text())
         print_table(report)

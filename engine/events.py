@@ -153,6 +153,23 @@ class EventTail:
             return True
 
 
+def iter_complete_lines(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """The raw complete lines of a file, read a chunk at a time (bounded memory)."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        rest = b""
+        while chunk := handle.read(chunk_bytes):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+
+
+STEP_LINE_PREFIX = b'{"type": "step"'
+
+
 def iter_events(path: str | os.PathLike) -> Iterator[dict]:
     """Every readable event of a file, in order; torn or garbage lines skipped."""
     tail = EventTail(path)

@@ -133,12 +133,13 @@ class NvmlSource:
     def __init__(self) -> None:
         self._ready = False
         self._unavailable: str | None = None
+        """Why there can be no GPU until the program restarts (no package, no driver library)."""
 
     def sample(self, pids: Sequence[int] = ()) -> GpuSample:
         """Read every device; never raises (see the module docstring)."""
         now = time.time()
         if not self._ready:
-            reason = self._init()
+            reason = self._unavailable or self._init()
             if reason:
                 return GpuSample(unavailable=reason, host=host_stats(pids), time=now)
         try:
@@ -152,11 +153,15 @@ class NvmlSource:
         try:
             import pynvml
         except ImportError:
-            return "No NVIDIA GPU: the nvidia-ml-py package is not installed"
+            self._unavailable = "No NVIDIA GPU: the nvidia-ml-py package is not installed"
+            return self._unavailable
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as error:
-            return f"No NVIDIA GPU: {_init_reason(pynvml, error)}"
+            reason = f"No NVIDIA GPU: {_init_reason(pynvml, error)}"
+            if isinstance(error, pynvml.NVMLError_LibraryNotFound):
+                self._unavailable = reason  # no driver library: polling again cannot find one
+            return reason
         except Exception as error:  # noqa: BLE001 - a broken driver must not crash the UI
             return f"No NVIDIA GPU: {_one_line(error)}"
         try:

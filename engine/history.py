@@ -24,14 +24,19 @@ METRICS = ("loss", "accuracy", "learning_rate", "images_per_sec")
 """The per-step metrics a :class:`RunHistory` keeps."""
 
 MARKER_KINDS = ("oom", "remedy_applied", "paused", "resumed", "nan")
+"""Events drawn as vertical lines; a resumed worker's ``run_started`` is drawn as ``restart``."""
 
 
 class BucketSeries:
     """A series of (x..., y) points kept as at most ``capacity`` buckets.
 
-    Every bucket but the last holds exactly ``bucket_size`` points. The x
-    values of a bucket are averaged per axis; y keeps min, max and sum.
-    Non-finite y values (a NaN loss) are counted in ``skipped`` and left out.
+    Every bucket but the last holds ``bucket_size`` points' worth of weight
+    (exactly, when every weight is 1). A point's weight is how many raw points
+    it stands for: a history replayed thinned keeps one step in twenty, each
+    weighing twenty, so buckets, means and smoothing come out as they would
+    from every step. The x values of a bucket are weighted means per axis;
+    y keeps min, max and the weighted sum. Non-finite y values (a NaN loss)
+    are counted in ``skipped`` and left out.
 
     Args:
         capacity: the most buckets kept; an even number of at least 2.
@@ -47,6 +52,9 @@ class BucketSeries:
         self.axes = axes
         self.bucket_size = 1
         self.count = 0
+        """Points added."""
+        self.weight = 0
+        """Raw points they stand for (the sum of their weights)."""
         self.skipped = 0
         self.last: float | None = None
         self._n: list[int] = []
@@ -58,37 +66,43 @@ class BucketSeries:
     def __len__(self) -> int:
         return len(self._n)
 
-    def add(self, x: Sequence[float], y: float) -> None:
-        """Add one point: ``x`` has one value per axis."""
+    def add(self, x: Sequence[float], y: float, weight: int = 1) -> None:
+        """Add one point: ``x`` has one value per axis; it stands for ``weight`` raw points."""
         if not math.isfinite(y):
             self.skipped += 1
             return
+        weight = max(1, int(weight))
         self.count += 1
+        self.weight += weight
         self.last = y
+        if weight > self.bucket_size:
+            # A point that stands for many steps widens the buckets at once; else the
+            # first buckets would stand for many times the steps of the later ones.
+            self.bucket_size = 1 << (weight - 1).bit_length()
         if self._n and self._n[-1] < self.bucket_size:
-            self._add_to_last(x, y)
+            self._add_to_last(x, y, weight)
             return
         if len(self._n) == self.capacity:
             self._merge_pairs()
             if self._n[-1] < self.bucket_size:
-                self._add_to_last(x, y)
+                self._add_to_last(x, y, weight)
                 return
-        self._n.append(1)
+        self._n.append(weight)
         for axis in range(self.axes):
-            self._x[axis].append(float(x[axis]))
+            self._x[axis].append(float(x[axis]) * weight)
         self._min.append(y)
         self._max.append(y)
-        self._sum.append(y)
+        self._sum.append(y * weight)
 
-    def _add_to_last(self, x: Sequence[float], y: float) -> None:
-        self._n[-1] += 1
+    def _add_to_last(self, x: Sequence[float], y: float, weight: int) -> None:
+        self._n[-1] += weight
         for axis in range(self.axes):
-            self._x[axis][-1] += x[axis]
+            self._x[axis][-1] += x[axis] * weight
         if y < self._min[-1]:
             self._min[-1] = y
         if y > self._max[-1]:
             self._max[-1] = y
-        self._sum[-1] += y
+        self._sum[-1] += y * weight
 
     def _merge_pairs(self) -> None:
         """Halve the bucket count: bucket 2i absorbs bucket 2i+1."""
@@ -101,15 +115,15 @@ class BucketSeries:
         self.bucket_size *= 2
 
     def counts(self) -> list[int]:
-        """Points per bucket."""
+        """Raw points per bucket (the weights of its points)."""
         return list(self._n)
 
     def x(self, axis: int = 0) -> list[float]:
-        """The mean x of each bucket on one axis."""
+        """The (weighted) mean x of each bucket on one axis."""
         return [total / n for total, n in zip(self._x[axis], self._n, strict=True)]
 
     def mean(self) -> list[float]:
-        """The mean y of each bucket."""
+        """The (weighted) mean y of each bucket."""
         return [total / n for total, n in zip(self._sum, self._n, strict=True)]
 
     def min(self) -> list[float]:
@@ -208,10 +222,21 @@ class RunHistory:
             self._ingest_steps(event)
         elif kind == "run_started":
             self.steps_per_epoch = _positive_int(event.get("steps_per_epoch"))
+            self._mark_restart(event)
         elif kind == "epoch_end":
             self._ingest_epoch_end(event)
         elif kind in MARKER_KINDS:
             self.markers.append(Marker(kind, self.position(event), _marker_label(event)))
+
+    def _mark_restart(self, event: dict) -> None:
+        """A worker that resumed the run (after a remedy, a crash, a stop) starts a new stretch."""
+        if event.get("resumed_from_step") is None and not self.step:
+            return
+        here = self.position(event)
+        last = self.markers[-1] if self.markers else None
+        if last is not None and last.kind == "remedy_applied" and last.x[0] == here[0]:
+            return  # the remedy's own marker already shows where the worker switched
+        self.markers.append(Marker("restart", here, "restart"))
 
     def _ingest_steps(self, event: dict) -> None:
         # A worker may batch several steps to a line, as parallel lists.
@@ -225,12 +250,16 @@ class RunHistory:
         epoch = int(event.get("epoch", self.epoch))
         if epoch != self.epoch:
             self.epoch, self._epoch_start_step = epoch, self.step
-        self.step = int(event.get("step", self.step + 1))
+        step = int(event.get("step", self.step + 1))
+        # A thinned history skips steps: this one stands for those since the last
+        # (the first stands for itself: a run may be followed from any step).
+        weight = step - self.step if step > self.step and self.series["loss"].count else 1
+        self.step = step
         x = self.position(event)
         for name, series in self.series.items():
             value = event.get(name)
             if value is not None:
-                series.add(x, float(value))
+                series.add(x, float(value), weight)
 
     def _ingest_epoch_end(self, event: dict) -> None:
         x = (float(self.step), float(event.get("epoch", self.epoch)) + 1.0, self._elapsed(event))

@@ -172,7 +172,13 @@ def estimate_memory(
     gradient_sets = 2 if accumulation_steps > 1 else 1
     mixed = precision_policy.startswith("mixed")
     outputs = layer_output_sizes(model)
-    per_example = [elements * _activation_bytes(dtype, mixed) for elements, dtype in outputs]
+    # A model built under the policy asked about has the right dtypes already
+    # (its float32 logits included); otherwise predict them from the policy.
+    built_mixed = any(dtype in ("float16", "bfloat16") for _, dtype in outputs)
+    per_example = [
+        elements * (_dtype_bytes(dtype) if built_mixed == mixed else _predicted_bytes(dtype, mixed))
+        for elements, dtype in outputs
+    ]
     input_bytes = sum(_elements(shape) * 4 for shape in _input_shapes(model))
     return MemoryEstimate(
         batch_size=batch_size,
@@ -250,11 +256,12 @@ def _dtype_bytes(dtype: Any) -> int:
     return _DTYPE_BYTES.get(_dtype_name(dtype), 4)
 
 
-def _activation_bytes(dtype: Any, mixed: bool) -> int:
+def _predicted_bytes(dtype: Any, mixed: bool) -> int:
+    """Bytes of one element of a model built under the other policy than the one asked about."""
     name = _dtype_name(dtype)
     if mixed and name == "float32":
-        # A model built under float32 but asked about mixed precision: its
-        # float activations would be 16-bit (the float32 logits are too small to matter).
+        # Built under float32, asked about mixed precision: its float activations
+        # would be 16-bit (the float32 logits are too small to matter).
         return 2
     if not mixed and name in ("float16", "bfloat16"):
         return 4
@@ -347,7 +354,7 @@ def memory_check(estimate: MemoryEstimate, free_bytes: int | None) -> dict | Non
 def warn_if_memory_short(trainer: Any, free_bytes: int | None, events: Any) -> dict | None:
     """Estimate a set-up trainer's step and emit ``memory_warning`` when it will likely not fit.
 
-    Never raises: a failed estimate is logged as one line and training goes on.
+    Never raises: a failed estimate becomes a ``log`` line and training goes on.
 
     Args:
         trainer: an :class:`engine.trainer.Trainer` after ``setup`` (model, config, policy).
@@ -363,7 +370,7 @@ def warn_if_memory_short(trainer: Any, free_bytes: int | None, events: Any) -> d
     try:
         estimate = estimate_memory(
             trainer.model,
-            train.batch_size,
+            getattr(trainer, "per_replica_batch", train.batch_size),
             getattr(trainer, "policy", "float32") or "float32",
             train.optimizer,
             momentum=train.momentum,
@@ -374,8 +381,8 @@ def warn_if_memory_short(trainer: Any, free_bytes: int | None, events: Any) -> d
         return None
     warning = memory_check(estimate, free_bytes)
     if warning is not None:
+        # One event; front ends print its ``message`` (the TUI's log pane does).
         events.emit("memory_warning", **warning)
-        events.emit("log", level="warning", message=warning["message"])
     return warning
 
 

@@ -21,7 +21,16 @@ import tensorflow as tf
 
 from engine import precision
 from engine.optimizers import current_learning_rate, make_optimizer
-from engine.strategy import StrategyInfo, configure_devices, make_strategy
+from engine.strategy import (
+    Agreement,
+    NonChiefEvents,
+    StrategyInfo,
+    configure_devices,
+    make_strategy,
+    remove_scratch,
+    scratch_checkpoint_dir,
+    take_chief_state,
+)
 from engine.config import ConfigError, RunConfig
 from engine.control import ControlState
 from engine.data import DataBundle, load_data
@@ -30,6 +39,10 @@ from engine.faults import Faults
 from engine.models import build_model
 
 MAX_STEPS_PER_CALL = 64
+# One training iterator serves enough epochs for this many steps (see _iterator_at)...
+ITERATOR_MIN_STEPS = 2000
+# ...but never more epochs than this, each a dataset built up front.
+ITERATOR_MAX_EPOCHS = 32
 # A call this long keeps pause/stop responsive and events flowing smoothly.
 TARGET_CALL_SECONDS = 0.25
 AUX_LOSS_WEIGHT = 0.3  # GoogLeNet's weight for its auxiliary classifiers
@@ -103,6 +116,9 @@ class Trainer:
         self.best_val_accuracy: float | None = None
         self.weights_tainted = False
         self._saved_step: int | None = None
+        self._iterator = None
+        self._iterator_end = 0
+        self._iterator_position: tuple[int, int] | None = None
 
     # ----- setup -------------------------------------------------------------
 
@@ -117,6 +133,9 @@ class Trainer:
         train = self.config.train
         configure_devices(train)
         self.dist: StrategyInfo = make_strategy(train)
+        if not self.dist.is_chief:
+            # Multi-worker: steps, epochs and checkpoints are the chief's record.
+            self.events = NonChiefEvents(self.events)
         self._check_batch_divides()
         tf.keras.utils.set_random_seed(train.seed)
         self.policy = precision.apply_policy(train.mixed_precision)
@@ -128,11 +147,19 @@ class Trainer:
             self.optimizer = make_optimizer(train, self.steps_per_epoch, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
             self._make_checkpointing()
-        self.restored_from = self._restore() if resume else None
+        self.restored_from = self._restore(sync=False) if resume else None
         if self.restored_from is None and progress_from:
             self.restored_from = self._restore_progress(progress_from)
+        if self.dist.multi_worker:
+            # Once, on every worker alike: a worker has no checkpoint of its own.
+            self.restored_from = self._take_chief_state(self.restored_from)
+            self._agreement = Agreement(self.dist.strategy)
         self._compile_functions()
-        self.tensorboard = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        self.tensorboard = (
+            tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+            if self.dist.is_chief
+            else tf.summary.create_noop_writer()
+        )
 
     @property
     def per_replica_batch(self) -> int:
@@ -157,18 +184,33 @@ class Trainer:
         self.examples_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
         self.progress = dict(step=self.step_var, epoch=self.epoch_var, examples_in_epoch=self.examples_var)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, **self.progress)
+        directory = self.run_dir / "checkpoints"
+        if not self.dist.is_chief:
+            # Every worker takes part in a save; only the chief's copy is kept.
+            directory = scratch_checkpoint_dir(self.run_dir, self.dist.worker_index)
+            remove_scratch(directory)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
-            str(self.run_dir / "checkpoints"),
+            str(directory),
             max_to_keep=self.config.train.keep_checkpoints,
         )
 
-    def _restore(self) -> int | None:
+    def _restore(self, sync: bool = True) -> int | None:
         path = self.manager.latest_checkpoint
-        if path is None:
-            return None
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        return self._read_progress()
+        if path is not None:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        restored = None if path is None else self._read_progress()
+        if sync and self.dist.multi_worker:
+            restored = self._take_chief_state(restored)
+        return restored
+
+    def _take_chief_state(self, restored: int | None) -> int | None:
+        """Multi-worker: every worker takes the chief's weights, optimizer state and progress."""
+        variables = [*self.model.variables, *self.optimizer.variables, *self.progress.values()]
+        chief_restored = take_chief_state(
+            self.dist.strategy, variables, -1 if restored is None else restored
+        )
+        return None if chief_restored < 0 else self._read_progress()
 
     def _restore_progress(self, path: str) -> int:
         tf.train.Checkpoint(**self.progress).restore(path).expect_partial()
@@ -316,6 +358,10 @@ class Trainer:
             replicas=self.dist.replicas,
             per_replica_batch=self.per_replica_batch,
             replica_devices=self.dist.devices,
+            workers=self.dist.workers,
+            worker_index=self.dist.worker_index,
+            chief=self.dist.is_chief,
+            cluster=self.dist.cluster,
             precision=self.policy,
             model_name=self.model.name,
             parameters=int(self.model.count_params()),
@@ -332,14 +378,46 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        skip = self.examples_in_epoch // self.config.train.batch_size
-        dataset = self.data.train_for_epoch(epoch, skip_batches=skip)
-        iterator = iter(self.dist.strategy.experimental_distribute_dataset(_shard_by_data(dataset)))
+        iterator = self._iterator_at(epoch, self.examples_in_epoch)
         done = self.examples_in_epoch // self.images_per_step
         epoch_end = self.step + max(0, self.steps_per_epoch - done)
         while self.step < epoch_end:
             self._obey_controls()
             self._run_call(iterator, self._steps_for_next_call(epoch_end), epoch)
+        # Only an epoch that ran to its end leaves the iterator where the next one starts.
+        self._iterator_position = (epoch + 1, 0)
+
+    def _iterator_at(self, epoch: int, examples_in_epoch: int):
+        """An iterator whose next batch is the one at this position; one serves many epochs.
+
+        Making a (distributed) iterator and tearing it down costs 0.1-0.4 s of
+        Python and thread start-up: more than a whole epoch of a small model on
+        small data. So one iterator runs through a window of epochs, each
+        epoch's batches exactly those of ``train_for_epoch`` (the order a
+        resume reproduces), and is remade only when the window ends or the
+        position jumps (a NaN rewind).
+        """
+        if (
+            self._iterator is not None
+            and self._iterator_position == (epoch, examples_in_epoch)
+            and epoch < self._iterator_end
+        ):
+            self._iterator_position = None  # in use: unknown until this epoch ends
+            return self._iterator
+        self._iterator = None  # let the old one go before making the next
+        train = self.config.train
+        window = max(1, min(ITERATOR_MAX_EPOCHS, -(-ITERATOR_MIN_STEPS // self.steps_per_epoch)))
+        end = min(train.epochs, epoch + window)
+        batches_per_epoch = self.steps_per_epoch * train.accumulation_steps
+        skip = examples_in_epoch // train.batch_size
+        dataset = self.data.train_for_epoch(epoch, skip_batches=skip).take(batches_per_epoch - skip)
+        for later in range(epoch + 1, end):
+            dataset = dataset.concatenate(self.data.train_for_epoch(later).take(batches_per_epoch))
+        # Hides the start of each epoch's pipeline behind the end of the one before.
+        dataset = dataset.prefetch(tf.data.AUTOTUNE)
+        self._iterator = iter(self.dist.strategy.experimental_distribute_dataset(_shard_by_data(dataset)))
+        self._iterator_end, self._iterator_position = end, None
+        return self._iterator
 
     def _steps_for_next_call(self, epoch_end: int) -> int:
         every = self.config.train.checkpoint_every
@@ -373,7 +451,7 @@ class Trainer:
             self.faults.mark_fired(step)
             self._after_oom(
                 f"OOM when allocating tensor with shape[{batch},...] and type float "
-                f"(injected by CONVDECK_FAULTS)"
+                f"on {(self.dist.local_devices or ['?'])[0]} (injected by CONVDECK_FAULTS)"
             )
 
     def _after_oom(self, message: str):
@@ -463,6 +541,9 @@ class Trainer:
     # ----- controls ----------------------------------------------------------
 
     def _obey_controls(self) -> None:
+        if self.dist.multi_worker:
+            self._obey_controls_together()
+            return
         if self.control.paused and not self.control.stop_requested:
             self._pause()
         if self.control.take_checkpoint_request():
@@ -471,6 +552,44 @@ class Trainer:
         if remedy:
             raise ApplyRemedy(remedy)
         if self.control.stop_requested:
+            self.save_checkpoint()
+            raise StopTraining("stopped")
+
+    def _obey_controls_together(self) -> None:
+        """Multi-worker: the chief's controls hold on every worker, and any one's stop.
+
+        Steered through the chief: every worker runs calls of the chief's size,
+        checkpoints when it does, and waits (inside the agreement) while it is
+        paused; a stop on any worker (its SIGTERM) stops them all.
+        """
+        control = self.control
+        checkpoint = False
+        if self.dist.is_chief:
+            if control.paused and not control.stop_requested:
+                # No saving while paused: a save is collective, and the others wait.
+                self.events.emit("paused", step=self.step)
+                self._update_status("paused", self.epoch)
+                while control.paused and not control.stop_requested:
+                    control.wait_while_paused()
+                self.events.emit("resumed", step=self.step)
+                self._update_status("running", self.epoch)
+            checkpoint = control.take_checkpoint_request()
+            if control.take_remedy():
+                self.events.emit(
+                    "log",
+                    level="warning",
+                    message="a multi-worker run cannot apply a remedy in place: stop it and "
+                    "resume every worker with `convdeck resume RUN --remedy NAME`",
+                )
+        elif control.paused:
+            control.request("resume")  # a worker's own pause (after a NaN): the chief decides
+        (steps, checkpoint_asked), (stops,) = self._agreement(
+            [self.steps_per_call, float(checkpoint)], [float(control.stop_requested)]
+        )
+        self.steps_per_call = max(1, int(steps))
+        if checkpoint_asked:
+            self.save_checkpoint()
+        if stops:
             self.save_checkpoint()
             raise StopTraining("stopped")
 
@@ -506,6 +625,8 @@ class Trainer:
         self.epoch_var.assign(self.epoch)
         self.examples_var.assign(self.examples_in_epoch)
         path = self.manager.save(checkpoint_number=self.step)
+        if not self.dist.is_chief:
+            remove_scratch(Path(self.manager.directory))
         self._saved_step = self.step
         self.events.emit("checkpoint", step=self.step, path=path)
         return path
@@ -514,7 +635,8 @@ class Trainer:
         """Checkpoint, save model.keras and write the ``finished`` event."""
         self.save_checkpoint()
         self.tensorboard.flush()
-        self.model.save(self.run_dir / "model.keras")
+        if self.dist.is_chief:
+            self.model.save(self.run_dir / "model.keras")
         self.events.emit(
             "finished",
             reason=reason,

@@ -90,10 +90,12 @@ class Worker:
             self.events.emit("log", level="info", message=f"command: {_describe(request)}")
         return reply
 
-    def run(self) -> int:
+    def run(self, stop_already_asked: bool = False) -> int:
         write_pid_file(self.run_dir)
         start_heartbeat(self.run_dir)
         install_signal_handlers(self.control)
+        if stop_already_asked:
+            self.control.request("stop")
         self.server.start()
         try:
             code = self._train()
@@ -111,14 +113,26 @@ class Worker:
 
     def _train(self) -> int:
         from engine.faults import parse_faults
+        from engine.memory import free_gpu_bytes, warn_if_memory_short
         from engine.trainer import ApplyRemedy, OutOfMemory, Trainer
+
+        # NVML's free memory before TensorFlow starts on the GPU and takes some.
+        free_before = free_gpu_bytes()
 
         if self.remedy:
             self._apply_remedy(self.remedy)
         config = read_config(self.run_dir)
+        if config.train.strategy == "multi_worker":
+            from engine.strategy import remember_tf_config
+
+            remember_tf_config(self.run_dir)  # so `convdeck resume` rejoins the same cluster
         faults = parse_faults(fired_path=self.run_dir / FAULTS_FIRED_FILE)
         self.trainer = Trainer(config, self.run_dir, self.events, self.control, faults)
         self.trainer.setup(resume=self.resume, progress_from=self.progress_from)
+        warn_if_memory_short(self.trainer, free_before, self.events)
+        if self.trainer.dist.multi_worker:
+            # MultiWorkerMirroredStrategy's runtime takes SIGTERM for itself: take it back.
+            install_signal_handlers(self.control)
         try:
             self.trainer.run()
         except OutOfMemory as oom:
@@ -131,21 +145,41 @@ class Worker:
 
     def _out_of_memory(self, oom, config) -> int:
         from engine.remedies import POLICY_REMEDY, applicable_remedies
+        from engine.strategy import oom_device, split_remedies
 
-        # The failed step changed no weight: what the model holds is the last good state.
-        self.trainer.save_checkpoint()
+        # A worker of several cannot save alone (a save is collective) nor change in place.
+        multi_worker = self.trainer.dist.multi_worker
+        if not multi_worker:
+            # The failed step changed no weight: what the model holds is the last good state.
+            self.trainer.save_checkpoint()
         policy = config.train.on_oom
-        remedies = applicable_remedies(config)
+        # The batch is the global one: a halved batch must still split over the replicas.
+        remedies = split_remedies(
+            applicable_remedies(config), config.train.batch_size, self.trainer.dist.replicas
+        )
         self.events.emit(
             "oom",
             step=oom.step,
             batch_size=oom.batch_size,
             message=oom.message,
+            device=oom_device(oom.message),
             memory=_device_memory(),
             remedies=remedies,
             policy=policy,
-            waiting=policy == "ask" and bool(remedies),
+            waiting=policy == "ask" and bool(remedies) and not multi_worker,
         )
+        if multi_worker:
+            how = (
+                f"stop every worker and resume each with `convdeck resume RUN --remedy "
+                f"{remedies[0]['name']}`" if remedies else "no remedy applies"
+            )
+            device = oom_device(oom.message) or "a device"
+            self.events.emit(
+                "failed",
+                error=f"out of memory at step {oom.step} on {device} with batch "
+                f"{oom.batch_size}: a multi-worker run cannot change in place; {how}",
+            )
+            return 1
         wanted = POLICY_REMEDY.get(policy)
         if policy == "ask" and remedies:
             wanted = self._wait_for_remedy()
@@ -221,6 +255,11 @@ class Worker:
         path.write_text(traceback.format_exc())
         print(traceback.format_exc(), file=sys.stderr, flush=True)
         line = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        dist = getattr(self.trainer, "dist", None)
+        if dist is not None and dist.multi_worker:
+            from engine.strategy import lost_workers_message
+
+            line = lost_workers_message(error) or line
         self.events.emit("failed", error=line, traceback_path=str(path))
         return 1
 
@@ -262,6 +301,12 @@ def _describe(request: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A stop asked for while TensorFlow still imports must not kill the worker
+    # without its final event: remember it until the real handlers are in place.
+    early_stop: list[int] = []
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, _frame: early_stop.append(number))
     parser = argparse.ArgumentParser(prog="python -m engine.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -269,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint saves log at INFO per shard
-    return Worker(args.run_dir.resolve(), resume=args.resume, remedy=args.remedy).run()
+    worker = Worker(args.run_dir.resolve(), resume=args.resume, remedy=args.remedy)
+    return worker.run(stop_already_asked=bool(early_stop))
 
 
 if __name__ == "__main__":

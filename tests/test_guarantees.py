@@ -144,6 +144,17 @@ def wait_gone(pid: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"process {pid} still runs after {timeout:g} s")
 
 
+def supervisor_of(pid: int) -> int | None:
+    """The worker's supervisor (engine.supervisor), which reports how the worker died."""
+    try:
+        parent = psutil.Process(pid).parent()
+        if parent is not None and "engine.supervisor" in " ".join(parent.cmdline()):
+            return parent.pid
+    except psutil.Error:
+        pass
+    return None
+
+
 def is_running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -209,17 +220,24 @@ def test_kill_9_mid_run_shows_crashed_and_resume_continues_the_step_counter(conv
     run_id, run_dir = start_detached(*small(epochs))
     before_kill = wait_events(
         run_dir,
-        lambda ev: any(e["type"] == "checkpoint" and e["step"] > 0 for e in ev)
-        and last_step(ev) > CHECKPOINT_EVERY + 4,
+        lambda ev: (
+            any(e["type"] == "checkpoint" and e["step"] > 0 for e in ev)
+            and last_step(ev) > CHECKPOINT_EVERY + 4
+        ),
         "a checkpoint and a few steps after it",
     )
     pid = worker_pid(run_dir)
+    supervisor = supervisor_of(pid)
     os.kill(pid, signal.SIGKILL)
     wait_gone(pid)
+    if supervisor is not None:
+        wait_gone(supervisor)  # it appends worker_exit, then ends
 
     killed = events_of(run_dir)
     kill_step = last_step(killed)
     assert not any(e["type"] in ("finished", "failed") for e in killed)
+    exits = [e for e in killed if e["type"] == "worker_exit"]
+    assert [e.get("signal") for e in exits] == (["SIGKILL"] if supervisor else []), exits
     assert kill_step < epochs * STEPS_PER_EPOCH, "the run ended before it was killed"
     assert status_of(run_id) == "crashed"
     shown = json.loads(run_cli("show", run_id, "--json").stdout)
@@ -229,7 +247,7 @@ def test_kill_9_mid_run_shows_crashed_and_resume_continues_the_step_counter(conv
     announced = max(e["step"] for e in killed if e["type"] == "checkpoint")
     # The worker announces a checkpoint after saving it: the disk may be one save ahead.
     assert saved is not None and announced <= saved <= kill_step, (announced, saved, kill_step)
-    # Checkpoints come every CHECKPOINT_EVERY steps (and at epoch ends): at most that many are redone.
+    # A checkpoint every CHECKPOINT_EVERY steps (and at epoch ends): at most that many redone.
     assert kill_step - saved <= CHECKPOINT_EVERY, (kill_step, saved)
     assert last_step(before_kill) <= kill_step
     events_bytes = (run_dir / "events.jsonl").read_bytes()
@@ -387,7 +405,11 @@ async def test_viewers_attached_at_once_each_see_every_event_in_order(convdeck_h
     truth = events_of(run_dir)
     assert_trained_to_the_end(truth, epochs)
     assert_steps_consecutive(steps_of(truth), 1, epochs * STEPS_PER_EPOCH)
-    for name, seen in (("A (convdeck run --json)", json_lines(out_a)), ("B", seen_b), ("C", seen_c)):
+    for name, seen in (
+        ("A (convdeck run --json)", json_lines(out_a)),
+        ("B", seen_b),
+        ("C", seen_c),
+    ):
         assert_steps_consecutive(steps_of(seen), 1, epochs * STEPS_PER_EPOCH)
         assert seen == truth, f"viewer {name} saw other events than events.jsonl holds"
 
@@ -486,14 +508,18 @@ def bad_runs(convdeck_home: Path) -> Path:
     garbage, one whose config is not TOML, and one whose events hold garbage lines."""
     make_run(convdeck_home, "20250101-000000-lenet5-digits-aaaa", [started(), step(1), FINISHED])
     make_run(convdeck_home, "20250101-000000-lenet5-digits-aaab", [started(), step(1), FINISHED])
-    binary = make_run(convdeck_home, "20250102-000000-bin-bbbb", [started(), step(1)], pid=dead_pid())
+    binary = make_run(
+        convdeck_home, "20250102-000000-bin-bbbb", [started(), step(1)], pid=dead_pid()
+    )
     (binary / "config.toml").write_bytes(b"\xff\xfe\x00garbage\x80\x81 = [\n")
     text = make_run(convdeck_home, "20250103-000000-txt-cccc", [started(), step(1)], pid=dead_pid())
     (text / "config.toml").write_text("[model]\narch = = 'lenet5'\n")
     garbled = make_run(convdeck_home, "20250104-000000-garbled-dddd", [], pid=dead_pid())
     (garbled / "events.jsonl").write_bytes(
-        json.dumps({"type": "run_started", "time": 1.0, "config": {"name": "lenet5-digits"}}).encode()
-        + b"\n\xff\xfe\x80 binary junk\n[1, 2, 3]\n{\"no_type\": 1}\n"
+        json.dumps(
+            {"type": "run_started", "time": 1.0, "config": {"name": "lenet5-digits"}}
+        ).encode()
+        + b'\n\xff\xfe\x80 binary junk\n[1, 2, 3]\n{"no_type": 1}\n'
         + json.dumps({"type": "step", "time": 2.0, "step": 7, "epoch": 1, "loss": 0.25}).encode()
         + b'\n{"type": "step", "time": 3.0, "st'
     )

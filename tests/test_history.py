@@ -135,3 +135,71 @@ def test_a_million_steps_ingest_in_bounded_memory():
     for _ in range(3):
         history.ingest(batch)
     assert len(history.series["loss"]) <= 512
+
+
+def _steps(first, last, step_every=1):
+    return [
+        {
+            "type": "step",
+            "time": float(s),
+            "step": s,
+            "epoch": s // 1000,
+            "loss": 2.0 / (1 + s / 500) + ((s * 7919) % 101) / 1000,
+        }
+        for s in range(first, last + 1, step_every)
+    ]
+
+
+def test_a_thinned_history_weighs_each_step_it_kept_by_the_steps_it_stands_for():
+    # What the app gets on attach: one step in 20 of the history, then every live step.
+    full, thinned = RunHistory(capacity=64), RunHistory(capacity=64)
+    full.ingest(_steps(1, 40_000))
+    thinned.ingest(_steps(20, 39_000, step_every=20))
+    thinned.ingest(_steps(39_001, 40_000))
+    a, b = full.series["loss"], thinned.series["loss"]
+    assert b.weight == a.weight - 19  # the first step kept stands for itself
+    assert b.bucket_size == a.bucket_size
+    # Every bucket spans about as many steps, replayed or live: the curve's density is even.
+    assert all(0.75 * b.bucket_size <= n <= 1.3 * b.bucket_size for n in b.counts()[:-1])
+    # Each bucket's mean is the mean of the raw steps it spans.
+    raw = {e["step"]: e["loss"] for e in _steps(1, 40_000)}
+    for x, n, y in zip(b.x(), b.counts(), b.mean(), strict=True):
+        spanned = [raw[s] for s in range(round(x - n / 2) + 1, round(x + n / 2) + 1) if s in raw]
+        assert y == pytest.approx(sum(spanned) / len(spanned), rel=0.03)
+    smooth_full = debiased_ema(a.mean(), 0.97, a.counts())
+    smooth_thin = debiased_ema(b.mean(), 0.97, b.counts())
+    assert smooth_thin[-1] == pytest.approx(smooth_full[-1], rel=0.02)
+
+
+def test_weights_default_to_one_and_a_rewind_counts_once():
+    series = BucketSeries(capacity=4)
+    series.add((0,), 1.0)
+    series.add((1,), 2.0)
+    assert series.counts() == [1, 1]
+    series.add((4,), 3.0, weight=3)  # buckets widen to hold it: 4 steps each
+    assert series.bucket_size == 4
+    assert series.counts() == [1, 4]
+    assert series.mean() == [1.0, (2.0 + 3.0 * 3) / 4]
+    history = RunHistory()
+    history.ingest(_steps(1, 10) + _steps(5, 6))  # a worker resumed from step 4
+    assert history.series["loss"].weight == 12
+
+
+def test_a_resumed_worker_marks_a_restart_unless_a_remedy_already_did():
+    history = RunHistory()
+    history.ingest(
+        [
+            {"type": "run_started", "time": 0.0, "steps_per_epoch": 100},
+            *_steps(1, 50),
+            {"type": "remedy_applied", "time": 51.0, "name": "halve-batch", "changes": {}},
+            {"type": "run_started", "time": 52.0, "steps_per_epoch": 200, "resumed_from_step": 50},
+            *_steps(51, 80),
+            {"type": "finished", "time": 81.0, "reason": "stopped"},
+            {"type": "run_started", "time": 90.0, "steps_per_epoch": 200, "resumed_from_step": 80},
+        ]
+    )
+    assert [(m.kind, m.x[0]) for m in history.markers] == [
+        ("remedy_applied", 50.0),
+        ("restart", 80.0),
+    ]
+    assert history.steps_per_epoch == 200

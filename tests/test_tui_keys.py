@@ -501,3 +501,204 @@ async def test_chart_redraws_at_a_bounded_rate():
 
 def _log(app) -> str:
     return "\n".join(app.query_one(LogPane).history)
+
+
+async def test_a_remedy_mid_run_restarts_the_worker_and_the_chart_keeps_its_history():
+    engine = FakeEngine(presets=[make_preset("lenet5-digits", train={"batch_size": 64})])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine, steps=30)
+        await pilot.press("h")  # no OOM: remedies apply whenever a run is live
+        await until(pilot, lambda: app.state.restarts == 1 and app.state.status == "running")
+        assert run.commands == [("remedy", {"name": "halve-batch"})]
+        run.feed(*training_events(10, start_step=31))
+        await until(pilot, lambda: app.state.step == 40)
+        history = app.state.history
+        assert history.series["loss"].count == 40  # before and after the switch
+        assert [m.kind for m in history.markers] == ["remedy_applied"]  # one line marks it
+        assert history.markers[0].x[0] == 30
+        log = _log(app)
+        assert "remedy halve-batch: train.batch_size 64 -> 32" in log
+        assert "worker restarted" in log and "goes on from step 30" in log
+        assert app.query_one("#field-train-batch-size", Input).value == "32"
+        chart = app.query_one(LossChart)
+        chart.redraw()
+        assert "remedy" in chart.render().plain  # the legend names the marker
+
+
+async def test_between_the_reply_and_the_restart_the_header_says_restarting():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.reply_events = False  # the worker answers now; its restart comes seconds later
+        run.feed(oom_event(21))
+        await until(pilot, lambda: app.state.status == "waiting")
+        await pilot.press("h")
+        await until(pilot, lambda: app.state.status == "restarting")
+        assert not app.query_one(RemedyBar).has_class("-open")
+        assert "restarting with halve-batch" in str(app.query_one("#header").render())
+        assert app.check_action("remedy", ("halve-batch",)) is False  # no second restart
+        await pilot.press("h")
+        assert len(run.commands) == 1
+        run._reply("remedy", {"name": "halve-batch"})  # now the worker's events arrive
+        await until(pilot, lambda: app.state.status == "running")
+        assert app.state.restarts == 1
+
+
+async def test_typing_a_filter_puts_the_best_match_under_the_cursor():
+    presets = [
+        make_preset("googlenet-cifar10", "GoogLeNet (Inception v1) on CIFAR-10"),
+        make_preset("lenet5-digits", "LeNet-5 on digits"),
+        make_preset("lenet5-mnist", "LeNet-5 on MNIST"),
+        make_preset("resnet18-cifar10", "ResNet [2,2,2,2] on CIFAR-10"),
+    ]
+    app = make_app(FakeEngine(presets=presets))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("down", "down")  # from lenet5-digits to resnet18-cifar10
+        await pilot.press("slash", "l", "e", "n")
+        presets_widget = app.query_one("#presets")
+        assert [p.name for p in presets_widget._shown] == [
+            "lenet5-digits",
+            "lenet5-mnist",
+            "googlenet-cifar10",  # only its description matches
+        ]
+        assert presets_widget.highlighted.name == "lenet5-digits"
+        await pilot.press("escape")  # clearing the filter keeps the choice
+        assert presets_widget.highlighted.name == "lenet5-digits"
+
+
+async def test_edits_in_the_config_pane_come_back_after_the_run():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await pilot.press("tab", "tab", "tab", "4", "0")  # the epochs field, typed over
+        epochs = app.query_one("#field-train-epochs", Input)
+        assert epochs.value == "40"
+        await pilot.press("enter")
+        await until(pilot, lambda: engine.started and app.state and app.state.live)
+        assert engine.started[0].config().train.epochs == 40
+        engine.started[0].feed({"type": "finished", "reason": "completed"})
+        await until(pilot, lambda: app.state.status == "finished")
+        await until(pilot, lambda: not app.query_one(ConfigPane).has_class("-live"))
+        assert epochs.value == "40"  # not the preset's own 5
+
+
+async def test_the_log_scrolls_back_and_follows_again():
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        log = app.query_one(LogPane)
+        for index in range(30):
+            log.note(f"line {index}")
+        assert "line 29" in log.render().plain
+        log.focus()
+        await pilot.press("pageup")
+        assert log.scrolled_back > 0 and "line 29" not in log.render().plain
+        assert "newer" in str(log.border_subtitle)
+        log.note("line 30")  # while reading back, new lines do not move the view
+        assert "line 30" not in log.render().plain
+        await pilot.press("end")
+        assert log.scrolled_back == 0 and "line 30" in log.render().plain
+
+
+async def test_liveness_asks_for_the_pid_and_never_reads_a_summary_while_alive():
+    engine = FakeEngine()
+    app = make_app(engine, liveness_interval=0.02)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        summaries = []
+        run.summary = lambda: summaries.append(1)  # a full read of the events file
+        run.last_log_line = lambda: "Segmentation fault (core dumped)"
+        await pilot.pause(0.2)
+        assert app.state.live and app.state.pid == 4242
+        run.status = "gone"  # the worker's pid no longer answers
+        await until(pilot, lambda: app.state.status == "crashed")
+        assert "Segmentation fault" in app.state.reason
+        assert summaries == []
+
+
+async def test_a_supervisor_report_marks_the_run_crashed_with_its_reason():
+    engine = FakeEngine()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.feed(
+            {
+                "type": "worker_exit",
+                "final_event": False,
+                "signal": "SIGKILL",
+                "message": "killed by SIGKILL: host memory ran low",
+            }
+        )
+        await until(pilot, lambda: app.state.status == "crashed")
+        assert "host memory ran low" in str(app.query_one("#header").render())
+        assert "worker died: killed by SIGKILL" in _log(app)
+
+
+async def test_a_long_history_updates_the_widgets_a_few_times_not_per_batch():
+    config = make_preset("lenet5-digits").config
+    history = [run_started("run-long", config), *training_events(30_000)]
+    run = FakeRun("run-long", config, history=history)
+    messages = []
+    app = make_app(FakeEngine(runs=[run]), attach="run-long")
+    async with app.run_test(size=(100, 30), message_hook=messages.append) as pilot:
+        await until(pilot, lambda: app.state is not None and app.state.step == 30_000)
+        await pilot.pause(0.3)
+        updates = [m for m in messages if type(m).__name__ == "RunEvents"]
+        chunks = len(history) // 2000  # what the tail folds in per turn of the event loop
+        assert 1 <= len(updates) < chunks / 1.5  # at most one every UI_UPDATE_INTERVAL
+        assert sum(m.steps for m in updates) == 30_000
+        assert "epoch 299 done" in _log(app)
+
+
+async def test_a_steady_run_repaints_only_the_tip_of_the_chart():
+    config = make_preset("lenet5-digits").config
+    # 3,500 steps: the x axis ends at 4,000 and stays there while 100 more come.
+    history = [run_started("run-8", config, steps_per_epoch=10_000), *training_events(3_500)]
+    run = FakeRun("run-8", config, history=history)
+    app = make_app(FakeEngine(runs=[run]), attach="run-8")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: app.state is not None and app.state.step == 3_500)
+        chart = app.query_one(LossChart)
+        chart.redraw()
+        await pilot.pause(0.05)
+        before = chart.cells_refreshed
+        run.feed(*training_events(100, start_step=3_501))
+        await until(pilot, lambda: app.state.step == 3_600)
+        chart.redraw()
+        area = chart.size.width * chart.size.height
+        assert 0 < chart.cells_refreshed - before < area / 10
+
+
+async def test_the_chart_waits_for_the_whole_history_then_draws_it_once():
+    run = _existing_run("run-9", 12_000)
+    app = make_app(FakeEngine(runs=[run]), attach="run-9")
+    async with app.run_test(size=(100, 30)) as pilot:
+        chart = app.query_one(LossChart)
+        plotted_at = []
+        plot = chart._plot
+        chart._plot = lambda *args: plotted_at.append(app.state.step) or plot(*args)
+        await until(pilot, lambda: app.state is not None)
+        assert chart.hold  # replaying: partial curves are not drawn
+        await until(pilot, lambda: not chart.hold and "x: step" in chart.render().plain)
+        assert plotted_at and set(plotted_at) == {12_000}  # only ever the whole history
+
+
+async def test_until_quiet_announces_the_first_pause_and_loses_no_batch():
+    import asyncio
+
+    from tui.app import _until_quiet
+
+    async def stream():
+        yield [1]
+        yield [2]
+        await asyncio.sleep(0.1)  # the history is read; the tail waits for the file
+        yield [3]
+        await asyncio.sleep(0.1)
+        yield [4]
+
+    seen = [batch async for batch in _until_quiet(stream(), quiet=0.03)]
+    assert seen == [[1], [2], None, [3], [4]]

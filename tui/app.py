@@ -10,18 +10,19 @@ GPU samples) or run it with :func:`run_app`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, OptionList, Static
+from textual.widgets import Footer, Input, OptionList, Static
 
-from engine.config import RunConfig
-from engine.events import TERMINAL_EVENTS
 from engine.gpu import GpuSource
 from tui.engine_link import Engine, RunLink
 from tui.messages import (
@@ -44,9 +45,20 @@ from tui.widgets.loss_chart import SMOOTHINGS, VIEWS, LossChart
 from tui.widgets.preset_list import DEFAULT_PRESET, PresetList
 from tui.widgets.remedy_bar import RemedyBar
 
+if TYPE_CHECKING:  # pydantic costs ~0.1 s: the first frame does not wait for it
+    from engine.config import RunConfig
+
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 INGEST_CHUNK = 2000
 """Events folded in per turn of the event loop, so keys stay quick while a long run replays."""
+UI_UPDATE_INTERVAL = 0.25
+CAUGHT_UP_AFTER = 0.15
+"""Seconds without a new batch after which the tail has read the history (see _until_quiet)."""
+"""The least seconds between updates of the widgets from a run's events (see _queue_run_events)."""
+URGENT_EVENTS = frozenset(
+    {"oom", "failed", "nan", "finished", "remedy_applied", "run_started", "worker_exit"}
+)
+"""Events shown at once, however soon after the last update."""
 
 MAIN_SCREEN_ACTIONS = frozenset(
     {
@@ -65,8 +77,11 @@ MAIN_SCREEN_ACTIONS = frozenset(
     }
 )
 
-HISTORY_STEPS = 50_000
-"""Step events replayed when attaching to a long run: plenty for a chart of 512 buckets."""
+HISTORY_STEPS = 20_000
+"""Step events replayed when attaching to a long run: ~40 per bucket of a 512-bucket chart,
+each weighted by the steps it stands for (a million-step run reaches its live tail in ~1 s)."""
+
+REMEDIES_GROUP = Binding.Group("Remedy", compact=True)
 
 REMEDY_NAMES = {
     "halve-batch": "halve the batch",
@@ -74,6 +89,25 @@ REMEDY_NAMES = {
     "mixed-precision": "mixed precision",
     "resnet18": "switch to ResNet [2,2,2,2]",
 }
+
+
+def _until_shutdown(handler: Callable) -> Callable:
+    """A message handler that may run while the app shuts down: missing widgets are fine then.
+
+    Workers (presets, event tail, commands) post their messages whenever they
+    finish; one may arrive after the screen is gone.
+    """
+
+    @functools.wraps(handler)
+    def guarded(app: ConvdeckApp, message: Any) -> Any:
+        try:
+            return handler(app, message)
+        except (NoMatches, ScreenStackError):
+            if app.is_running:
+                raise
+            return None
+
+    return guarded
 
 
 class ConvdeckApp(App[int]):
@@ -110,12 +144,14 @@ class ConvdeckApp(App[int]):
             id="pause-resume",
         ),
         Binding("x", "stop", "Stop", tooltip="Stop the run (asks first)", id="stop"),
+        Binding("d", "detach", "Detach", tooltip="Stop watching; the run keeps going", id="detach"),
         Binding(
             "h",
             "remedy('halve-batch')",
             "Halve batch",
-            tooltip="Halve the batch size (fixes most OOMs)",
+            tooltip="Halve the batch size (fixes most OOMs); the worker restarts from a checkpoint",
             id="remedy.halve-batch",
+            group=REMEDIES_GROUP,
         ),
         Binding(
             "a",
@@ -123,6 +159,7 @@ class ConvdeckApp(App[int]):
             "Halve+accum",
             tooltip="Halve the batch and accumulate two steps: same effective batch",
             id="remedy.halve-accumulate",
+            group=REMEDIES_GROUP,
         ),
         Binding(
             "m",
@@ -130,6 +167,7 @@ class ConvdeckApp(App[int]):
             "Mixed prec.",
             tooltip="Switch to mixed precision (about half the activation memory)",
             id="remedy.mixed-precision",
+            group=REMEDIES_GROUP,
         ),
         Binding(
             "r",
@@ -137,8 +175,10 @@ class ConvdeckApp(App[int]):
             "ResNet-18",
             tooltip="Switch the model to ResNet [2,2,2,2]",
             id="remedy.resnet18",
+            group=REMEDIES_GROUP,
         ),
-        Binding("d", "detach", "Detach", tooltip="Stop watching; the run keeps going", id="detach"),
+        Binding("question_mark,f1", "help", "Help", tooltip="Keys and how it works", id="help"),
+        Binding("q", "quit_app", "Quit", tooltip="Quit (asks about a live run)", id="quit"),
         Binding("slash", "filter", "Filter", tooltip="Filter the presets", id="filter"),
         Binding(
             "ctrl+s",
@@ -180,8 +220,6 @@ class ConvdeckApp(App[int]):
             tooltip="Chart: loss, accuracy, learning rate, images/s",
             id="chart.view",
         ),
-        Binding("question_mark,f1", "help", "Help", tooltip="Keys and how it works", id="help"),
-        Binding("q", "quit_app", "Quit", tooltip="Quit (asks about a live run)", id="quit"),
     ]
 
     def __init__(
@@ -214,10 +252,22 @@ class ConvdeckApp(App[int]):
         self.presets_loaded = False
         self._liveness_in_flight = False
         self._bindings_key: tuple = ()
+        self._pending_events: list = [None, [], 0]
+        """[run id, notable events, step count] folded in but not yet shown."""
+        self._flush_timer: Any = None
+        self._last_ui_update = 0.0
+        self._worker_gone_polls = 0
+        self._remedy_asked: tuple[str, int] | None = None
+        """The remedy last asked for, and the run's restart count then."""
 
     # ----------------------------------------------------------------- layout
 
     def compose(self) -> ComposeResult:
+        # The size classes before any child mounts: added later, they restyle every widget.
+        self._check_size(self.size.width, self.size.height)
+        # The list has the keys from the first frame, before the presets are read: Tab's
+        # order is the same whenever a person starts typing. (Only this screen's focus.)
+        self.screen.AUTO_FOCUS = "#preset-options"
         yield RunHeader(id="header")
         with Horizontal(id="main"):
             with Vertical(id="side"):
@@ -233,8 +283,9 @@ class ConvdeckApp(App[int]):
 
     def on_mount(self) -> None:
         self.query_one(RunHeader).show_idle("reading presets…")
-        self._check_size(self.size.width, self.size.height)
-        self._load_presets()
+        self._check_size(self.size.width, self.size.height)  # the too-small message
+        # Reading presets imports pydantic (~0.1 s of the GIL): after the first frame.
+        self.call_after_refresh(self._load_presets)
         if self.attach_ref is not None:
             self._attach(self.attach_ref or None)
 
@@ -242,13 +293,25 @@ class ConvdeckApp(App[int]):
         self._check_size(event.size.width, event.size.height)
 
     def _check_size(self, width: int, height: int) -> None:
+        if not self.screen_stack:
+            return
         small = width < MIN_WIDTH or height < MIN_HEIGHT
-        screen = self.screen_stack[0] if self.screen_stack else self.screen
-        screen.set_class(small, "-too-small")
-        screen.set_class(width < 110, "-narrow")
-        screen.set_class(width >= 140, "-wide")
-        screen.set_class(height >= 40, "-tall")
-        if small:
+        wanted = {
+            "-too-small": small,
+            "-narrow": width < 110,
+            "-wide": width >= 140,
+            "-tall": height >= 40,
+            "-short": height < 30,
+        }
+        screen = self.screen_stack[0]
+        # One restyle for all of them: each class change alone restyles the whole screen.
+        adding = [name for name, on in wanted.items() if on and not screen.has_class(name)]
+        removing = [name for name, on in wanted.items() if not on and screen.has_class(name)]
+        if adding:
+            screen.add_class(*adding)
+        if removing:
+            screen.remove_class(*removing)
+        if small and self.query("#too-small"):
             self.query_one("#too-small", Static).update(
                 f"Terminal is {width}×{height}; convdeck needs at least {MIN_WIDTH}×{MIN_HEIGHT}.\n"
                 "Enlarge the window (training goes on meanwhile)."
@@ -266,6 +329,7 @@ class ConvdeckApp(App[int]):
         self.post_message(PresetsLoaded(presets))
 
     @on(PresetsLoaded)
+    @_until_shutdown
     def _presets_loaded(self, message: PresetsLoaded) -> None:
         self.presets_loaded = True
         presets = self.query_one(PresetList)
@@ -285,6 +349,7 @@ class ConvdeckApp(App[int]):
             self.query_one(ConfigPane).show_preset(presets.highlighted)
 
     @on(PresetHighlighted)
+    @_until_shutdown
     def _preset_highlighted(self, message: PresetHighlighted) -> None:
         if not self._live():
             self.query_one(ConfigPane).show_preset(message.preset)
@@ -295,11 +360,17 @@ class ConvdeckApp(App[int]):
         self.action_start()
 
     @on(ConfigEdited)
+    @_until_shutdown
     def _config_edited(self, message: ConfigEdited) -> None:
         # The footer rebuilds on every refresh: only when the answer changes.
         valid_before = self.config_error is None
         self.config_error = message.error
         if valid_before != (message.error is None):
+            self._refresh_footer()
+
+    def _refresh_footer(self) -> None:
+        # Messages can arrive while the app shuts down, when there is no screen left.
+        if self.screen_stack and self.is_running:
             self.refresh_bindings()
 
     # ------------------------------------------------------------ run control
@@ -315,10 +386,15 @@ class ConvdeckApp(App[int]):
             # Another screen is on top: its own keys apply, the main screen's do not.
             return action not in MAIN_SCREEN_ACTIONS
         live = self._live()
-        if action in ("pause_resume", "stop", "remedy"):
+        if action in ("pause_resume", "stop"):
             return live
-        if action in ("start", "filter"):
+        if action == "remedy":
+            # A remedy restarts the worker: not while it is already restarting.
+            return live and self.state.status != "restarting"
+        if action == "start":
             return not live
+        if action == "filter":
+            return not live and not isinstance(self.focused, Input)
         if action == "save_preset":
             return not live and self.config_error is None
         if action == "detach":
@@ -365,7 +441,15 @@ class ConvdeckApp(App[int]):
         """Show ``run``: its history first, then follow it live."""
         self.run_link = run
         self.state = RunState(run_id=run.run_id, preset=preset)
-        self.query_one(LossChart).set_history(self.state.history)
+        self._pending_events[:] = [run.run_id, [], 0]
+        self._worker_gone_polls = 0
+        chart = self.query_one(LossChart)
+        chart.hold = True  # drawing a history half read is wasted: the tail says when it is done
+        chart.set_history(self.state.history)
+        if preset:  # just started here: its worker is loading TensorFlow
+            self._update_placeholder()
+        else:
+            chart.set_placeholder(f"Reading {run.run_id}…")
         log = self.query_one(LogPane)
         log.clear()
         log.start_time = None
@@ -378,11 +462,17 @@ class ConvdeckApp(App[int]):
 
     @work(exclusive=True, group="tail", exit_on_error=False)
     async def _tail(self, run: RunLink) -> None:
-        """Fold the run's events into its state, a chunk per turn of the event loop."""
+        """Fold the run's events into its state, a chunk per turn of the event loop.
+
+        It follows the run after it ends too: a run stopped and later resumed
+        (``convdeck resume``) goes on in the same events file.
+        """
         state = self.state
-        ended = False
         try:
-            async for batch in _event_stream(run):
+            async for batch in _until_quiet(_event_stream(run), CAUGHT_UP_AFTER):
+                if batch is None:
+                    self._caught_up()
+                    continue
                 if not isinstance(batch, list):
                     batch = [batch]
                 for start in range(0, len(batch), INGEST_CHUNK):
@@ -390,19 +480,54 @@ class ConvdeckApp(App[int]):
                     if state is not self.state:
                         return
                     notable, steps = state.apply(chunk)
-                    self.post_message(RunEvents(run.run_id, notable, steps))
-                    ended = ended or any(_is_terminal(e) for e in notable)
+                    self._queue_run_events(run.run_id, notable, steps)
                     await asyncio.sleep(0)
-                if ended:
-                    break
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001 - a broken tail is shown, never fatal
+            self._flush_run_events()
             self.post_message(RunTailEnded(run.run_id, error=f"reading events failed: {error}"))
             return
+        self._flush_run_events()
         self.post_message(RunTailEnded(run.run_id))
 
+    def _caught_up(self) -> None:
+        """The history is read: show it all now (the chart waited for this, see LossChart.hold)."""
+        self._flush_run_events()
+        chart = self.query_one(LossChart)
+        chart.hold = False
+        chart.mark_dirty(urgent=True)
+
+    def _queue_run_events(self, run_id: str, notable: list[dict], steps: int) -> None:
+        """Tell the widgets about folded events, at most every UI_UPDATE_INTERVAL seconds.
+
+        A long history arrives in hundreds of batches; updating the screen for
+        each would cost more than reading them. An OOM or a failure shows at once.
+        """
+        pending = self._pending_events
+        if pending[0] != run_id:
+            pending[:] = [run_id, [], 0]
+        pending[1].extend(notable)
+        pending[2] += steps
+        wait = UI_UPDATE_INTERVAL - (time.monotonic() - self._last_ui_update)
+        if wait <= 0 or any(e.get("type") in URGENT_EVENTS for e in notable):
+            self._flush_run_events()
+        elif self._flush_timer is None:
+            self._flush_timer = self.set_timer(wait, self._flush_run_events)
+
+    def _flush_run_events(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.stop()
+            self._flush_timer = None
+        run_id, notable, steps = self._pending_events
+        if run_id is None or not (notable or steps):
+            return
+        self._pending_events[:] = [run_id, [], 0]
+        self._last_ui_update = time.monotonic()
+        self.post_message(RunEvents(run_id, notable, steps))
+
     @on(RunEvents)
+    @_until_shutdown
     def _run_events(self, message: RunEvents) -> None:
         if self.state is None or message.run_id != self.state.run_id:
             return
@@ -411,6 +536,24 @@ class ConvdeckApp(App[int]):
         if message.notable:
             self._notable_events(message.notable)
         self._show_state()
+        self._update_placeholder()
+
+    def _update_placeholder(self) -> None:
+        """What the chart says before the watched run's first step."""
+        state = self.state
+        if state is None:
+            text = "No run yet. Pick a preset and press Enter."
+        elif state.status in ("starting", "restarting"):
+            text = (
+                f"{state.preset or state.run_id}: the worker is starting (TensorFlow loads first)…"
+            )
+        elif state.live:
+            text = f"{state.preset or state.run_id}: waiting for the first step…"
+        else:
+            text = f"No steps: the run {state.status}" + (
+                f": {state.reason}" if state.reason else "."
+            )
+        self.query_one(LossChart).set_placeholder(text)
 
     def _notable_events(self, events: list[dict]) -> None:
         state = self.state
@@ -432,6 +575,7 @@ class ConvdeckApp(App[int]):
             self.notify(state.reason or "loss is NaN", severity="warning", timeout=10)
 
     @on(RunTailEnded)
+    @_until_shutdown
     def _tail_ended(self, message: RunTailEnded) -> None:
         if self.state is None or message.run_id != self.state.run_id:
             return
@@ -448,26 +592,34 @@ class ConvdeckApp(App[int]):
     @work(thread=True, group="liveness", exit_on_error=False)
     def _poll_summary(self, run: RunLink) -> None:
         try:
-            summary = run.summary()
-            status, reason = summary.status, getattr(summary, "reason", None)
+            status, reason, pid = _liveness(run)
         except Exception as error:  # noqa: BLE001 - unknown, not dead
-            status, reason = None, str(error)
-        self.post_message(RunSummaryPolled(run.run_id, status, reason))
+            status, reason, pid = None, str(error), None
+        self.post_message(RunSummaryPolled(run.run_id, status, reason, pid))
 
     @on(RunSummaryPolled)
+    @_until_shutdown
     def _summary_polled(self, message: RunSummaryPolled) -> None:
         self._liveness_in_flight = False
         state = self.state
         if state is None or message.run_id != state.run_id:
             return
-        if message.status == "crashed" and state.live:
+        if message.pid and not state.pid:
+            state.pid = message.pid
+            self.query_one(GpuPanel).pids = (message.pid,)
+        gone = message.status == "gone" and state.live
+        self._worker_gone_polls = self._worker_gone_polls + 1 if gone else 0
+        # Gone twice in a row: the tail has had a poll's time to read its last events.
+        crashed = message.status == "crashed" or self._worker_gone_polls >= 2
+        if crashed and state.live:
             state.status = "crashed"
             state.pending_oom = None
-            state.reason = message.reason or "the worker died without a last event (see worker.log)"
+            state.reason = _crash_reason(message)
             self.query_one(RemedyBar).close()
             self.query_one(LogPane).note(f"CRASHED: {state.reason}", "bold red")
             self.notify(f"Run {state.run_id} crashed: {state.reason}", severity="error", timeout=15)
             self._show_state()
+            self._update_placeholder()
         if state.live:
             self.set_timer(self.liveness_interval, self._check_liveness)
 
@@ -491,7 +643,7 @@ class ConvdeckApp(App[int]):
         key = (state.status if state else None, live)
         if key != self._bindings_key:
             self._bindings_key = key
-            self.refresh_bindings()
+            self._refresh_footer()
 
     # --------------------------------------------------------------- commands
 
@@ -506,14 +658,27 @@ class ConvdeckApp(App[int]):
             reply = await run.command(command, **args)
         except Exception as error:  # noqa: BLE001 - the engine promises not to raise; be sure
             reply = {"ok": False, "error": str(error)}
-        self.post_message(CommandDone(command, reply if isinstance(reply, dict) else {"ok": False}))
+        reply = reply if isinstance(reply, dict) else {"ok": False}
+        self.post_message(CommandDone(command, reply, args))
 
     @on(CommandDone)
+    @_until_shutdown
     def _command_done(self, message: CommandDone) -> None:
         if not message.reply.get("ok"):
             error = message.reply.get("error") or "no reply"
             self.notify(f"{message.command}: {error}", severity="error")
             self.query_one(LogPane).note(f"{message.command} refused: {error}", "red")
+            return
+        state = self.state
+        asked = self._remedy_asked
+        if message.command == "remedy" and state is not None and state.live and asked:
+            if state.restarts != asked[1]:
+                return  # the restart's own events came first: nothing left to announce
+            # The worker checkpoints and restarts with the remedy; its events follow.
+            state.restarting(asked[0])
+            self.query_one(RemedyBar).close()
+            self._show_state()
+            self._update_placeholder()
 
     def action_pause_resume(self) -> None:
         """Pause a running run, resume a paused one."""
@@ -535,9 +700,20 @@ class ConvdeckApp(App[int]):
         self.push_screen(ConfirmStopScreen(self.state.run_id), stop)
 
     def action_remedy(self, name: str) -> None:
-        """Apply one remedy: halve-batch, halve-accumulate, mixed-precision, resnet18."""
+        """Apply one remedy: halve-batch, halve-accumulate, mixed-precision, resnet18.
+
+        The worker checkpoints, restarts with the remedy applied and goes on
+        from the checkpoint; the chart keeps the run's history and marks the switch.
+        """
+        if not self._live() or self.state.status == "restarting":
+            return
+        self._remedy_asked = (name, self.state.restarts)
         self.send("remedy", name=name)
-        self.query_one(LogPane).note(f"asked for remedy {name} ({REMEDY_NAMES.get(name, '')})")
+        self.query_one(LogPane).note(
+            f"asked for remedy {name} ({REMEDY_NAMES.get(name, '')}): "
+            "the worker checkpoints and restarts with it",
+            "yellow",
+        )
 
     def action_detach(self) -> None:
         """Stop watching; a live run keeps training."""
@@ -545,6 +721,7 @@ class ConvdeckApp(App[int]):
         if state is None:
             return
         self.workers.cancel_group(self, "tail")
+        self._pending_events[:] = [None, [], 0]
         if state.live:
             self.notify(
                 f"Detached from {state.run_id}; it keeps training. "
@@ -553,9 +730,11 @@ class ConvdeckApp(App[int]):
             )
         self.run_link, self.state = None, None
         self.query_one(RemedyBar).close()
+        self.query_one(LossChart).hold = False
         self.query_one(LossChart).set_history(None)
         self.query_one(GpuPanel).pids = ()
         self._show_state()
+        self._update_placeholder()
         self.query_one("#preset-options", OptionList).focus()
 
     def action_quit_app(self) -> None:
@@ -683,16 +862,68 @@ class ConvdeckApp(App[int]):
         yield from super().get_system_commands(screen)
 
 
+def _crash_reason(message: RunSummaryPolled) -> str:
+    default = "the worker died without a last event (see worker.log)"
+    if message.status == "gone":
+        return default + (f"; it ends: {message.reason}" if message.reason else "")
+    return message.reason or default
+
+
+def _liveness(run: RunLink) -> tuple[str | None, str | None, int | None]:
+    """Whether the run's worker lives: ("alive", None, pid) or ("gone", its last words, None).
+
+    Never a summary for a real run: that reads the whole events file (seconds
+    of the GIL for a million steps); the app's own event tail knows the rest.
+    An engine without pids (a fake) answers with its summary's status.
+    """
+    pid_of = getattr(run, "pid", None)
+    if callable(pid_of):
+        pid = pid_of()
+        if pid is not None:
+            return "alive", None, pid
+        last_words = getattr(run, "last_log_line", None)
+        return "gone", last_words() if callable(last_words) else None, None
+    summary = run.summary()
+    return summary.status, getattr(summary, "reason", None), getattr(summary, "pid", None)
+
+
+async def _until_quiet(stream: Any, quiet: float) -> AsyncIterator[list[dict] | None]:
+    """The batches of ``stream``, and one None the first time none came for ``quiet`` seconds.
+
+    A history is read back to back; the first pause is the tail waiting for
+    the file to grow: the history is all in. The next batch is not lost
+    meanwhile: it is awaited, not cancelled.
+    """
+    iterator = aiter(stream)
+    pending: asyncio.Future | None = None
+    announced = False
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            if not announced:
+                done, _ = await asyncio.wait({pending}, timeout=quiet)
+                if not done:
+                    announced = True
+                    yield None
+                    continue
+            try:
+                batch = await pending
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield batch
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
 def _event_stream(run: RunLink) -> Any:
     """The run's events; a long history is thinned by the engine where it can."""
     try:
         return run.events(from_start=True, history_steps=HISTORY_STEPS)
     except TypeError:  # an engine (or fake) without thinning
         return run.events(from_start=True)
-
-
-def _is_terminal(event: dict) -> bool:
-    return event.get("type") in TERMINAL_EVENTS
 
 
 def run_app(attach: str | None = None) -> int:

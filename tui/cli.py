@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -61,9 +62,30 @@ def cli(ctx: click.Context) -> int:
 )
 @click.option("--detach", is_flag=True, help="Print the run id and return; the run goes on.")
 @click.option("--json", "json_lines", is_flag=True, help="Print the events as JSON lines.")
-def run(preset: str, overrides: tuple[str, ...], detach: bool, json_lines: bool) -> int:
+@click.option(
+    "--workers",
+    metavar="HOST:PORT,...",
+    help="Train on several machines: every worker's address, the same list on each "
+    "(writes TF_CONFIG; train.strategy becomes multi_worker).",
+)
+@click.option(
+    "--worker-index",
+    type=int,
+    metavar="N",
+    help="This machine's place in --workers; 0 is the chief, which records the run.",
+)
+def run(
+    preset: str,
+    overrides: tuple[str, ...],
+    detach: bool,
+    json_lines: bool,
+    workers: str | None,
+    worker_index: int | None,
+) -> int:
     """Train PRESET (default lenet5-digits) without the UI."""
     config = load_preset(preset, overrides)
+    if workers is not None or worker_index is not None or config.train.strategy == "multi_worker":
+        _join_cluster(config, workers, worker_index)
     handle = client.start_run_sync(config)
     return _detach_or_follow(handle, detach, json_lines)
 
@@ -77,6 +99,32 @@ def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool) -> 
     """Continue a stopped, failed or crashed RUN from its last checkpoint."""
     handle = client.resume_run_sync(run_ref, remedy=remedy)
     return _detach_or_follow(handle, detach, json_lines)
+
+
+def _join_cluster(config: Any, workers: str | None, worker_index: int | None) -> None:
+    """Check the cluster before any worker starts; --workers writes TF_CONFIG for it."""
+    from engine.strategy import read_tf_config, worker_timeout, workers_tf_config
+
+    if workers is not None or worker_index is not None:
+        if workers is None:
+            raise ConfigError(
+                "--worker-index needs --workers HOST:PORT,... (every worker's address)"
+            )
+        if worker_index is None:
+            raise ConfigError(
+                "--workers needs --worker-index N, this machine's place in the list "
+                "(0 is the chief)"
+            )
+        tf_config = workers_tf_config(workers, worker_index)
+        if config.train.strategy not in ("auto", "multi_worker"):
+            raise ConfigError(
+                f"--workers trains with train.strategy 'multi_worker'; "
+                f"got {config.train.strategy!r}"
+            )
+        config.train.strategy = "multi_worker"
+        os.environ["TF_CONFIG"] = tf_config  # the worker started next inherits it
+    read_tf_config()  # a missing or malformed TF_CONFIG: one line now, not after TensorFlow loads
+    worker_timeout()
 
 
 def _detach_or_follow(handle: client.RunHandle, detach: bool, json_lines: bool) -> int:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.config import RunConfig
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 
 
 class RunLink(Protocol):
@@ -23,11 +24,23 @@ class RunLink(Protocol):
 
     def config(self) -> RunConfig: ...
 
-    def summary(self) -> Any: ...
+    def summary(self) -> Any:
+        """Status and figures; reads the whole events file, so the app asks rarely."""
+        ...
+
+    def pid(self) -> int | None:
+        """The live worker's pid, else None (cheap: the app polls it; optional for fakes)."""
+        ...
 
     def events(
-        self, from_start: bool = True, poll_interval: float = 0.2
-    ) -> AsyncIterator[list[dict]]: ...
+        self,
+        from_start: bool = True,
+        poll_interval: float = 0.2,
+        *,
+        history_steps: int | None = None,
+    ) -> AsyncIterator[list[dict]]:
+        """The history (about ``history_steps`` step events of it), then new events as they come."""
+        ...
 
     async def command(self, command: str, timeout: float = 5.0, **args: Any) -> dict: ...
 

@@ -2,8 +2,9 @@
 
 :class:`FakeEngine` lists presets and starts :class:`FakeRun` objects that
 record every command and emit the events a real worker would reply with
-(``pause`` gives ``paused``, ``remedy`` gives ``remedy_applied``...). Tests
-push further events with :meth:`FakeRun.feed`.
+(``pause`` gives ``paused``; ``remedy`` gives the restart a worker goes
+through: a ``log`` line, ``remedy_applied``, then a resumed ``run_started``).
+Tests push further events with :meth:`FakeRun.feed`.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class FakeRun:
     def summary(self) -> FakeSummary:
         return FakeSummary(self.run_id, self._config.name, self.status)
 
+    def pid(self) -> int | None:
+        """4242 while the run is live, like ``RunHandle.pid``."""
+        return 4242 if self.status in ("running", "paused", "waiting") else None
+
     def feed(self, *events: dict) -> None:
         """Append events to the run, seen by whoever follows it."""
         batch = [{"time": self.now, **event} for event in events]
@@ -175,7 +180,24 @@ class FakeRun:
             self.status = "stopped"
             self.feed({"type": "finished", "reason": "stopped"})
         elif command == "remedy":
-            self.feed(self._remedy_event(args.get("name", "")))
+            name = args.get("name", "")
+            applied = self._remedy_event(name)
+            self.feed(
+                {"type": "log", "level": "info", "message": f"applying remedy {name}: restarting"},
+                applied,
+                self._restarted(applied["changes"]),
+            )
+
+    def _restarted(self, changes: dict) -> dict:
+        """The ``run_started`` of the worker that takes over with a remedy applied."""
+        config = self._config.model_dump(mode="json")
+        for dotted, (_, new) in changes.items():
+            section, _, key = dotted.partition(".")
+            config[section][key] = new
+        steps = [e["step"] for e in self.history if e.get("type") == "step" and "step" in e]
+        event = run_started(self.run_id, self._config, now=self.now)
+        event.update(config=config, resumed_from_step=max(steps, default=0))
+        return event
 
     def _remedy_event(self, name: str) -> dict:
         train = self._config.train

@@ -7,12 +7,14 @@ batch of events, never one per step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from engine.config import RunConfig
 from engine.gpu import GpuSample
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 
 
 @dataclass
@@ -75,6 +77,7 @@ class RunSummaryPolled(Message):
     run_id: str
     status: str | None
     reason: str | None = None
+    pid: int | None = None
 
 
 @dataclass
@@ -83,6 +86,7 @@ class CommandDone(Message):
 
     command: str
     reply: dict
+    args: dict | None = None
 
 
 @dataclass

@@ -186,6 +186,8 @@ def event_line(event: dict, run_id: str = "RUN") -> str | None:
         return _started_line(event)
     if kind == "checkpoint":
         return f"checkpoint at step {_last(event.get('step'))}"
+    if kind == "memory_warning":
+        return f"memory warning: {event.get('message', '')}"
     if kind == "paused":
         # Headless, nobody may be watching: say how to go on.
         return f"paused at step {event.get('step', '?')} (go on: convdeck ctl {run_id} resume)"
@@ -206,7 +208,22 @@ def _started_line(event: dict) -> str:
     devices = ", ".join(str(d) for d in event.get("devices") or []) or "?"
     resumed = event.get("resumed_from_step")
     start = f"resumed from step {resumed}" if resumed else "started"
-    return f"run {event.get('run_id', '?')} {start} on {devices}"
+    return f"run {event.get('run_id', '?')} {start} on {devices}" + _distribution(event)
+
+
+def _distribution(event: dict) -> str:
+    """How the global batch splits, for a run on several replicas or workers."""
+    replicas, workers = event.get("replicas") or 1, event.get("workers") or 1
+    if replicas == 1 and workers == 1:
+        return ""
+    batch = event.get("per_replica_batch")
+    split = f": {replicas} replicas x {batch} = batch {replicas * batch}" if batch else ""
+    text = f" ({event.get('strategy', '?')}{split}"
+    if workers > 1:
+        text += f"; worker {event.get('worker_index', '?')} of {workers}"
+        if event.get("chief") is False:
+            text += ", the chief's run records steps and checkpoints"
+    return text + ")"
 
 
 def _oom_line(event: dict, run_id: str) -> str:

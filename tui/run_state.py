@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 
 from engine.history import RunHistory
 
-LIVE_STATUSES = ("starting", "running", "paused", "waiting")
-"""Statuses in which the run's worker is (believed) alive."""
+LIVE_STATUSES = ("starting", "running", "paused", "waiting", "restarting")
+"""Statuses in which the run's worker is (believed) alive. ``restarting``: a remedy
+was accepted; the worker checkpoints and replaces itself, then says ``run_started``."""
+RESTART_LOG_PREFIX = "applying remedy "
+"""How the worker's ``log`` event announces its restart (``applying remedy NAME: ...``)."""
 
 DEFAULT_REMEDY_KEYS = {
     "halve-batch": "h",
@@ -26,8 +29,8 @@ class RunState:
     """The watched run: identity, status, progress, history and pending OOM.
 
     Attributes:
-        status: starting, running, paused, waiting (for a remedy), finished,
-            stopped, failed or crashed.
+        status: starting, running, paused, waiting (for a remedy), restarting
+            (with a remedy), finished, stopped, failed or crashed.
         reason: why it ended or what is wrong, one line, else None.
         pending_oom: the ``oom`` event awaiting a remedy, else None.
     """
@@ -41,9 +44,16 @@ class RunState:
     epochs: int | None = None
     step: int = 0
     steps_per_epoch: int | None = None
+    epoch_end_step: int = 0
+    epochs_ended: set = field(default_factory=set)
+    restarts: int = 0
     images_per_sec: float | None = None
     step_time: float | None = None
     last_loss: float | None = None
+    # tf.distribute, from run_started: e.g. "mirrored", 2 replicas, 1 worker.
+    strategy: str | None = None
+    replicas: int | None = None
+    workers: int | None = None
     config: dict = field(default_factory=dict)
     pending_oom: dict | None = None
     history: RunHistory = field(default_factory=RunHistory)
@@ -79,20 +89,36 @@ class RunState:
         self.last_loss = _last(event.get("loss"), self.last_loss)
         self.images_per_sec = _last(event.get("images_per_sec"), self.images_per_sec)
         self.step_time = _last(event.get("step_time"), self.step_time)
-        if self.status in ("starting", "waiting"):
-            self.status, self.pending_oom = "running", None
+        if self.status in ("starting", "waiting", "restarting"):
+            self.status, self.pending_oom, self.reason = "running", None, None
 
     def _notable(self, event: dict) -> None:
         handler = getattr(self, f"_on_{event.get('type')}", None)
         if handler is not None:
             handler(event)
 
+    def restarting(self, remedy: str) -> None:
+        """A remedy was accepted: the worker checkpoints and restarts with it."""
+        self.status, self.pending_oom = "restarting", None
+        self.reason = f"restarting with {remedy} from the last checkpoint"
+
+    def _on_log(self, event: dict) -> None:
+        message = str(event.get("message", ""))
+        if message.startswith(RESTART_LOG_PREFIX) and self.live:
+            self.restarting(message[len(RESTART_LOG_PREFIX) :].split(":")[0])
+
     def _on_run_started(self, event: dict) -> None:
-        self.status = "running"
+        if event.get("resumed_from_step") is not None or self.step:
+            self.restarts += 1
+        self.status, self.reason = "running", None
         self.run_id = str(event.get("run_id") or self.run_id)
         self.pid = event.get("pid") if isinstance(event.get("pid"), int) else self.pid
         self.steps_per_epoch = event.get("steps_per_epoch") or self.steps_per_epoch
         self.epochs = event.get("epochs") or self.epochs
+        self.strategy = str(event.get("strategy") or self.strategy or "") or None
+        for name in ("replicas", "workers"):
+            if isinstance(event.get(name), int):
+                setattr(self, name, event[name])
         config = event.get("config")
         if isinstance(config, dict):
             self.config = config
@@ -101,6 +127,8 @@ class RunState:
 
     def _on_epoch_end(self, event: dict) -> None:
         self.epoch = int(event.get("epoch", self.epoch))
+        self.epochs_ended.add(event.get("epoch"))
+        self.epoch_end_step = int(event.get("step") or self.step)
 
     def _on_paused(self, event: dict) -> None:
         self.status = "paused"
@@ -117,7 +145,9 @@ class RunState:
         self.reason = f"out of memory at step {event.get('step', '?')}"
 
     def _on_remedy_applied(self, event: dict) -> None:
-        self.status, self.pending_oom, self.reason = "running", None, None
+        # The new worker applied it; it says run_started once TensorFlow has loaded.
+        self.status, self.pending_oom = "restarting", None
+        self.reason = f"restarting with {event.get('name', 'a remedy')}"
         changes = event.get("changes")
         if isinstance(changes, dict):
             for dotted, change in changes.items():
@@ -131,6 +161,12 @@ class RunState:
         self.status = "stopped" if stopped else "finished"
         self.pending_oom = None
         self.reason = "stopped by request" if stopped else None
+
+    def _on_worker_exit(self, event: dict) -> None:
+        # The supervisor saw the worker die (a signal, the OOM killer) without its last event.
+        if not event.get("final_event") and self.live:
+            self.status, self.pending_oom = "crashed", None
+            self.reason = str(event.get("message") or "the worker died without a last event")
 
     def _on_failed(self, event: dict) -> None:
         self.status, self.pending_oom = "failed", None
@@ -149,10 +185,15 @@ class RunState:
         return remedies
 
     def eta_seconds(self) -> float | None:
-        """Seconds left at the last step time, when the total is known."""
+        """Seconds left at the last step time, when the total is known.
+
+        Counted in epochs left, not from the step number: a remedy that halves
+        the batch doubles the steps of every epoch still to come.
+        """
         if not (self.steps_per_epoch and self.epochs and self.step_time):
             return None
-        remaining = self.steps_per_epoch * self.epochs - self.step
+        into_epoch = max(0, self.step - self.epoch_end_step)
+        remaining = (self.epochs - len(self.epochs_ended)) * self.steps_per_epoch - into_epoch
         return max(0.0, remaining * self.step_time)
 
 

@@ -3,12 +3,16 @@
 Every edit is laid over the chosen preset and checked with
 ``engine.config.validate_config``, so the error shown inline is the one the
 worker would raise. While a run is watched the pane shows the run's live
-config, read-only (a remedy's change shows up here).
+config, read-only (a remedy's change shows up here); afterwards the edits
+made to each preset come back, so a second run starts from them.
+
+``engine.config`` (pydantic) is imported on the first preset shown, never
+at app import: the first frame does not wait for it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on
@@ -16,8 +20,10 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from engine.config import OOM_POLICIES, ConfigError, RunConfig, parse_value, validate_config
 from tui.messages import ConfigEdited, StartRequested
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 
 TEXT_FIELDS = {
     "train.batch_size": "batch size",
@@ -53,8 +59,11 @@ def _show(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-class ConfigPane(VerticalScroll):
-    """Editable fields of the chosen preset, with the config's own errors inline."""
+class ConfigPane(VerticalScroll, can_focus=False):
+    """Editable fields of the chosen preset, with the config's own errors inline.
+
+    Not focusable itself: Tab lands on its first field, not on the scroller.
+    """
 
     BORDER_TITLE = "Config"
 
@@ -65,8 +74,12 @@ class ConfigPane(VerticalScroll):
         self.error: str | None = None
         self._filling = False
         self._last_data: dict | None = None
+        self._policies_listed = False
+        self._edits: dict[str, dict] = {}
+        """The values typed for each preset (by name), restored when it is shown again."""
 
     def compose(self) -> ComposeResult:
+        yield Static(id="config-error")
         yield Static(id="config-about")
         for dotted, label in TEXT_FIELDS.items():
             with Horizontal(classes="field"):
@@ -74,8 +87,9 @@ class ConfigPane(VerticalScroll):
                 yield Input(id=_field_id(dotted), compact=True, name=dotted)
         with Horizontal(classes="field"):
             yield Label("on OOM", classes="field-label")
+            # The policies come from engine.config with the first preset (see _fill).
             yield Select(
-                [(policy, policy) for policy in OOM_POLICIES],
+                [("ask", "ask")],
                 id=_field_id("train.on_oom"),
                 allow_blank=False,
                 compact=True,
@@ -85,10 +99,10 @@ class ConfigPane(VerticalScroll):
         with Horizontal(classes="field"):
             yield Label("save as", classes="field-label")
             yield Input(id="save-name", compact=True, placeholder="name (ctrl+s)")
-        yield Static(id="config-error")
 
     def show_preset(self, preset: Any) -> None:
-        """Fill the fields from ``preset``; a broken preset shows its error."""
+        """Fill the fields from ``preset`` and the edits made to it; a broken one shows why."""
+        self._remember_edits()
         self.preset = preset
         self._last_data = None
         self.set_class(False, "-live")
@@ -99,21 +113,59 @@ class ConfigPane(VerticalScroll):
             self.post_message(ConfigEdited(None, self.error))
             return
         self._show_about(preset.name, preset.description)
-        self._fill(preset.config.model_dump(mode="json"))
-        self.query_one("#save-name", Input).value = f"{preset.name}-mine"
+        edits = self._edits.get(preset.name)
+        self._fill(edits or preset.config.model_dump(mode="json"))
+        save_name = (edits or {}).get("save_as") or f"{preset.name}-mine"
+        self.query_one("#save-name", Input).value = save_name
         self.validate()
 
     def show_live(self, name: str, config: dict) -> None:
         """Show a watched run's config, read-only."""
+        self._remember_edits()
         self.set_class(True, "-live")
         self._last_data = None
         self._show_about(name, "live config of the watched run")
         self._fill(config)
         self._show_error(None)
 
+    def _remember_edits(self) -> None:
+        """Keep what was typed for the preset on show, unless it is the preset's own values."""
+        if self.preset is None or self.preset.config is None or self.has_class("-live"):
+            return
+        typed = self._typed()
+        if typed != self._typed_from(self.preset.config.model_dump(mode="json")):
+            self._edits[self.preset.name] = {**typed, "save_as": self.save_name()}
+        else:
+            self._edits.pop(self.preset.name, None)
+
+    def _typed(self) -> dict:
+        """The fields as typed (text, not parsed), keyed like the config."""
+        typed: dict = {}
+        for dotted in TEXT_FIELDS:
+            _set(typed, dotted, self.query_one(f"#{_field_id(dotted)}", Input).value)
+        _set(typed, "train.on_oom", self.query_one(f"#{_field_id('train.on_oom')}", Select).value)
+        checkbox = self.query_one(f"#{_field_id('train.mixed_precision')}", Checkbox)
+        _set(typed, "train.mixed_precision", checkbox.value)
+        return typed
+
+    def _typed_from(self, data: dict) -> dict:
+        typed: dict = {}
+        for dotted in TEXT_FIELDS:
+            _set(typed, dotted, _show(_get(data, dotted)))
+        _set(typed, "train.on_oom", _get(data, "train.on_oom"))
+        _set(typed, "train.mixed_precision", bool(_get(data, "train.mixed_precision")))
+        return typed
+
     def _fill(self, data: dict) -> None:
+        from engine.config import OOM_POLICIES
+
         self._filling = True
         try:
+            if not self._policies_listed:
+                self.query_one(f"#{_field_id('train.on_oom')}", Select).set_options(
+                    [(policy, policy) for policy in OOM_POLICIES]
+                )
+                self._policies_listed = True
             for dotted in TEXT_FIELDS:
                 self.query_one(f"#{_field_id(dotted)}", Input).value = _show(_get(data, dotted))
             policy = _get(data, "train.on_oom")
@@ -126,6 +178,8 @@ class ConfigPane(VerticalScroll):
 
     def values(self) -> dict:
         """The preset's config with the fields' values laid over, as plain data."""
+        from engine.config import parse_value
+
         data = self.preset.config.model_dump(mode="json")
         for dotted in TEXT_FIELDS:
             text = self.query_one(f"#{_field_id(dotted)}", Input).value.strip()
@@ -139,6 +193,8 @@ class ConfigPane(VerticalScroll):
         """Check the fields now; post :class:`ConfigEdited` and return the config or None."""
         if self.preset is None or self.preset.config is None or self.has_class("-live"):
             return None
+        from engine.config import ConfigError, validate_config
+
         data = self.values()
         if data == self._last_data:
             return self.config  # an echo of filling the fields: nothing changed
@@ -158,8 +214,6 @@ class ConfigPane(VerticalScroll):
 
     def _show_about(self, name: str, description: str) -> None:
         about = Text.assemble((name, "bold"), "  " if description else "", (description, "dim"))
-        about.no_wrap = True
-        about.overflow = "ellipsis"
         self.query_one("#config-about", Static).update(about)
 
     def _show_error(self, error: str | None) -> None:

@@ -4,23 +4,61 @@ NVML is polled off the UI thread by a thread worker; the next poll is armed
 only when the previous one has reported, so polls never pile up behind a
 slow driver. With no driver the panel says why in one line and shows the
 host's CPU and memory instead.
+
+Each poll repaints only the characters that changed, and the sparkline keeps
+one cell per :data:`SPARK_SECONDS` (its newest cell moves, the rest stay), so
+the panel costs the terminal little while a run trains.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
 from textual import on
-from textual.widget import Widget
 
 from engine.gpu import GIB, GpuDevice, GpuSample, GpuSource, HostStats
 from tui.messages import GpuSampled
+from tui.widgets.diffed import DiffedWidget
 
 SPARKS = "▁▂▃▄▅▆▇█"
 HISTORY_LENGTH = 24
+SPARK_SECONDS = 5.0
+"""Seconds of polls each sparkline cell averages: 24 cells show the last two minutes."""
+
+
+class SparkHistory:
+    """Utilisation history in cells of ``per_cell`` polls; the newest cell is the running mean.
+
+    Args:
+        length: cells kept.
+        per_cell: polls averaged into one cell.
+    """
+
+    def __init__(self, length: int = HISTORY_LENGTH, per_cell: int = 5) -> None:
+        self.cells: deque[float] = deque(maxlen=length)
+        self.per_cell = max(1, per_cell)
+        self._open: list[float] = []
+
+    def add(self, value: float) -> None:
+        """Take one poll's value."""
+        if len(self._open) == self.per_cell:
+            self._open = []
+        self._open.append(value)
+        mean = sum(self._open) / len(self._open)
+        if len(self._open) == 1:
+            self.cells.append(mean)
+        else:
+            self.cells[-1] = mean
+
+    def __iter__(self) -> Any:
+        return iter(self.cells)
+
+    def __len__(self) -> int:
+        return len(self.cells)
 
 
 def sparkline(values: Sequence[float], top: float = 100.0) -> str:
@@ -42,7 +80,7 @@ def gib(value: int) -> str:
     return f"{value / GIB:.1f}G" if value >= GIB else f"{value / (1 << 20):.0f}M"
 
 
-class GpuPanel(Widget):
+class GpuPanel(DiffedWidget):
     """Polls a :class:`engine.gpu.GpuSource` once a second and shows every device.
 
     Args:
@@ -61,10 +99,12 @@ class GpuPanel(Widget):
         self.devices: list[GpuDevice] = []
         self.polls = 0
         self.in_flight = False
-        self.history: dict[int, deque[float]] = {}
+        self.history: dict[int, SparkHistory] = {}
+        self._line_count = 0
 
     def on_mount(self) -> None:
-        self.poll()
+        # The first poll imports pynvml and starts NVML (~0.1 s of the GIL): after the first frame.
+        self.call_after_refresh(self.poll)
 
     def poll(self) -> None:
         """Start one poll in a thread, unless one is already running."""
@@ -86,7 +126,7 @@ class GpuPanel(Widget):
         self.in_flight = False
         self.polls += 1
         self.show_sample(message.sample)
-        self.set_timer(self.interval, self.poll)
+        self.set_timer(max(self.interval, 0.001), self.poll)
 
     def show_sample(self, sample: GpuSample) -> None:
         """Take a sample: remember devices and history, set the state classes, redraw."""
@@ -97,26 +137,40 @@ class GpuPanel(Widget):
                 level = device.utilization
                 if level is None and device.memory_total:
                     level = 100 * device.memory_used / device.memory_total
-                self.history.setdefault(device.index, deque(maxlen=HISTORY_LENGTH)).append(
-                    level or 0
-                )
+                self.history.setdefault(device.index, self._new_history()).add(level or 0)
         self.set_class(sample.unavailable is not None, "-no-gpu")
         self.set_class(sample.error is not None, "-error")
-        self.border_title = f"GPU · {len(self.devices)}" if self.devices else "GPU"
-        self.refresh(layout=True)
+        title = f"GPU · {len(self.devices)}" if self.devices else "GPU"
+        if self.border_title != title:
+            self.border_title = title
+        self._show_lines()
+
+    def on_resize(self) -> None:
+        self._show_lines()
+
+    def _new_history(self) -> SparkHistory:
+        return SparkHistory(HISTORY_LENGTH, round(SPARK_SECONDS / max(self.interval, 1e-3)))
+
+    def _show_lines(self) -> None:
+        if not self.content_size.width:
+            return  # not laid out yet: on_resize draws it
+        lines = self._lines(self.content_size.width)
+        if len(lines) != self._line_count:
+            self._line_count = len(lines)
+            self.refresh(layout=True)
+        self.show(Text("\n").join(lines))
 
     def get_content_height(self, container: Any, viewport: Any, width: int) -> int:
         return max(1, len(self._lines(width)))
-
-    def render(self) -> Text:
-        return Text("\n").join(self._lines(self.content_size.width))
 
     def _lines(self, width: int) -> list[Text]:
         sample = self.sample
         if sample is None:
             return [Text("reading GPUs…", "dim")]
         if sample.unavailable:
-            return [Text(sample.unavailable, "yellow")] + self._host_lines(sample.host, width)
+            reason = textwrap.wrap(sample.unavailable, max(20, width)) or [""]
+            lines = [Text(line, "yellow") for line in reason]
+            return lines + self._host_lines(sample.host, width)
         lines = [Text(sample.error, "bold red")] if sample.error else []
         dim = sample.error is not None
         return lines + [self._device_line(d, width, dim) for d in self.devices]

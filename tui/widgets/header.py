@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
-from textual.widgets import Static
 
 from tui.run_state import RunState
+from tui.widgets.diffed import DiffedWidget
+
+_RUN_STAMP = re.compile(r"^\d{8}-\d{6}-")
+"""The UTC date and time that start a run id."""
 
 STATUS_STYLES = {
     "starting": "bold yellow",
     "running": "bold green",
     "paused": "bold yellow",
     "waiting": "bold red reverse",
+    "restarting": "bold yellow reverse",
     "finished": "bold cyan",
     "stopped": "bold cyan",
     "failed": "bold red",
@@ -31,40 +37,57 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-class RunHeader(Static):
-    """Shows the watched run in one line, or how to start one."""
+def distribution(state: RunState) -> str:
+    """``mirrored ×2`` or ``multi_worker ×4 on 2 workers``; empty for one device."""
+    replicas, workers = state.replicas or 1, state.workers or 1
+    if not state.strategy or (state.strategy == "one_device" and replicas == 1):
+        return ""
+    return f"{state.strategy} ×{replicas}" + (f" on {workers} workers" if workers > 1 else "")
+
+
+class RunHeader(DiffedWidget):
+    """Shows the watched run in one line, or how to start one.
+
+    Updated on every batch of events; only the characters that changed (the
+    step count, images/s) go to the terminal.
+    """
 
     def show_idle(self, message: str = "pick a preset, Enter starts it") -> None:
         """No run watched."""
         self._set_state_class("-idle")
-        self.update(Text.assemble(("convdeck", "bold"), "  ", (message, "dim")))
+        self.show(Text.assemble(("convdeck", "bold"), "  ", (message, "dim")))
 
     def show_run(self, state: RunState) -> None:
         """Describe ``state``; the status becomes a CSS class too."""
         self._set_state_class(f"-{state.status}")
-        self.update(self._describe(state))
+        line = self._describe(state, state.run_id)
+        if line.cell_len > self.size.width and _RUN_STAMP.match(state.run_id):
+            # Narrow: the figures matter more than the id's date (`convdeck runs` has it).
+            line = self._describe(state, "…" + _RUN_STAMP.sub("", state.run_id))
+        self.show(line)
 
     def _set_state_class(self, name: str) -> None:
         # Restyling costs a few ms: touch the classes only when the state changes.
         if not self.has_class(name):
             self.set_classes(name)
 
-    def _describe(self, state: RunState) -> Text:
-        parts: list[Text | str] = [
-            Text(state.run_id, "bold"),
-            state.preset or "?",
-            Text(f" {state.status} ", STATUS_STYLES.get(state.status, "")),
-        ]
+    def _describe(self, state: RunState, run_id: str) -> Text:
+        parts: list[Text | str] = [Text(run_id, "bold")]
+        if not state.preset or state.preset not in state.run_id:
+            parts.append(state.preset or "?")  # run ids carry their preset's name: say it once
+        parts.append(Text(f" {state.status} ", STATUS_STYLES.get(state.status, "")))
+        if distributed := distribution(state):
+            parts.append(Text(distributed, "cyan"))
         epochs = f"/{state.epochs}" if state.epochs else ""
         parts.append(f"epoch {state.epoch}{epochs}")
         parts.append(f"step {state.step:,}")
         if state.images_per_sec:
             parts.append(f"{state.images_per_sec:,.0f} img/s")
         eta = state.eta_seconds()
-        if eta is not None and state.live:
+        if eta is not None and state.status == "running":
             parts.append(f"ETA {format_duration(eta)}")
-        if state.reason and not state.live or state.status == "waiting":
-            parts.append(Text(state.reason or "", "red"))
+        if state.reason and (not state.live or state.status in ("waiting", "restarting")):
+            parts.append(Text(state.reason, "yellow" if state.status == "restarting" else "red"))
         line = Text("  ").join(Text(p) if isinstance(p, str) else p for p in parts)
         line.no_wrap = True
         line.overflow = "ellipsis"

@@ -4,18 +4,24 @@ It draws from a :class:`engine.history.RunHistory`, whose series are
 downsampled to a fixed number of buckets, so a redraw costs the same at step
 100 and at step 1,000,000. New data only marks the chart dirty; a timer
 redraws at most ``max_fps`` times a second, and data alone redraws it at
-most once per ``data_interval`` seconds (slow ssh links pay per byte).
+most once per ``data_interval`` seconds.
+
+Slow ssh links pay per byte, so a redraw sends only the cells that changed
+(:class:`tui.widgets.diffed.DiffedWidget`), and the axes move in steps
+(:func:`nice_limits`): while a run trains steadily only the tip of the curve
+changes, not every tick label and pixel.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from rich.text import Text
-from textual.widget import Widget
 
 from engine.history import AXES, BucketSeries, RunHistory, debiased_ema
+from tui.widgets.diffed import DiffedWidget
 
 VIEWS = {
     "loss": "loss",
@@ -28,14 +34,67 @@ X_LABELS = {"step": "step", "epoch": "epoch", "time": "minutes"}
 
 RAW_COLOR, SMOOTH_COLOR, VAL_COLOR = 8, 14, 11
 OVERLAY_COLORS = (13, 10, 12, 9)
-MARKER_COLORS = {"oom": 9, "remedy_applied": 10, "paused": 11, "resumed": 12, "nan": 13}
+MARKER_COLORS = {
+    "oom": 9,
+    "remedy_applied": 10,
+    "restart": 10,
+    "paused": 11,
+    "resumed": 12,
+    "nan": 13,
+}
 MARKER_NAMES = {
     "oom": "oom",
     "remedy_applied": "remedy",
+    "restart": "restart",
     "paused": "pause",
     "resumed": "resume",
     "nan": "nan",
 }
+NICE_MANTISSAS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+"""Upper limits of the x axis: the curve fills at least ~80 % of the width, and the
+axis moves only when the run outgrows one (then the whole chart is sent once)."""
+TICK_MANTISSAS = (1.0, 2.0, 2.5, 5.0, 10.0)
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest m * 10**k (m in :data:`NICE_MANTISSAS`) at or above ``value``."""
+    if value <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(value))
+    return next(m * power for m in NICE_MANTISSAS if m * power >= value * (1 - 1e-12))
+
+
+def nice_limits(low: float, high: float, log_scale: bool = False) -> tuple[float, float]:
+    """Y limits around [low, high] on a coarse grid, so small changes keep them still."""
+    if log_scale:
+        low, high = max(low, 1e-8), max(high, 1e-8)
+        return 10 ** math.floor(math.log10(low)), 10 ** math.ceil(math.log10(high) + 1e-12)
+    span = high - low or abs(high) or 1.0
+    step = 10 ** math.floor(math.log10(span)) / 2
+    bottom, top = math.floor(low / step) * step, math.ceil(high / step) * step
+    return (bottom, top) if top > bottom else (bottom, bottom + step)
+
+
+def nice_ticks(low: float, high: float, most: int) -> list[float]:
+    """Round tick positions in [low, high], at most ``most`` of them."""
+    span = high - low
+    if span <= 0 or most < 2:
+        return [low]
+    raw = span / (most - 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in TICK_MANTISSAS if m * power >= raw * (1 - 1e-12))
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def tick_label(value: float) -> str:
+    """``250``, ``1.5k``, ``2M``, ``0.25``."""
+    magnitude = abs(value)
+    for limit, suffix in ((1e6, "M"), (1e3, "k")):
+        if magnitude >= limit:
+            return f"{value / limit:.4g}{suffix}"
+    return f"{value:.4g}"
+
 
 _plotext: Any = None
 
@@ -53,7 +112,7 @@ def plotext_module() -> Any:
     return _plotext
 
 
-class LossChart(Widget, can_focus=True):
+class LossChart(DiffedWidget, can_focus=True):
     """A chart of one run (or several overlaid) with view, smoothing, scale and x-axis settings.
 
     Args:
@@ -72,8 +131,12 @@ class LossChart(Widget, can_focus=True):
         self.log_scale = False
         self.x_axis = "step"
         self.placeholder = "No run yet. Pick a preset and press Enter."
+        self.hold = False
+        """While a history is replayed, data alone does not redraw (keys still do); the app
+        clears it and asks for one redraw when the history is all read."""
         self.redraws = 0
-        self._rendered: Text = Text()
+        self.plots = 0
+        """Redraws that drew curves (not the placeholder): what costs."""
         self._dirty = True
         self._urgent = True
         self._last_draw = 0.0
@@ -85,6 +148,17 @@ class LossChart(Widget, can_focus=True):
     def on_resize(self) -> None:
         self.redraw()
 
+    def set_placeholder(self, text: str) -> None:
+        """What the chart says while it has no points to draw."""
+        if text != self.placeholder:
+            self.placeholder = text
+            if not self._has_points():  # else it is not on screen: nothing to redraw
+                self.mark_dirty(urgent=True)
+
+    def _has_points(self) -> bool:
+        runs = ([self.history] if self.history else []) + [h for _, h in self.overlays]
+        return any(history.series[self.view].count for history in runs)
+
     def set_history(self, history: RunHistory | None, overlays: list | None = None) -> None:
         """Draw ``history`` (None: the placeholder), with optional ``(label, history)`` overlays."""
         self.history = history
@@ -95,7 +169,8 @@ class LossChart(Widget, can_focus=True):
     def mark_dirty(self, urgent: bool = False) -> None:
         """Ask for a redraw; ``urgent`` (a key press) redraws at once, data waits its turn."""
         self._dirty = True
-        urgent = urgent or not self._plotted  # the first curve should not wait its turn
+        # The first curve should not wait its turn (unless a history is still being read).
+        urgent = urgent or (not self._plotted and not self.hold)
         if urgent and not self._urgent and self.is_attached:
             self.call_next(self._tick)
         self._urgent = self._urgent or urgent
@@ -127,7 +202,7 @@ class LossChart(Widget, can_focus=True):
         return self.x_axis
 
     def _tick(self) -> None:
-        if not self._dirty:
+        if not self._dirty or (self.hold and not self._urgent):
             return
         now = time.monotonic()
         if self._urgent or now - self._last_draw >= self.data_interval:
@@ -138,24 +213,25 @@ class LossChart(Widget, can_focus=True):
         self._dirty = self._urgent = False
         self._last_draw = time.monotonic()
         self.redraws += 1
-        self._rendered = self._draw(self.size.width, self.size.height)
-        self.refresh()
-
-    def render(self) -> Text:
-        return self._rendered
+        self.show(self._draw(self.size.width, self.size.height))
 
     def _draw(self, width: int, height: int) -> Text:
         if width < 20 or height < 5:
             return Text("chart: too small", "dim")
         runs = ([("", self.history)] if self.history else []) + self.overlays
         if not runs or not any(h.series[self.view].count for _, h in runs):
-            return Text(self.placeholder, "dim", justify="center")
+            # Mid-height, centred by hand: a Text still, so tests and the diff read it as one.
+            lines = [line.center(width).rstrip() for line in self.placeholder.splitlines()]
+            return Text("\n" * ((height - 1) // 2) + "\n".join(lines), "dim")
         self._plotted = True
+        self.plots += 1
         try:
             plot = self._plot(runs, width, height - 1)
         except Exception as error:  # noqa: BLE001 - a chart bug must never take the app down
             return Text(f"chart error: {error}", "red")
-        return self._legend(runs) + Text("\n") + plot
+        legend = self._legend(runs)
+        legend.truncate(width, overflow="ellipsis")
+        return legend + Text("\n") + plot
 
     def _plot(self, runs: list[tuple[str, RunHistory]], width: int, height: int) -> Text:
         plotext = plotext_module()
@@ -172,11 +248,41 @@ class LossChart(Widget, can_focus=True):
             validation = self._validation(history)
             if validation is not None and validation.count and not overlaid:
                 self._plot_points(figure, validation, axis)
-        if not overlaid and self.history is not None:
-            self._plot_markers(figure, self.history, axis)
+        x_limits = self._set_axes(figure, runs, axis, width)
+        if not overlaid and self.history is not None and x_limits is not None:
+            self._plot_markers(figure, self.history, axis, x_limits)
+        return Text.from_ansi(figure.build().string(), no_wrap=True, end="")
+
+    def _set_axes(
+        self, figure: Any, runs: list[tuple[str, RunHistory]], axis: int, width: int
+    ) -> tuple[float, float] | None:
+        """Limits on a coarse grid and round ticks: steady training moves only the curve's tip.
+
+        Returns:
+            The x limits, or None when there is nothing to draw.
+        """
+        xs: list[float] = []
+        ys: list[float] = []
+        for _, history in runs:
+            series = history.series[self.view]
+            if series.count:
+                xs += self._xs(series, axis)
+                ys += series.mean()
+            validation = self._validation(history)
+            if validation is not None and validation.count and len(runs) == 1:
+                ys += validation.mean()
+        if not xs:
+            return None
+        x_low = 0.0 if min(xs) >= 0 else min(xs)
+        x_high = nice_ceiling(max(xs) * 1.01)  # a little room: the newest point is off the frame
+        figure.ruler("x").lim(x_low, x_high)
+        ticks = nice_ticks(x_low, x_high, max(2, width // 10))
+        figure.ruler("x").ticks(ticks, [tick_label(t) for t in ticks])
         if self.log_scale:
             figure.ruler("y").scale("log")
-        return Text.from_ansi(figure.build().string(), no_wrap=True, end="")
+        y_low, y_high = nice_limits(min(ys), max(ys), self.log_scale)
+        figure.ruler("y").lim(y_low, y_high)
+        return x_low, x_high
 
     def _validation(self, history: RunHistory) -> BucketSeries | None:
         return {"loss": history.val_loss, "accuracy": history.val_accuracy}.get(self.view)
@@ -212,12 +318,11 @@ class LossChart(Widget, can_focus=True):
         marker = plotext.marker("●", plotext.pixel(foreground=VAL_COLOR))
         figure.draw(figure.signal(self._xs(series, axis), self._ys(series.mean()), marker=marker))
 
-    def _plot_markers(self, figure: Any, history: RunHistory, axis: int) -> None:
-        xs = self._xs(history.series[self.view], axis)
-        if not xs:
-            return
+    def _plot_markers(
+        self, figure: Any, history: RunHistory, axis: int, limits: tuple[float, float]
+    ) -> None:
         plotext = plotext_module()
-        low, high = min(xs), max(xs)
+        low, high = limits
         for marker in history.markers:
             x = marker.x[axis] / 60 if self.x_axis == "time" else marker.x[axis]
             if low <= x <= high:

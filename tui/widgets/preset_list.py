@@ -92,7 +92,8 @@ class PresetList(Vertical):
 
     def _refill(self, highlight: str | None) -> None:
         needle = self.query_one(PresetFilter).value.strip().lower()
-        self._shown = [p for p in self.presets if _matches(p, needle)]
+        matching = [p for p in self.presets if _rank(p, needle) is not None]
+        self._shown = sorted(matching, key=lambda p: (_rank(p, needle), p.name))
         options = self.query_one(OptionList)
         options.clear_options()
         options.add_options([Option(_prompt(p), id=p.name) for p in self._shown])
@@ -105,7 +106,10 @@ class PresetList(Vertical):
     def _filter_changed(self, event: Input.Changed) -> None:
         event.stop()
         current = self.highlighted
-        self._refill(current.name if current else DEFAULT_PRESET)
+        if event.value.strip():
+            self._refill(None)  # the best match, as typed: Enter starts it
+        else:
+            self._refill(current.name if current else DEFAULT_PRESET)
 
     @on(Input.Submitted, "#preset-filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
@@ -126,10 +130,17 @@ class PresetList(Vertical):
             self.post_message(PresetChosen(self.highlighted))
 
 
-def _matches(preset: Any, needle: str) -> bool:
-    return (
-        not needle or needle in preset.name.lower() or needle in (preset.description or "").lower()
-    )
+def _rank(preset: Any, needle: str) -> int | None:
+    """How well ``preset`` matches the filter: 0 name starts with it, 1 name holds it,
+    2 description holds it, None not at all (typing "len" puts lenet5 before GoogLeNet)."""
+    name = preset.name.lower()
+    if not needle or name.startswith(needle):
+        return 0
+    if needle in name:
+        return 1
+    if needle in (preset.description or "").lower():
+        return 2
+    return None
 
 
 def _prompt(preset: Any) -> Text:

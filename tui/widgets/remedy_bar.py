@@ -30,13 +30,14 @@ class RemedyBar(Static):
                 (" x ", "bold reverse"), (f" {'stop':<17}", "bold"), "checkpoint and end the run"
             )
         )
-        for line in lines:
-            line.no_wrap = True
-            line.overflow = "ellipsis"
-        self.update(Text("\n").join(lines))
+        text = Text("\n").join(lines)
+        text.no_wrap = True  # one line per remedy: its key stays beside its effect
+        text.overflow = "ellipsis"
+        self.update(text)
         self.add_class("-open")
 
     def close(self) -> None:
-        """Hide the bar."""
-        self.remove_class("-open")
-        self.update("")
+        """Hide the bar (a no-op when hidden: an update would lay the screen out again)."""
+        if self.has_class("-open"):
+            self.remove_class("-open")
+            self.update("")
