@@ -12,6 +12,7 @@ handles out-of-memory and NaN.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,6 +354,7 @@ class Trainer:
             "run_started",
             config=self.config.model_dump(mode="json"),
             run_id=self.run_dir.name,
+            pid=os.getpid(),
             devices=[d.name for d in tf.config.list_logical_devices()],
             strategy=self.dist.name,
             replicas=self.dist.replicas,

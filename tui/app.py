@@ -444,7 +444,7 @@ class ConvdeckApp(App[int]):
         self._pending_events[:] = [run.run_id, [], 0]
         self._worker_gone_polls = 0
         chart = self.query_one(LossChart)
-        chart.hold = True  # drawing a history half read is wasted: the tail says when it is done
+        chart.hold = True  # redrawing a history half read is wasted: the tail says when it is done
         chart.set_history(self.state.history)
         if preset:  # just started here: its worker is loading TensorFlow
             self._update_placeholder()

@@ -132,8 +132,8 @@ class LossChart(DiffedWidget, can_focus=True):
         self.x_axis = "step"
         self.placeholder = "No run yet. Pick a preset and press Enter."
         self.hold = False
-        """While a history is replayed, data alone does not redraw (keys still do); the app
-        clears it and asks for one redraw when the history is all read."""
+        """While a history is replayed, data redraws only the first curve (keys still redraw);
+        the app clears it and asks for one redraw when the history is all read."""
         self.redraws = 0
         self.plots = 0
         """Redraws that drew curves (not the placeholder): what costs."""
@@ -169,8 +169,7 @@ class LossChart(DiffedWidget, can_focus=True):
     def mark_dirty(self, urgent: bool = False) -> None:
         """Ask for a redraw; ``urgent`` (a key press) redraws at once, data waits its turn."""
         self._dirty = True
-        # The first curve should not wait its turn (unless a history is still being read).
-        urgent = urgent or (not self._plotted and not self.hold)
+        urgent = urgent or not self._plotted  # the first curve should not wait its turn
         if urgent and not self._urgent and self.is_attached:
             self.call_next(self._tick)
         self._urgent = self._urgent or urgent
