@@ -190,7 +190,7 @@ class NvmlSource:
 
 def _read_device(pynvml: Any, index: int, pids: Sequence[int]) -> GpuDevice:
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    memory = _memory_info(pynvml, handle)
     name = pynvml.nvmlDeviceGetName(handle)
     return GpuDevice(
         index=index,
@@ -206,6 +206,23 @@ def _read_device(pynvml: Any, index: int, pids: Sequence[int]) -> GpuDevice:
         process_memory=_process_memory(pynvml, handle, pids),
         mig=bool(_optional(lambda: pynvml.nvmlDeviceGetMigMode(handle)[0])),
     )
+
+
+def _memory_info(pynvml: Any, handle: Any) -> Any:
+    """Memory as nvidia-smi counts it.
+
+    The first version of the call counts the driver's reserved memory as used
+    (about 600 MiB on an idle H200 that nvidia-smi shows at 0 MiB); the second
+    reports it apart. Drivers older than the second fall back to the first.
+    """
+    version = getattr(pynvml, "nvmlMemory_v2", None)
+    if version is not None:
+        try:
+            return pynvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+        except pynvml.NVMLError as error:
+            if isinstance(error, (pynvml.NVMLError_GpuIsLost, pynvml.NVMLError_Uninitialized)):
+                raise
+    return pynvml.nvmlDeviceGetMemoryInfo(handle)
 
 
 def _optional(read: Any) -> Any:

@@ -146,3 +146,128 @@ async def test_polls_never_overlap():
             await pilot.pause(0.01)
     assert source.calls >= 3
     assert source.most == 1
+
+
+class FakeNvml:
+    """A stand-in for the pynvml module: one H200-like device, as NVML answered on a real one."""
+
+    class NVMLError(Exception):
+        pass
+
+    class NVMLError_NotSupported(NVMLError):
+        pass
+
+    class NVMLError_FunctionNotFound(NVMLError):
+        pass
+
+    class NVMLError_GpuIsLost(NVMLError):
+        pass
+
+    class NVMLError_Uninitialized(NVMLError):
+        pass
+
+    class NVMLError_LibraryNotFound(NVMLError):
+        pass
+
+    NVML_TEMPERATURE_GPU = 0
+    nvmlMemory_v2 = 0x02000028
+
+    def __init__(self, has_v2=True, mig=False):
+        self.has_v2, self.mig, self.lost = has_v2, mig, False
+        self.processes = [(438, 5_211_422_720), (999, 1 << 30)]
+
+    def _check(self):
+        if self.lost:
+            raise self.NVMLError_GpuIsLost("GPU is lost")
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        self._check()
+        return index
+
+    def nvmlDeviceGetName(self, handle):
+        return b"NVIDIA H200"
+
+    def nvmlDeviceGetMemoryInfo(self, handle, version=None):
+        self._check()
+        total = 150_754_820_096
+        if version is None:  # the first version counts the driver's reservation as used
+            return type("Memory", (), {"total": total, "used": 5_856_362_496})()
+        if not self.has_v2:
+            raise self.NVMLError_FunctionNotFound("Function Not Found")
+        return type("Memory", (), {"total": total, "used": 5_211_422_720})()
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        if self.mig:
+            raise self.NVMLError_NotSupported("Not Supported")
+        return type("Rates", (), {"gpu": 100})()
+
+    def nvmlDeviceGetTemperature(self, handle, sensor):
+        return 59
+
+    def nvmlDeviceGetPowerUsage(self, handle):
+        return 691_000
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle):
+        return 700_000
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return [type("Process", (), {"pid": p, "usedGpuMemory": m})() for p, m in self.processes]
+
+    def nvmlDeviceGetMigMode(self, handle):
+        if not self.mig:
+            raise self.NVMLError_NotSupported("Not Supported")
+        return (1, 1)
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch):
+    nvml = FakeNvml()
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", nvml)
+    return nvml
+
+
+def test_nvml_reads_memory_as_nvidia_smi_does_and_the_run_pids_alone(fake_nvml):
+    device = NvmlSource().sample([438]).devices[0]
+    assert device.name == "NVIDIA H200"
+    assert device.memory_used == 5_211_422_720  # the second version: reserved memory apart
+    assert (device.utilization, device.temperature, device.power) == (100, 59, 691.0)
+    assert device.process_memory == 5_211_422_720  # pid 999's GiB is not this run's
+    assert device.mig is False
+
+
+def test_nvml_falls_back_to_the_first_memory_call_on_an_old_driver(fake_nvml):
+    fake_nvml.has_v2 = False
+    assert NvmlSource().sample().devices[0].memory_used == 5_856_362_496
+
+
+def test_nvml_on_a_mig_device_leaves_utilisation_unknown(fake_nvml):
+    fake_nvml.mig = True
+    device = NvmlSource().sample().devices[0]
+    assert device.mig is True and device.utilization is None
+
+
+def test_nvml_lost_gpu_is_an_error_then_retried(fake_nvml):
+    source = NvmlSource()
+    fake_nvml.lost = True
+    sample = source.sample()
+    assert sample.devices == [] and "GPU is lost" in sample.error and "retrying" in sample.error
+    fake_nvml.lost = False
+    assert source.sample().devices[0].name == "NVIDIA H200"
+
+
+async def test_recording_from_a_real_h200_under_load():
+    # Recorded by benchmarks/gpu_real_check.py on an H200 with a process holding 4.9 GiB.
+    text, panel = await polled(recording("h200_real"), polls=3, pids=(439,))
+    assert "0 H200" in text
+    assert "4.9G/140.4G" in text and "run 4.9G" in text
+    assert "100%" in text and "°C" in text and "W" in text
+    assert panel.sample.devices[0].power_limit == 700.0
