@@ -28,6 +28,7 @@ import asyncio
 import os
 import pty
 import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -343,23 +344,44 @@ def first_frame(args: list[str], quit_keys: tuple[bytes, ...] = (b"q", b"l")) ->
     return first
 
 
-def measure_first_frames() -> None:
-    """The app's first frame beside a bare Textual app's (the floor on this machine, now)."""
+def convdeck_script() -> str:
+    """The installed ``convdeck`` console script beside this Python (what a user runs)."""
+    script = Path(sys.executable).parent / "convdeck"
+    return str(script) if script.exists() else shutil.which("convdeck") or "convdeck"
+
+
+def measure_first_frames(repeats: int) -> None:
+    """The app's first frame beside a bare Textual app's (the floor on this machine, now).
+
+    The three are launched in turn ``repeats`` times, so load on the machine
+    touches them alike; the median and the slowest are printed.
+    """
     import tempfile
 
-    bare = first_frame([__file__, "--child-bare"], quit_keys=(b"\x11",))  # ctrl+q
+    cases = {
+        "bare Textual app": ([__file__, "--child-bare"], (b"\x11",)),  # ctrl+q
+        "tui.app.run_app()": (["-c", "import tui.app; tui.app.run_app()"], (b"q", b"l")),
+        "`convdeck` command": ([convdeck_script()], (b"q", b"l")),
+    }
+    seen: dict[str, list[float]] = {label: [] for label in cases}
     with tempfile.TemporaryDirectory() as home:
         os.environ["CONVDECK_HOME"] = home
-        app = first_frame(["-c", "import tui.app; tui.app.run_app()"])
-        command = first_frame(["-m", "tui.cli"])
-    for label, seconds in (
-        ("bare Textual app", bare),
-        ("tui.app.run_app()", app),
-        ("`convdeck` command", command),
-    ):
-        ratio = f" ({seconds / bare:.2f}x the bare app)" if seconds and bare else ""
-        shown = f"{seconds:.3f} s after launch{ratio}" if seconds else "not seen"
-        print(f"first frame, {label:<18} {shown}")
+        for _ in range(repeats):
+            for label, (args, quit_keys) in cases.items():
+                seconds = first_frame(args, quit_keys=quit_keys)
+                if seconds is not None:
+                    seen[label].append(seconds)
+    bare = statistics.median(seen["bare Textual app"]) if seen["bare Textual app"] else None
+    for label, times in seen.items():
+        if not times:
+            print(f"first frame, {label:<18} not seen")
+            continue
+        median = statistics.median(times)
+        ratio = f", {median / bare:.2f}x the bare app" if bare else ""
+        print(
+            f"first frame, {label:<18} median {median:.3f} s, slowest {max(times):.3f} s "
+            f"after launch ({len(times)} launches{ratio})"
+        )
 
 
 def measure_import() -> None:
@@ -382,6 +404,12 @@ def main() -> None:
     )
     parser.add_argument("--skip-chart", action="store_true", help="skip the run-length sweep")
     parser.add_argument("--skip-attach", action="store_true", help="skip the long-run attach")
+    parser.add_argument(
+        "--first-frame-repeats", type=int, default=5, help="launches of each app for first frame"
+    )
+    parser.add_argument(
+        "--first-frame-only", action="store_true", help="measure the first frame and stop"
+    )
     args = parser.parse_args()
     if args.child:
         child(args.steps_per_sec, args.history_steps)
@@ -390,7 +418,9 @@ def main() -> None:
         bare_child()
         return
     measure_import()
-    measure_first_frames()
+    measure_first_frames(args.first_frame_repeats)
+    if args.first_frame_only:
+        return
     measure_terminal(args.seconds, args.steps_per_sec, args.history_steps)
     if not args.skip_attach:
         measure_attach(args.attach_steps)

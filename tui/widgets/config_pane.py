@@ -18,6 +18,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from tui.messages import ConfigEdited, StartRequested
@@ -77,31 +78,59 @@ class ConfigPane(VerticalScroll, can_focus=False):
         self._policies_listed = False
         self._edits: dict[str, dict] = {}
         """The values typed for each preset (by name), restored when it is shown again."""
+        self.fields_ready = False
+        self._waiting: tuple[Any, tuple] | None = None
+        """A preset or live config to show once the fields are mounted."""
 
     def compose(self) -> ComposeResult:
         yield Static(id="config-error")
-        yield Static(id="config-about")
-        for dotted, label in TEXT_FIELDS.items():
-            with Horizontal(classes="field"):
-                yield Label(label, classes="field-label")
-                yield Input(id=_field_id(dotted), compact=True, name=dotted)
-        with Horizontal(classes="field"):
-            yield Label("on OOM", classes="field-label")
-            # The policies come from engine.config with the first preset (see _fill).
-            yield Select(
-                [("ask", "ask")],
-                id=_field_id("train.on_oom"),
-                allow_blank=False,
-                compact=True,
-                value="ask",
+        yield Static(Text("reading presets…", "dim"), id="config-about")
+
+    def on_mount(self) -> None:
+        # The fields are half the app's widgets and nothing to show before a preset is
+        # read: mounted after the first frame, they take ~80 ms off it.
+        self.call_after_refresh(self._mount_fields)
+
+    async def _mount_fields(self) -> None:
+        await self.mount_all(self._fields())
+        self.fields_ready = True
+        if self._waiting is not None:
+            show, args = self._waiting
+            self._waiting = None
+            show(*args)
+
+    def _fields(self) -> list[Widget]:
+        fields: list[Widget] = [
+            Horizontal(
+                Label(label, classes="field-label"),
+                Input(id=_field_id(dotted), compact=True, name=dotted),
+                classes="field",
             )
-        yield Checkbox("mixed precision", id=_field_id("train.mixed_precision"), compact=True)
-        with Horizontal(classes="field"):
-            yield Label("save as", classes="field-label")
-            yield Input(id="save-name", compact=True, placeholder="name (ctrl+s)")
+            for dotted, label in TEXT_FIELDS.items()
+        ]
+        # The policies come from engine.config with the first preset (see _fill).
+        on_oom = Select(
+            [("ask", "ask")],
+            id=_field_id("train.on_oom"),
+            allow_blank=False,
+            compact=True,
+            value="ask",
+        )
+        return fields + [
+            Horizontal(Label("on OOM", classes="field-label"), on_oom, classes="field"),
+            Checkbox("mixed precision", id=_field_id("train.mixed_precision"), compact=True),
+            Horizontal(
+                Label("save as", classes="field-label"),
+                Input(id="save-name", compact=True, placeholder="name (ctrl+s)"),
+                classes="field",
+            ),
+        ]
 
     def show_preset(self, preset: Any) -> None:
         """Fill the fields from ``preset`` and the edits made to it; a broken one shows why."""
+        if not self.fields_ready:
+            self._waiting = (self.show_preset, (preset,))
+            return
         self._remember_edits()
         self.preset = preset
         self._last_data = None
@@ -121,6 +150,9 @@ class ConfigPane(VerticalScroll, can_focus=False):
 
     def show_live(self, name: str, config: dict) -> None:
         """Show a watched run's config, read-only."""
+        if not self.fields_ready:
+            self._waiting = (self.show_live, (name, config))
+            return
         self._remember_edits()
         self.set_class(True, "-live")
         self._last_data = None
@@ -210,6 +242,8 @@ class ConfigPane(VerticalScroll, can_focus=False):
 
     def save_name(self) -> str:
         """The name typed in "save as"."""
+        if not self.fields_ready:
+            return ""
         return self.query_one("#save-name", Input).value.strip()
 
     def _show_about(self, name: str, description: str) -> None:
