@@ -125,6 +125,11 @@ def make_strategy(train: TrainConfig) -> StrategyInfo:
             )
         device = train.devices[0] if train.devices else (gpus or cpus)[0]
         device = _check_devices([device], gpus + cpus)[0]
+        if device == (gpus or cpus)[0]:
+            # Where TensorFlow places everything anyway, its default strategy trains as
+            # OneDeviceStrategy would, without feeding each batch through a distributed
+            # iterator: 7% of a LeNet-5 step on a CPU. Plain Keras does the same.
+            return StrategyInfo(tf.distribute.get_strategy(), "one_device", 1, [device])
         return _info(tf.distribute.OneDeviceStrategy(device), "one_device")
     devices = _check_devices(list(train.devices) or gpus or cpus, gpus + cpus)
     return _info(tf.distribute.MirroredStrategy(devices), "mirrored")
