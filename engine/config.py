@@ -167,6 +167,8 @@ class TrainConfig(_Section):
     jit_compile: bool = False
     # Steps run inside one tf.function call; 0 picks it from measured step time.
     steps_per_call: int = Field(0, ge=0)
+    # Steps between checkpoints, counted from the last one (epoch ends save too):
+    # a killed worker loses at most this many steps.
     checkpoint_every: int = Field(200, gt=0)
     keep_checkpoints: int = Field(3, gt=0)
     on_oom: Literal["ask", "halve", "halve-accumulate", "resnet18", "stop"] = "ask"
