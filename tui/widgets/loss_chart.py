@@ -146,6 +146,10 @@ class LossChart(DiffedWidget, can_focus=True):
         self.set_interval(1 / self.max_fps, self._tick)
 
     def on_resize(self) -> None:
+        if self.hold and self._plotted:
+            # A history half read: the new size waits with the rest (see hold).
+            self._dirty = True
+            return
         self.redraw()
 
     def set_placeholder(self, text: str) -> None:
