@@ -437,7 +437,7 @@ class Trainer:
 
     def _run_call(self, iterator, steps: int, epoch: int) -> None:
         self._raise_injected_oom()
-        nan_step = min(self.faults.nan_steps - self.faults.fired, default=-1)
+        nan_step = min(self.faults.pending_nan_steps(), default=-1)
         started = time.perf_counter()
         try:
             losses, accuracies, rates = self._train_calls(
@@ -454,7 +454,7 @@ class Trainer:
         step = self.step + 1
         batch = self.per_replica_batch
         if self.faults.oom_at(step, batch):
-            self.faults.mark_fired(step)
+            self.faults.mark_fired("oom", step)
             self._after_oom(
                 f"OOM when allocating tensor with shape[{batch},...] and type float "
                 f"on {(self.dist.local_devices or ['?'])[0]} (injected by CONVDECK_FAULTS)"
@@ -508,7 +508,7 @@ class Trainer:
             self.save_checkpoint()
 
     def _on_nan(self, step: int) -> None:
-        self.faults.mark_fired(step)
+        self.faults.mark_fired("nan", step)
         self.weights_tainted = True
         self.events.emit("nan", step=step)
         # Never let NaN weights reach a checkpoint: go back to the last good one.

@@ -84,7 +84,7 @@ def test_oom_at_batch_size_fires_above_the_limit_every_time():
     assert not faults.oom_at(1, 64)
     assert faults.oom_at(1, 65)
     assert faults.oom_at(2, 128)
-    faults.fired.add(2)
+    faults.mark_fired("oom", 2)
     assert faults.oom_at(2, 128)  # a memory limit is not one-shot
     assert not faults.oom_at(3, 32)
 
@@ -94,7 +94,7 @@ def test_oom_at_step_fires_once():
     assert not faults.oom_at(2, 10_000)
     assert faults.oom_at(3, 1)
     assert faults.oom_at(3, 1)  # until the trainer records it
-    faults.fired.add(3)
+    faults.mark_fired("oom", 3)
     assert not faults.oom_at(3, 1)
     assert not faults.oom_at(4, 1)
 
@@ -110,9 +110,23 @@ def test_next_fault_step():
     assert faults.next_fault_step(4) == 5
     assert faults.next_fault_step(5) == 10
     assert faults.next_fault_step(10) is None
-    faults.fired.add(5)
+    faults.mark_fired("oom", 5)
     assert faults.next_fault_step(3) == 10
 
 
 def test_faults_default_is_inactive():
     assert not Faults().active
+
+
+def test_an_oom_and_a_nan_at_the_same_step_both_fire(tmp_path):
+    fired_path = tmp_path / ".faults-fired"
+    faults = parse_faults("oom:step=5,nan:step=5", fired_path=fired_path)
+    assert faults.oom_at(5, 1) and faults.pending_nan_steps() == {5}
+    faults.mark_fired("oom", 5)  # the OOM is raised first; the step runs again after it
+    assert not faults.oom_at(5, 1)
+    assert faults.pending_nan_steps() == {5} and faults.next_fault_step(4) == 5
+    # The worker restarts after a remedy: what fired is read back, by kind.
+    again = parse_faults("oom:step=5,nan:step=5", fired_path=fired_path)
+    assert not again.oom_at(5, 1) and again.pending_nan_steps() == {5}
+    again.mark_fired("nan", 5)
+    assert parse_faults("nan:step=5", fired_path=fired_path).next_fault_step(0) is None
