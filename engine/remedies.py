@@ -47,9 +47,14 @@ def predicted_effect(name: str, config: RunConfig) -> str | None:
     train = config.train
     batch, accumulate = train.batch_size, train.accumulation_steps
     if name == "halve-batch" and batch > 1:
+        capped = (
+            f"; steps per epoch {train.steps_per_epoch} -> {train.steps_per_epoch * 2}"
+            if train.steps_per_epoch
+            else ""
+        )
         return (
             f"batch {batch} -> {batch // 2}; effective batch {batch * accumulate} -> "
-            f"{batch // 2 * accumulate}"
+            f"{batch // 2 * accumulate}{capped}"
         )
     if name == "halve-accumulate" and batch > 1:
         return (
@@ -93,6 +98,10 @@ def apply_remedy(name: str, config: RunConfig) -> tuple[RunConfig, dict]:
     train = config.train
     if name in ("halve-batch", "halve-accumulate"):
         change("train", "batch_size", train.batch_size // 2)
+    if name == "halve-batch" and train.steps_per_epoch:
+        # A capped epoch is that many examples: twice the steps at half the batch.
+        # (halve-accumulate keeps the examples per update, so its cap stands.)
+        change("train", "steps_per_epoch", train.steps_per_epoch * 2)
     if name == "halve-accumulate":
         change("train", "accumulation_steps", train.accumulation_steps * 2)
     if name == "mixed-precision":

@@ -203,12 +203,14 @@ def test_halve_policy_restarts_at_half_the_batch_and_the_step_count_goes_on(runs
     assert set(offered) == {"halve-batch", "halve-accumulate", "mixed-precision", "resnet18"}
     (applied,) = runs.of("halve", "remedy_applied")
     assert applied["name"] == "halve-batch" and applied["fresh_model"] is False
-    assert applied["changes"] == {"train.batch_size": [32, 16]}
+    halved = {"train.batch_size": [32, 16], "train.steps_per_epoch": [10, 20]}
+    assert applied["changes"] == halved
     # One process image before the remedy, one after; the counter never restarts.
     starts = runs.of("halve", "run_started")
     assert [s["resumed_from_step"] for s in starts] == [None, 2]
     assert starts[1]["config"]["train"]["batch_size"] == 16
-    assert steps_of(events) == list(range(1, 9))  # 64 of the epoch's 10x32 examples done at 32
+    # 64 of the epoch's 10x32 examples were done at 32: 16 more steps of 16 end it.
+    assert steps_of(events) == list(range(1, 19))
     assert kinds_of(events, "oom", "remedy_applied", "run_started") == [
         "run_started",
         "oom",
@@ -219,7 +221,7 @@ def test_halve_policy_restarts_at_half_the_batch_and_the_step_count_goes_on(runs
     assert read_config(run_dir).train.batch_size == 16
     (revision,) = read_config_revisions(run_dir)
     assert revision["remedy"] == "halve-batch" and revision["step"] == 2
-    assert revision["changes"] == {"train.batch_size": [32, 16]}
+    assert revision["changes"] == halved
     assert runs.status("halve") == "finished"
     assert runs.of("halve", "worker_exit") == []  # the exec kept the pid: no crash seen
 
@@ -297,13 +299,13 @@ def test_ask_waits_for_a_remedy_and_keeps_the_weights_of_the_last_good_step(runs
     assert final["type"] == "finished", runs.describe("ask")
     restarted = runs.of("ask", "run_started")[-1]
     assert restarted["resumed_from_step"] == 3
-    # 96 of the epoch's 10x32 examples were done at 32: 4 more steps of 16 end it.
-    assert steps_of(runs.events("ask")) == list(range(1, 8))
+    # 96 of the epoch's 10x32 examples were done at 32: 14 more steps of 16 end it.
+    assert steps_of(runs.events("ask")) == list(range(1, 18))
     # The restarted worker trained on from exactly those weights: continuing
     # the kept checkpoint here, at the new batch, gives the same losses.
     worker_losses = {e["step"]: e["loss"] for e in runs.of("ask", "step") if e["step"] > 3}
     here = _continue(kept, runs.dirs["ask"] / "config.toml", tmp_path / "continued")
-    assert sorted(here) == sorted(worker_losses) == list(range(4, 8))
+    assert sorted(here) == sorted(worker_losses) == list(range(4, 18))
     for step, loss in worker_losses.items():
         assert here[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), step
 
@@ -387,8 +389,10 @@ def test_stop_policy_fails_and_resume_applies_the_remedy(runs):
     assert resumed.returncode == 0, resumed.stderr
     assert "completed" in resumed.stdout and "remedy halve-batch applied" in resumed.stdout
     (applied,) = runs.of("stop", "remedy_applied")
-    assert applied["step"] == 2 and applied["changes"] == {"train.batch_size": [32, 16]}
-    assert steps_of(runs.events("stop")) == list(range(1, 7))
+    halved = {"train.batch_size": [32, 16], "train.steps_per_epoch": [8, 16]}
+    assert applied["step"] == 2 and applied["changes"] == halved
+    # 64 of the epoch's 8x32 examples were done at 32: 12 more steps of 16 end it.
+    assert steps_of(runs.events("stop")) == list(range(1, 15))
     assert runs.status("stop") == "finished"
 
 
@@ -415,7 +419,8 @@ def test_unattended_policy_halves_three_times_down_to_a_batch_that_fits():
         assert [a["changes"]["train.batch_size"] for a in applied] == [[64, 32], [32, 16], [16, 8]]
         assert [r["revision"] for r in read_config_revisions(live.dirs["floor"])] == [1, 2, 3]
         assert read_config(live.dirs["floor"]).train.batch_size == 8
-        assert steps_of(live.events("floor")) == [1, 2, 3]
+        # The capped epoch keeps its 3x64 examples: 24 steps of 8.
+        assert steps_of(live.events("floor")) == list(range(1, 25))
         assert len(live.of("floor", "run_started")) == 4
     finally:
         live.close()
