@@ -664,6 +664,10 @@ def _worker_module() -> str:
 # -- metrics for `show` --------------------------------------------------------
 
 
+EVERY_STEP_SKIPPED = sys.maxsize
+"""A ``_HistoryTail`` stride that keeps only the steps beside other events and the last."""
+
+
 def run_metrics(run_dir: Path) -> dict:
     """Fold a run's events into the figures ``convdeck show`` prints.
 
@@ -686,7 +690,9 @@ def run_metrics(run_dir: Path) -> dict:
         "resumes": 0,
         "remedies": [],
     }
-    history = _HistoryTail(Path(run_dir) / EVENTS_FILE, 0, stride=1)
+    # Only the last step is shown: step lines are skipped unparsed but for the last
+    # (a million-step run shows in a second, not eight).
+    history = _HistoryTail(Path(run_dir) / EVENTS_FILE, 0, stride=EVERY_STEP_SKIPPED)
     while not history.exhausted:
         for event in history.read_new(HISTORY_CHUNK_BYTES):
             _fold_metric(metrics, event)
