@@ -220,7 +220,12 @@ class Worker:
 
         apply_remedy(name, config)  # a remedy that cannot apply fails here, before any change
         self.trainer.save_checkpoint()
-        self.events.emit("log", level="info", message=f"applying remedy {name}: restarting the worker")
+        self.events.emit(
+            "log",
+            level="info",
+            message=f"applying remedy {name}: restarting the worker",
+            restarting=name,  # what viewers read; the message is for people
+        )
         self.restart_with = name
 
     def _restart(self, name: str) -> None:

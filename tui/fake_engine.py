@@ -183,7 +183,12 @@ class FakeRun:
             name = args.get("name", "")
             applied = self._remedy_event(name)
             self.feed(
-                {"type": "log", "level": "info", "message": f"applying remedy {name}: restarting"},
+                {
+                    "type": "log",
+                    "level": "info",
+                    "message": f"applying remedy {name}: restarting",
+                    "restarting": name,
+                },
                 applied,
                 self._restarted(applied["changes"]),
             )

@@ -14,7 +14,7 @@ LIVE_STATUSES = ("starting", "running", "paused", "waiting", "restarting")
 """Statuses in which the run's worker is (believed) alive. ``restarting``: a remedy
 was accepted; the worker checkpoints and replaces itself, then says ``run_started``."""
 RESTART_LOG_PREFIX = "applying remedy "
-"""How the worker's ``log`` event announces its restart (``applying remedy NAME: ...``)."""
+"""How a worker's ``log`` event announced its restart before it carried ``restarting``."""
 
 DEFAULT_REMEDY_KEYS = {
     "halve-batch": "h",
@@ -103,8 +103,13 @@ class RunState:
         self.reason = f"restarting with {remedy} from the last checkpoint"
 
     def _on_log(self, event: dict) -> None:
+        if not self.live:
+            return
+        remedy = event.get("restarting")
         message = str(event.get("message", ""))
-        if message.startswith(RESTART_LOG_PREFIX) and self.live:
+        if isinstance(remedy, str) and remedy:
+            self.restarting(remedy)
+        elif message.startswith(RESTART_LOG_PREFIX):  # a run recorded by an older worker
             self.restarting(message[len(RESTART_LOG_PREFIX) :].split(":")[0])
 
     def _on_run_started(self, event: dict) -> None:
