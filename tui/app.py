@@ -36,6 +36,7 @@ from tui.messages import (
     RunTailEnded,
     StartRequested,
 )
+from tui.chart_keys import ChartKeys, chart_bindings
 from tui.run_state import RunState
 from tui.widgets.config_pane import ConfigPane
 from tui.widgets.gpu_panel import GpuPanel
@@ -110,7 +111,7 @@ def _until_shutdown(handler: Callable) -> Callable:
     return guarded
 
 
-class ConvdeckApp(App[int]):
+class ConvdeckApp(ChartKeys, App[int]):
     """The whole TUI.
 
     Args:
@@ -188,38 +189,7 @@ class ConvdeckApp(App[int]):
             id="save-preset",
         ),
         Binding("o", "runs", "Runs", tooltip="List runs, open one, overlay two", id="runs"),
-        Binding(
-            "s",
-            "smoothing",
-            "Smoothing",
-            show=False,
-            tooltip="Cycle the loss smoothing",
-            id="chart.smoothing",
-        ),
-        Binding(
-            "l",
-            "log_scale",
-            "Log scale",
-            show=False,
-            tooltip="Linear or log y axis",
-            id="chart.log-scale",
-        ),
-        Binding(
-            "t",
-            "x_axis",
-            "X axis",
-            show=False,
-            tooltip="X axis: step, epoch, wall time",
-            id="chart.x-axis",
-        ),
-        Binding(
-            "v",
-            "view",
-            "View",
-            show=False,
-            tooltip="Chart: loss, accuracy, learning rate, images/s",
-            id="chart.view",
-        ),
+        *chart_bindings("chart", show=False),
     ]
 
     def __init__(
@@ -788,22 +758,6 @@ class ConvdeckApp(App[int]):
             return
         self.call_from_thread(self.notify, f"Saved preset {name} to {path}")
         self._load_presets()
-
-    def action_smoothing(self) -> None:
-        """Cycle the smoothing of the loss curve."""
-        self.query_one(LossChart).cycle_smoothing()
-
-    def action_log_scale(self) -> None:
-        """Linear or logarithmic y axis."""
-        self.query_one(LossChart).toggle_log_scale()
-
-    def action_x_axis(self) -> None:
-        """X axis: step, epoch, wall time."""
-        self.query_one(LossChart).cycle_x_axis()
-
-    def action_view(self) -> None:
-        """Chart: loss, accuracy, learning rate, images/s."""
-        self.query_one(LossChart).cycle_view()
 
     def action_help(self) -> None:
         """Show the help screen."""

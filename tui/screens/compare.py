@@ -11,31 +11,15 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from engine.history import RunHistory
+from tui.chart_keys import ChartKeys, chart_bindings
 from tui.widgets.loss_chart import LossChart
 
 
-class CompareScreen(Screen[None]):
+class CompareScreen(ChartKeys, Screen[None]):
     """Reads both runs' events in a thread, then overlays their curves."""
 
     BINDINGS = [
-        Binding(
-            "s",
-            "smoothing",
-            "Smoothing",
-            tooltip="Cycle the smoothing weight",
-            id="compare.smoothing",
-        ),
-        Binding(
-            "l", "log_scale", "Log scale", tooltip="Linear or logarithmic y axis", id="compare.log"
-        ),
-        Binding("t", "x_axis", "X axis", tooltip="Step, epoch or wall time", id="compare.x-axis"),
-        Binding(
-            "v",
-            "view",
-            "View",
-            tooltip="Loss, accuracy, learning rate, images/s",
-            id="compare.view",
-        ),
+        *chart_bindings("compare", show=True),
         Binding("escape", "app.pop_screen", "Back", tooltip="Back to the runs", id="compare.close"),
     ]
 
@@ -78,15 +62,3 @@ class CompareScreen(Screen[None]):
         chart = self.query_one(LossChart)
         chart.placeholder = "no steps in these runs yet"
         chart.set_history(None, overlays)
-
-    def action_smoothing(self) -> None:
-        self.query_one(LossChart).cycle_smoothing()
-
-    def action_log_scale(self) -> None:
-        self.query_one(LossChart).toggle_log_scale()
-
-    def action_x_axis(self) -> None:
-        self.query_one(LossChart).cycle_x_axis()
-
-    def action_view(self) -> None:
-        self.query_one(LossChart).cycle_view()
