@@ -320,15 +320,22 @@ def run_cycle(
     return True
 
 
-def finish(run: Run, awaiting: list[Cycle]) -> tuple[Cycle, list[dict]]:
-    """Resume once more and let the run end; check every step of every epoch was trained."""
-    final = Cycle(number=0, signal="-", moment="to the end")
+def finish(run: Run, awaiting: list[Cycle], ended_from: int | None) -> tuple[Cycle, list[dict]]:
+    """Resume once more and let the run end; check every step of every epoch was trained.
+
+    ``ended_from``: the run already finished before the last cycle's kill
+    came; it is checked as it is, from that cycle's events on.
+    """
+    final = Cycle(number=0, signal="-", moment="to the end" if ended_from is None else "ended first")
     checkpoint_before = run.checkpoint_on_disk()
-    final.spawned_at_offset = run.size()
-    result = run.resume()
-    if result.returncode != 0:
-        final.problems.append(f"the last resume failed: {result.stderr.strip()}")
-        return final, []
+    if ended_from is not None:
+        final.spawned_at_offset = ended_from
+    else:
+        final.spawned_at_offset = run.size()
+        result = run.resume()
+        if result.returncode != 0:
+            final.problems.append(f"the last resume failed: {result.stderr.strip()}")
+            return final, []
     deadline = time.monotonic() + 2 * DEADLINE
     while True:
         segment, _ = run.events(final.spawned_at_offset)
@@ -341,7 +348,8 @@ def finish(run: Run, awaiting: list[Cycle]) -> tuple[Cycle, list[dict]]:
     pid = run.worker_pid()
     if pid:
         wait_gone(pid)
-    note_start(run, final, checkpoint_before, awaiting)
+    if ended_from is None:
+        note_start(run, final, checkpoint_before, awaiting)
     events, bad = run.events()
     end = segment[-1] if segment else {}
     total = run.args.epochs * STEPS_PER_EPOCH
@@ -387,7 +395,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     args = parser.parse_args()
     if not args.epochs:
-        per_cycle = 2 * args.checkpoint_every + 30  # most steps a cycle can advance, and margin
+        # The most steps a cycle can advance: a kill by step count, or by time since
+        # spawn at up to ~40 steps a second of this machine's LeNet-5, and a margin.
+        per_cycle = max(2 * args.checkpoint_every + 30, round(40 * args.startup_seconds))
         args.epochs = max(4, math.ceil(args.cycles * per_cycle / STEPS_PER_EPOCH) + 2)
 
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -429,7 +439,10 @@ def main() -> int:
             )
             if not killed:
                 break
-        final, events = finish(run, awaiting) if run.run_id else (None, [])
+        # A cycle that found the run finished before its kill leaves nothing to resume.
+        ended = bool(cycles) and not killed and not cycles[-1].problems
+        ended_from = cycles[-1].spawned_at_offset if ended else None
+        final, events = finish(run, awaiting, ended_from) if run.run_id else (None, [])
         if final is None or final.problems:
             lost = True
     finally:

@@ -534,7 +534,9 @@ def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
     if ref is not None:
         return RunHandle(resolve_run(ref, home))
     for run_dir in reversed(list_run_dirs(home)):
-        if summarize_run(run_dir).status in LIVE_STATUSES:
+        # Only a run whose worker is alive can be live: the cheap check first, so
+        # hundreds of old runs are not each folded from their events.
+        if worker_alive(run_dir) and summarize_run(run_dir).status in LIVE_STATUSES:
             return RunHandle(run_dir)
     raise ConfigError(
         "no live run; start one with `convdeck run`, or name a run (see `convdeck runs`)"
