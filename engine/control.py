@@ -107,6 +107,10 @@ def short_socket_path(path: str | os.PathLike) -> tuple[str, int | None]:
     return f"/proc/self/fd/{fd}/{path.name}", fd
 
 
+REPLY_GRACE_SECONDS = 2.0
+"""How long closing the server waits for replies to requests it already took."""
+
+
 class ControlServer:
     """Serves control.sock on a daemon thread, one thread per connection.
 
@@ -119,6 +123,8 @@ class ControlServer:
         self.path = Path(path)
         self.handle = handle
         self._sock: socket.socket | None = None
+        self._in_flight = 0
+        self._replied = threading.Condition()
 
     def start(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -136,7 +142,13 @@ class ControlServer:
         self._sock = sock
         threading.Thread(target=self._accept_loop, name="control-accept", daemon=True).start()
 
-    def close(self) -> None:
+    def close(self, grace: float = REPLY_GRACE_SECONDS) -> None:
+        """Stop serving; a request already taken still gets its reply (within ``grace``).
+
+        A command such as ``remedy`` lets the main thread go on at once, to a
+        restart that replaces the process: without the wait, the reply being
+        written would die with it and the viewer would hear nothing.
+        """
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
@@ -145,6 +157,8 @@ class ControlServer:
             self._sock.close()
             self._sock = None
         self.path.unlink(missing_ok=True)
+        with self._replied:
+            self._replied.wait_for(lambda: self._in_flight == 0, timeout=grace)
 
     def _accept_loop(self) -> None:
         while self._sock is not None:
@@ -163,7 +177,14 @@ class ControlServer:
                 return
             for line in conn.makefile("rb"):
                 if line.strip():
-                    _send(conn, self._reply_to(line))
+                    with self._replied:
+                        self._in_flight += 1
+                    try:
+                        _send(conn, self._reply_to(line))
+                    finally:
+                        with self._replied:
+                            self._in_flight -= 1
+                            self._replied.notify_all()
 
     def _reply_to(self, line: bytes) -> dict:
         try:

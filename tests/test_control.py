@@ -348,3 +348,34 @@ def test_peer_uid_of_a_real_connection_is_ours():
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with left, right:
         assert control.peer_uid(left) == os.getuid()
+
+
+def test_close_waits_for_a_reply_already_being_made(tmp_path, connect, monkeypatch):
+    # A remedy lets the worker's main thread restart the process at once: the
+    # reply must be on its way before the server is gone.
+    taken = threading.Event()
+    order: list[str] = []
+    real_send = control._send
+
+    def slow_handler(request: dict) -> dict:
+        taken.set()
+        time.sleep(0.3)
+        return {"ok": True}
+
+    def recording_send(conn, reply):
+        real_send(conn, reply)
+        order.append("replied")
+
+    monkeypatch.setattr(control, "_send", recording_send)
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, slow_handler)
+    server.start()
+    client = connect(path)
+    replies: list[dict] = []
+    asking = threading.Thread(target=lambda: replies.append(client.send({"command": "remedy"})))
+    asking.start()
+    assert taken.wait(5.0)
+    server.close()
+    order.append("closed")
+    asking.join(5.0)
+    assert order == ["replied", "closed"] and replies == [{"ok": True}]
