@@ -248,8 +248,10 @@ def _process_memory(pynvml: Any, handle: Any, pids: Sequence[int]) -> int | None
     except pynvml.NVMLError:
         return None
     wanted = set(pids)
-    used = [p.usedGpuMemory or 0 for p in processes if p.pid in wanted]
-    return sum(used) if used else 0
+    used = [p.usedGpuMemory for p in processes if p.pid in wanted]
+    if used and all(memory is None for memory in used):
+        return None  # the driver hides per-process memory (some containers): unknown, not 0
+    return sum(memory or 0 for memory in used)
 
 
 def _init_reason(pynvml: Any, error: Exception) -> str:

@@ -271,3 +271,9 @@ async def test_recording_from_a_real_h200_under_load():
     assert "4.9G/140.4G" in text and "run 4.9G" in text
     assert "100%" in text and "°C" in text and "W" in text
     assert panel.sample.devices[0].power_limit == 700.0
+
+
+def test_nvml_per_process_memory_hidden_by_the_driver_is_unknown_not_zero(fake_nvml):
+    fake_nvml.processes = [(438, None)]
+    assert NvmlSource().sample([438]).devices[0].process_memory is None
+    assert NvmlSource().sample([7]).devices[0].process_memory == 0  # not on this GPU at all
