@@ -29,19 +29,18 @@ from engine.control import COMMANDS, REMEDIES
 from engine.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
 from engine.runs import (
     CONFIG_FILE,
+    LIVE_STATUSES,
     SOCKET_FILE,
     RunSummary,
     create_run_dir,
-    list_run_dirs,
+    find_run_dir,
     read_config,
-    resolve_run,
     summarize_run,
     worker_alive,
 )
 from engine.runs import list_runs as _list_runs
 
 WORKER_LOG = "worker.log"
-LIVE_STATUSES = ("running", "paused", "waiting")
 CONTROL_COMMANDS = COMMANDS  # the worker's own lists, so front ends check what it accepts
 # History is read in chunks so a viewer draws the first part of a long run
 # before the last part is parsed, and the event loop stays responsive.
@@ -531,16 +530,7 @@ def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
     Raises:
         ConfigError: nothing or several runs match, or (ref None) no run is live.
     """
-    if ref is not None:
-        return RunHandle(resolve_run(ref, home))
-    for run_dir in reversed(list_run_dirs(home)):
-        # Only a run whose worker is alive can be live: the cheap check first, so
-        # hundreds of old runs are not each folded from their events.
-        if worker_alive(run_dir) and summarize_run(run_dir).status in LIVE_STATUSES:
-            return RunHandle(run_dir)
-    raise ConfigError(
-        "no live run; start one with `convdeck run`, or name a run (see `convdeck runs`)"
-    )
+    return RunHandle(find_run_dir(ref, home))
 
 
 def list_runs(home: Path | None = None) -> list[RunSummary]:

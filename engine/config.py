@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.errors import ConfigError  # noqa: F401 - re-exported: engine.config.ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -29,10 +31,6 @@ ARCHITECTURES = (
 )
 DATASET_KINDS = ("digits", "synthetic", "tfds:NAME", "folder:PATH")
 OOM_POLICIES = ("ask", "halve", "halve-accumulate", "resnet18", "stop")
-
-
-class ConfigError(ValueError):
-    """A user's configuration mistake, phrased as one line for the terminal."""
 
 
 class _Section(BaseModel):

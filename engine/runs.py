@@ -12,8 +12,12 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.config import ConfigError, RunConfig, config_to_toml, load_toml, validate_config
+from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 from engine.events import EVENTS_FILE, STEP_LINE_PREFIX, iter_complete_lines, parse_line
 
 CONFIG_FILE = "config.toml"
@@ -63,10 +67,10 @@ def create_run_dir(config: RunConfig, home: Path | None = None) -> Path:
 
 def write_config(run_dir: Path, config: RunConfig, history: list[dict] | None = None) -> None:
     """Write config.toml atomically; earlier revisions are kept as a list of tables."""
+    from engine.config import config_to_toml, dump_toml
+
     text = config_to_toml(config)
     if history:
-        from engine.config import dump_toml
-
         text += "\n" + "\n".join(
             dump_toml({"revisions": rev}).replace("[revisions]", "[[revisions]]", 1) for rev in history
         )
@@ -77,6 +81,8 @@ def write_config(run_dir: Path, config: RunConfig, history: list[dict] | None = 
 
 def read_config(run_dir: Path) -> RunConfig:
     """The run's current config; ConfigError with one line when unreadable."""
+    from engine.config import validate_config
+
     data = _load_config_toml(run_dir)
     data.pop("revisions", None)
     return validate_config(data, source=str(run_dir / CONFIG_FILE))
@@ -89,6 +95,8 @@ def read_config_revisions(run_dir: Path) -> list[dict]:
 
 def _load_config_toml(run_dir: Path) -> dict:
     """config.toml as a dict; binary garbage (not UTF-8) is one line too, not a traceback."""
+    from engine.config import load_toml
+
     path = run_dir / CONFIG_FILE
     try:
         return load_toml(path)
@@ -143,6 +151,28 @@ def resolve_run(ref: str, home: Path | None = None) -> Path:
         names = ", ".join(p.name for p in matches[:4])
         raise ConfigError(f"{ref!r} matches {len(matches)} runs ({names}...); give more of the id")
     return matches[0]
+
+
+LIVE_STATUSES = ("running", "paused", "waiting")
+"""Statuses whose worker is alive and can take commands."""
+
+
+def find_run_dir(ref: str | None, home: Path | None = None) -> Path:
+    """The run named by ``ref`` (an id or a unique prefix), or the newest live run.
+
+    Raises:
+        ConfigError: nothing or several runs match, or (ref None) no run is live.
+    """
+    if ref is not None:
+        return resolve_run(ref, home)
+    for run_dir in reversed(list_run_dirs(home)):
+        # Only a run whose worker is alive can be live: the cheap check first, so
+        # hundreds of old runs are not each folded from their events.
+        if worker_alive(run_dir) and summarize_run(run_dir).status in LIVE_STATUSES:
+            return run_dir
+    raise ConfigError(
+        "no live run; start one with `convdeck run`, or name a run (see `convdeck runs`)"
+    )
 
 
 def worker_alive(run_dir: Path) -> int | None:
