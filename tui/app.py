@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Static
 
 from engine.gpu import GpuSource
+from tui.chart_keys import ChartKeys, chart_bindings
 from tui.engine_link import Engine, RunLink
 from tui.messages import (
     CommandDone,
@@ -36,7 +37,6 @@ from tui.messages import (
     RunTailEnded,
     StartRequested,
 )
-from tui.chart_keys import ChartKeys, chart_bindings
 from tui.run_state import RunState
 from tui.widgets.config_pane import ConfigPane
 from tui.widgets.gpu_panel import GpuPanel

@@ -23,6 +23,8 @@ import click
 from engine import client
 from engine.config import ConfigError, config_to_toml
 from engine.presets import DEFAULT_PRESET, list_presets, load_preset
+from tui.launch import one_line as _one_line
+from tui.launch import user_error
 from tui.progress import Display, JsonLinesDisplay, fmt, fmt_duration, make_display
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -32,6 +34,17 @@ EXIT_GRACE_SECONDS = 3.0
 # How long Ctrl-C keeps asking a starting worker (no socket yet) to stop
 # before falling back to SIGTERM, which the worker treats the same way.
 STOP_RETRY_SECONDS = 10.0
+
+
+def set_option(example: str):
+    """The ``--set KEY=VALUE`` option of the commands that build a config."""
+    return click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help=f"Override a config field, e.g. {example}.",
+    )
 
 
 @click.group(
@@ -53,13 +66,7 @@ def cli(ctx: click.Context) -> int:
 
 @cli.command()
 @click.argument("preset", required=False, default=DEFAULT_PRESET)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config field, e.g. --set train.batch_size=64 (a TOML value).",
-)
+@set_option("--set train.batch_size=64 (a TOML value)")
 @click.option("--detach", is_flag=True, help="Print the run id and return; the run goes on.")
 @click.option("--json", "json_lines", is_flag=True, help="Print the events as JSON lines.")
 @click.option(
@@ -320,13 +327,7 @@ def _report_crash(handle: client.RunHandle) -> int:
 
 @cli.command("fit-batch")
 @click.argument("preset", required=False, default=DEFAULT_PRESET)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config field, e.g. --set data.image_size=[64,64].",
-)
+@set_option("--set data.image_size=[64,64]")
 @click.option(
     "--max",
     "cap",
@@ -664,12 +665,8 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
-
-
 def _error(message: str) -> None:
-    click.echo(f"convdeck: {_one_line(message)}", err=True)
+    user_error(message)
 
 
 # -- entry point -------------------------------------------------------------------

@@ -26,12 +26,22 @@ def main() -> None:
         try:
             run_dir = find_run_dir(args[1] if len(args) == 2 else None)
         except ConfigError as error:
-            print(f"convdeck: {' '.join(str(error).split())}", file=sys.stderr)
+            user_error(str(error))
             sys.exit(EXIT_USAGE)
         _open_tui(run_dir.name)
     from tui.cli import main as cli_main
 
     cli_main()
+
+
+def one_line(message: str) -> str:
+    """A message's words on one line, for a terminal or a log."""
+    return " ".join(message.split())
+
+
+def user_error(message: str) -> None:
+    """How convdeck reports a user's mistake: one line on stderr (the caller exits 2)."""
+    print(f"convdeck: {one_line(message)}", file=sys.stderr)
 
 
 def _open_tui(attach: str | None) -> None:
