@@ -7,7 +7,7 @@ heartbeat), and measures in a fresh child process per figure:
 
 - ``tui``: the TUI's own path (tui/app.py ``_tail``): ``RunHandle.events(
   history_steps=HISTORY_STEPS)`` folded into ``RunState`` (and so into
-  engine.history's ``RunHistory``) in ``INGEST_CHUNK`` slices, yielding to
+  engine.run.history's ``RunHistory``) in ``INGEST_CHUNK`` slices, yielding to
   the event loop between slices. A thread appends a live step line every
   0.1 s from the moment following begins; "live tail" is the time until the
   first of those is folded in.
@@ -16,7 +16,7 @@ heartbeat), and measures in a fresh child process per figure:
 - ``tui+poll``: ``tui`` with the app's liveness check every 2 s in a thread
   (``tui.app._liveness``: the worker's pid, and a summary only once it is
   gone; ``RunHandle.summary()`` where the app has no such function).
-- ``summary``: ``RunHandle.summary()`` (engine.runs.summarize_run), which
+- ``summary``: ``RunHandle.summary()`` (engine.run.store.summarize_run), which
   ``convdeck runs`` calls for every run; and ``run_metrics`` (``convdeck show``).
 
 Memory: the peak of Python's heap under tracemalloc while following (a
@@ -63,7 +63,7 @@ def fabricate(home: Path, steps: int) -> Path:
     import psutil
 
     from engine.config import RunConfig
-    from engine.runs import write_config
+    from engine.run.store import write_config
 
     run_dir = home / "runs" / f"20250101-000000-long-{steps}"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -188,8 +188,8 @@ async def follow_like_the_tui(
     After reaching the live tail it keeps following for ``follow_seconds`` and
     records how late each live step is folded in (appended -> folded).
     """
-    from engine.client import RunHandle
-    from engine.events import last_event_of
+    from engine.run.client import RunHandle
+    from engine.run.events import last_event_of
     from tui.app import INGEST_CHUNK
     from tui.run_state import RunState
 
@@ -253,10 +253,10 @@ def child(mode: str, run_dir: Path) -> dict:
     import tracemalloc
 
     # Everything the measured code imports, before the baseline.
-    import engine.client  # noqa: F401
+    import engine.run.client  # noqa: F401
     import tui.app  # noqa: F401
     import tui.run_state  # noqa: F401
-    from engine.client import RunHandle, run_metrics
+    from engine.run.client import RunHandle, run_metrics
     from tui.app import HISTORY_STEPS
 
     traced = mode.endswith("-mem")
@@ -409,7 +409,7 @@ def print_table(rows: list[dict]) -> None:
     print(
         "RSS +MiB: the child's peak RSS over its RSS after imports. summary s: RunHandle.summary()"
     )
-    print("(engine.runs.summarize_run: `convdeck runs` per run; the TUI once its worker is gone);")
+    print("(engine.run.store.summarize_run: `convdeck runs` per run; the TUI once its worker is gone);")
     print("show s: run_metrics (`convdeck show`). lag: append -> folded, for steps appended after")
     print("the live tail was reached; CPU: the viewer's CPU time per second while following live.")
     if len(rows) >= 2:

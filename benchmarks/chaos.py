@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.config import ConfigError  # noqa: E402
-from engine.events import parse_line  # noqa: E402
-from engine.runs import read_config, summarize_run  # noqa: E402
+from engine.run.events import parse_line  # noqa: E402
+from engine.run.store import read_config, summarize_run  # noqa: E402
 
 STEPS_PER_EPOCH = 44  # 1,437 training digits at batch 32
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
@@ -174,10 +174,10 @@ def alive(pid: int) -> bool:
 
 
 def supervisor_of(pid: int) -> int | None:
-    """The worker's parent when it is engine.supervisor (it appends ``worker_exit``)."""
+    """The worker's parent when it is engine.run.supervisor (it appends ``worker_exit``)."""
     try:
         parent = psutil.Process(pid).parent()
-        if parent is not None and "engine.supervisor" in " ".join(parent.cmdline()):
+        if parent is not None and "engine.run.supervisor" in " ".join(parent.cmdline()):
             return parent.pid
     except psutil.Error:
         pass

@@ -3,7 +3,7 @@
 For each workload it trains the same model (``engine.models.build_model``,
 same seed) on the same data (the run's ``DataBundle``; fit gets its
 ``train`` dataset with ``.repeat()``) with the same batch, optimizer
-(``engine.optimizers.make_optimizer`` on the preset's train section, so
+(``engine.train.optimizers.make_optimizer`` on the preset's train section, so
 Adam 2e-3 for LeNet-5 and the preset's SGD for ResNet) and loss (sparse
 categorical crossentropy from logits, plus accuracy, as the engine
 computes) through:
@@ -13,7 +13,7 @@ computes) through:
                ``--spe`` clipped to the steps in an epoch (a longer
                execution would only run extra steps an epoch); the best fit
                is marked ``*``
-  engine       ``engine.trainer.Trainer`` in process, exactly as the worker
+  engine       ``engine.train.trainer.Trainer`` in process, exactly as the worker
                drives it: ``setup()``, ``run()``, with a run directory, an
                events file, checkpoints and TensorBoard summaries
   engine FILE  with ``--trainer FILE``: the Trainer of a copy of
@@ -118,15 +118,15 @@ def child(
 ) -> dict:
     import keras
 
-    from engine import precision
-    from engine.control import ControlState
-    from engine.data import load_data
-    from engine.events import EventWriter, read_events
-    from engine.faults import Faults
     from engine.models import build_model
-    from engine.optimizers import make_optimizer
     from engine.presets import load_preset
-    from engine.trainer import Trainer
+    from engine.run.control import ControlState
+    from engine.run.events import EventWriter, read_events
+    from engine.train import precision
+    from engine.train.data import load_data
+    from engine.train.faults import Faults
+    from engine.train.optimizers import make_optimizer
+    from engine.train.trainer import Trainer
 
     preset, overrides, _, _ = WORKLOADS[workload]
     config = load_preset(preset, [*overrides, *extra, f"train.epochs={1 + epochs}"])

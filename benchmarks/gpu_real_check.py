@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.gpu import GIB, NvmlSource, record  # noqa: E402
+from engine.gpu import NvmlSource, record  # noqa: E402
 
 LOAD_PROGRAM = """
 import sys, time
@@ -106,7 +106,7 @@ def compare_idle(source: NvmlSource) -> None:
     print(f"  NvmlSource: {[d.__dict__ for d in sample.devices]}")
     check(sample.unavailable is None and sample.error is None, "NVML available, no error")
     check(len(sample.devices) == len(smi), f"{len(sample.devices)} device(s), as nvidia-smi")
-    for device, row in zip(sample.devices, smi):
+    for device, row in zip(sample.devices, smi, strict=False):
         check(device.name == row["name"], f"name {device.name!r}")
         mib = device.memory_total / (1 << 20)
         check(abs(mib - row["total_mib"]) <= 1, f"memory total {mib:.0f} MiB vs {row['total_mib']:.0f}")
@@ -160,8 +160,8 @@ def poll_cost(source: NvmlSource, pid: int, polls: int) -> None:
 
 
 async def draw_app(pid: int, out: Path) -> None:
+    from tests.fake_engine import FakeEngine, FakeRun, make_preset, run_started, training_events
     from tui.app import ConvdeckApp
-    from tui.fake_engine import FakeEngine, FakeRun, make_preset, run_started, training_events
     from tui.widgets.gpu_panel import GpuPanel
 
     print("4. the app, attached to a fake run whose worker is the load process, real NVML")

@@ -45,13 +45,13 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from engine.control import ControlState
-    from engine.data import load_data
-    from engine.events import EventWriter
-    from engine.faults import Faults
     from engine.models import build_model
-    from engine.optimizers import make_optimizer
     from engine.presets import load_preset
+    from engine.run.control import ControlState
+    from engine.run.events import EventWriter
+    from engine.train.data import load_data
+    from engine.train.faults import Faults
+    from engine.train.optimizers import make_optimizer
 
     steps = 44  # lenet5-digits' epoch: 1,437 training images in batches of 32
     epochs = args.rounds + 4  # one a call, warm-up included
@@ -83,7 +83,7 @@ def main() -> None:
         trainer.setup()
         assert trainer.steps_per_epoch == steps, trainer.steps_per_epoch
 
-        def engine_call(trainer=trainer, epoch=[0]) -> float:
+        def engine_call(trainer=trainer, epoch=[0]) -> float:  # noqa: B006 (a mutable default as a call counter)
             iterator = trainer._iterator_at(epoch[0], 0)
             started = time.perf_counter()
             results = trainer._train_calls(iterator, tf.constant(steps), tf.constant(-1, tf.int64))

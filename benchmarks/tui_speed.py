@@ -54,8 +54,8 @@ def bare_child() -> None:
 def child(steps_per_sec: float, history_steps: int) -> None:
     """The app under test: attached to a fake run that has trained a while and goes on steadily."""
     from engine.gpu import RecordedSource
+    from tests.fake_engine import FakeEngine, FakeRun, make_preset, run_started, training_events
     from tui.app import ConvdeckApp
-    from tui.fake_engine import FakeEngine, FakeRun, make_preset, run_started, training_events
 
     config = make_preset("lenet5-digits").config
     step_time = 1 / steps_per_sec
@@ -224,7 +224,7 @@ def write_long_run(home: Path, steps: int) -> str:
     import json
 
     from engine.presets import load_preset
-    from engine.runs import create_run_dir
+    from engine.run.store import create_run_dir
 
     config = load_preset("lenet5-digits", ())
     run_dir = create_run_dir(config, home)
@@ -302,7 +302,7 @@ def measure_attach(steps: int) -> None:
 
 
 def measure_chart_cost() -> None:
-    from engine.history import RunHistory
+    from engine.run.history import RunHistory
     from tui.widgets.loss_chart import LossChart
 
     print("chart redraw cost (100x30), by run length:")

@@ -309,7 +309,7 @@ def run_trial(config_path: Path, batch: int, steps: int) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from engine.trainer import OutOfMemory
+    from engine.train.trainer import OutOfMemory
 
     try:
         trainer = _train(config, steps)
@@ -332,10 +332,10 @@ def _train(config: RunConfig, steps: int) -> dict:
     """Set up and run a throwaway trainer in a temporary run directory."""
     import tensorflow as tf
 
-    from engine.control import ControlState
-    from engine.events import EventWriter, read_events
-    from engine.faults import parse_faults
-    from engine.trainer import Trainer
+    from engine.run.control import ControlState
+    from engine.run.events import EventWriter, read_events
+    from engine.train.faults import parse_faults
+    from engine.train.trainer import Trainer
 
     class TrialTrainer(Trainer):
         """Saves nothing: no checkpoint, no model.keras, no final event."""

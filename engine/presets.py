@@ -19,7 +19,7 @@ from engine.config import (
     load_toml,
     validate_config,
 )
-from engine.runs import convdeck_home
+from engine.run.store import convdeck_home
 
 DEFAULT_PRESET = "lenet5-digits"
 

@@ -1,4 +1,4 @@
-"""A TF-free stand-in for ``engine.worker``, for the client and CLI tests.
+"""A TF-free stand-in for ``engine.train.worker``, for the client and CLI tests.
 
 Run as ``python -m fake_worker RUN_DIR [--resume] [--remedy NAME]`` (tests
 put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker).

@@ -30,7 +30,7 @@ from conftest import (
     wait_for,
 )
 
-from engine.runs import summarize_run
+from engine.run.store import summarize_run
 from tui.progress import JsonLinesDisplay, PlainDisplay, make_display
 
 FINISHED = {
@@ -433,9 +433,9 @@ def test_make_display_picks_plain_lines_for_a_pipe():
 REAL_RUN = ("--set", "train.on_nan=stop")
 
 needs_worker = pytest.mark.skipif(
-    importlib.util.find_spec("engine.worker") is None
-    or importlib.util.find_spec("engine.data") is None,
-    reason="the real worker (engine.worker, engine.data) has not landed yet",
+    importlib.util.find_spec("engine.train.worker") is None
+    or importlib.util.find_spec("engine.train.data") is None,
+    reason="the real worker (engine.train.worker, engine.train.data) has not landed yet",
 )
 
 

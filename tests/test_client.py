@@ -1,4 +1,4 @@
-"""engine.client: following events, commands over the control socket, finding and starting runs."""
+"""engine.run.client: following events, commands over the control socket, finding and starting runs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import dead_pid, epoch_end, make_run, started, step
 
-from engine import client
 from engine.config import ConfigError, RunConfig
+from engine.run import client
 
 
 def append(path: Path, text: str) -> None:
@@ -289,7 +289,7 @@ async def _flat(batches):
 
 def test_client_imports_neither_tensorflow_nor_textual():
     code = (
-        "import sys, engine.client, tui.cli, tui.progress; "
+        "import sys, engine.run.client, tui.cli, tui.progress; "
         "assert not {'tensorflow', 'textual'} & set(sys.modules), 'heavy import'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,4 +1,4 @@
-"""engine.control: the command flags, and control.sock served to a real client."""
+"""engine.run.control: the command flags, and control.sock served to a real client."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import control
-from engine.control import REMEDIES, ControlServer, ControlState, short_socket_path
+from engine.run import control
+from engine.run.control import REMEDIES, ControlServer, ControlState, short_socket_path
 
 # -- ControlState --------------------------------------------------------------
 
@@ -125,7 +125,7 @@ def serve() -> Iterator:
 
 
 class Client:
-    """A line-at-a-time client on one connection, as engine.client speaks."""
+    """A line-at-a-time client on one connection, as engine.run.client speaks."""
 
     def __init__(self, path: Path) -> None:
         address, dir_fd = short_socket_path(path)

@@ -1,4 +1,4 @@
-"""engine.data: each dataset kind, normalisation, exact epoch order, one-line errors."""
+"""engine.train.data: each dataset kind, normalisation, exact epoch order, one-line errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from engine.config import ConfigError, DataConfig
-from engine.data import DataBundle, load_data
 from engine.datasets import network
+from engine.train.data import DataBundle, load_data
 
 DIGITS = 1797
 

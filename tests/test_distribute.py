@@ -2,7 +2,7 @@
 
 Logical devices must be set before TensorFlow's runtime starts, and a
 multi-worker strategy needs a process per worker, so every training run here
-is a worker process of its own (``python -m engine.worker`` or the
+is a worker process of its own (``python -m engine.train.worker`` or the
 ``convdeck`` command), never this test process. The checks of TF_CONFIG,
 ``--workers`` and the rendezvous of workers are TF-free and fast.
 """
@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 from conftest import cli_command, one_line_error, run_cli, wait_for
 
-from engine import strategy
 from engine.config import ConfigError
-from engine.events import read_events
 from engine.presets import load_preset
 from engine.remedies import applicable_remedies, apply_remedy
-from engine.runs import create_run_dir
+from engine.run.events import read_events
+from engine.run.store import create_run_dir
+from engine.train import strategy
 
 PRESET = "lenet5-digits"
 SMALL = ["data.image_size=[28, 28]"]
@@ -61,7 +61,7 @@ def start_worker(home: Path, overrides: list[str], env: dict | None = None):
     run_dir = create_run_dir(config, home)
     log = open(run_dir / "worker.log", "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "engine.worker", str(run_dir)],
+        [sys.executable, "-m", "engine.train.worker", str(run_dir)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
@@ -290,7 +290,7 @@ def latest_checkpoint_step(run_dir: Path) -> int:
 
 
 def _status(run_dir: Path) -> str:
-    from engine.runs import summarize_run
+    from engine.run.store import summarize_run
 
     return summarize_run(run_dir).status
 

@@ -1,4 +1,4 @@
-"""engine.events: the writer's batching, and readers that survive torn and garbage lines."""
+"""engine.run.events: the writer's batching, and readers that survive torn and garbage lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from engine.events import EventTail, EventWriter, last_event_of, parse_line, read_events
+from engine.run.events import EventTail, EventWriter, last_event_of, parse_line, read_events
 
 
 def lines_of(path) -> list[str]:

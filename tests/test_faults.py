@@ -1,11 +1,11 @@
-"""engine.faults: the CONVDECK_FAULTS rules that stand in for a GPU running out of memory."""
+"""engine.train.faults: the CONVDECK_FAULTS rules that stand in for a GPU running out of memory."""
 
 from __future__ import annotations
 
 import pytest
 
 from engine.config import ConfigError
-from engine.faults import Faults, parse_faults
+from engine.train.faults import Faults, parse_faults
 
 
 def test_nothing_set_means_no_faults(monkeypatch):

@@ -41,8 +41,8 @@ from conftest import (
     step,
 )
 
-from engine.client import RunHandle
-from engine.events import read_events
+from engine.run.client import RunHandle
+from engine.run.events import read_events
 
 # Small and quick: 1,437 digits at batch 32 are 44 steps an epoch. A checkpoint
 # every 20 steps lands inside epochs (20, 40, 60, 80...) as well as at their ends.
@@ -145,10 +145,10 @@ def wait_gone(pid: int, timeout: float = 60.0) -> None:
 
 
 def supervisor_of(pid: int) -> int | None:
-    """The worker's supervisor (engine.supervisor), which reports how the worker died."""
+    """The worker's supervisor (engine.run.supervisor), which reports how the worker died."""
     try:
         parent = psutil.Process(pid).parent()
-        if parent is not None and "engine.supervisor" in " ".join(parent.cmdline()):
+        if parent is not None and "engine.run.supervisor" in " ".join(parent.cmdline()):
             return parent.pid
     except psutil.Error:
         pass

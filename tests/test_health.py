@@ -23,11 +23,11 @@ import tensorflow as tf
 from conftest import dead_pid, make_run, run_cli, started, step, wait_for
 from test_remedies import LiveRuns, start_selected, steps_of
 
-from engine import client, supervisor
 from engine.config import RunConfig
-from engine.events import read_events
-from engine.runs import summarize_run
-from engine.supervisor import Sample, Supervisor, diagnose
+from engine.run import client, supervisor
+from engine.run.events import read_events
+from engine.run.store import summarize_run
+from engine.run.supervisor import Sample, Supervisor, diagnose
 
 GIB = 1 << 30
 
@@ -141,7 +141,7 @@ def test_worker_pid_names_the_worker_and_a_segfault_is_reported(convdeck_home, f
     assert (handle.run_dir / "worker.pid").read_text().split()[0] == str(pid)
     # (Right after exec, /proc may show an empty command line for a moment.)
     assert wait_for(lambda: "fake_worker" in psutil.Process(pid).cmdline(), timeout=10)
-    assert "engine.supervisor" in _parent_cmdline(pid)
+    assert "engine.run.supervisor" in _parent_cmdline(pid)
     assert os.getsid(pid) == pid  # the worker keeps a session of its own
     assert wait_for(lambda: handle.summary().step >= 2, timeout=30)
 
@@ -273,7 +273,7 @@ def check_killed(runs: LiveRuns, name: str, number: int, why: str) -> None:
     runs.wait_status(name, "paused")
     run_dir = runs.dirs[name]
     pid = int((run_dir / "worker.pid").read_text().split()[0])
-    assert "engine.worker" in psutil.Process(pid).cmdline()  # the worker, not its supervisor
+    assert "engine.train.worker" in psutil.Process(pid).cmdline()  # the worker, not its supervisor
     os.kill(pid, number)
     runs.wait(name, lambda: summarize_run(run_dir).signal is not None, "crash report")
     listed = json.loads(runs.cli("runs", "--json").stdout)

@@ -1,4 +1,4 @@
-"""engine.history: bounded buckets with exact min/max/mean, EMA, RunHistory."""
+"""engine.run.history: bounded buckets with exact min/max/mean, EMA, RunHistory."""
 
 import math
 import random
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from engine.history import BucketSeries, DebiasedEma, RunHistory, debiased_ema
+from engine.run.history import BucketSeries, DebiasedEma, RunHistory, debiased_ema
 
 
 def test_few_points_are_kept_exactly():

@@ -26,7 +26,7 @@ def test_a_command_goes_to_the_cli(monkeypatch):
 
 
 def test_attach_opens_the_tui_on_the_run_it_names(monkeypatch, tmp_path):
-    from engine.runs import runs_root
+    from engine.run.store import runs_root
 
     run_dir = runs_root(tmp_path) / "20261128-101010-lenet5-digits-abcd"
     run_dir.mkdir(parents=True)
@@ -61,8 +61,8 @@ def test_attach_with_an_option_goes_to_the_cli(monkeypatch):
 
 def test_the_tui_path_leaves_click_and_pydantic_unimported():
     code = (
-        "import sys, tui.launch, tui.app, engine.runs\n"
-        "print(sorted(m for m in ('click', 'pydantic', 'engine.client', 'tensorflow') if m in sys.modules))"
+        "import sys, tui.launch, tui.app, engine.run.store\n"
+        "print(sorted(m for m in ('click', 'pydantic', 'engine.run.client', 'tensorflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

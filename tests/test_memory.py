@@ -21,9 +21,10 @@ from conftest import run_cli
 
 from engine import fitbatch
 from engine.config import ModelConfig, RunConfig
-from engine.events import EventWriter, read_events
 from engine.gpu import GpuDevice, GpuSample, RecordedSource
-from engine.memory import (
+from engine.models import build_model
+from engine.run.events import EventWriter, read_events
+from engine.train.memory import (
     GIB,
     MIB,
     estimate_memory,
@@ -33,7 +34,6 @@ from engine.memory import (
     nice_batch,
     warn_if_memory_short,
 )
-from engine.models import build_model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nvml"
 BATCH = 8
@@ -234,10 +234,10 @@ def test_worker_hook_emits_memory_warning(tmp_path, resnet18):
 
 
 def test_worker_hook_reads_a_real_trainer(tmp_path):
-    from engine.control import ControlState
-    from engine.faults import parse_faults
     from engine.presets import load_preset
-    from engine.trainer import Trainer
+    from engine.run.control import ControlState
+    from engine.train.faults import parse_faults
+    from engine.train.trainer import Trainer
 
     config = load_preset("lenet5-digits", ["data.image_size=[28, 28]", "train.batch_size=64"])
     with EventWriter(tmp_path / "events.jsonl") as events:

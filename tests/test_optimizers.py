@@ -1,4 +1,4 @@
-"""engine.optimizers: the optimizer a config names, and the rate each update runs at.
+"""engine.train.optimizers: the optimizer a config names, and the rate each update runs at.
 
 Keras evaluates a schedule at ``optimizer.iterations``, the number of
 updates already applied, so update ``u`` (1-based) runs at ``schedule(u-1)``.
@@ -13,7 +13,7 @@ import keras
 import pytest
 
 from engine.config import TrainConfig
-from engine.optimizers import current_learning_rate, make_optimizer, make_schedule
+from engine.train.optimizers import current_learning_rate, make_optimizer, make_schedule
 
 RATE = 1e-2
 

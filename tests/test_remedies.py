@@ -24,9 +24,9 @@ import pytest
 import tensorflow as tf
 from conftest import _stop_workers, cli_command
 
-from engine.events import read_events
 from engine.presets import load_preset
-from engine.runs import read_config, read_config_revisions, summarize_run, worker_alive
+from engine.run.events import read_events
+from engine.run.store import read_config, read_config_revisions, summarize_run, worker_alive
 
 PRESET = "lenet5-digits"
 SMALL = ["data.image_size=[28, 28]", "train.epochs=1", "train.checkpoint_every=100"]
@@ -124,7 +124,7 @@ def _supervisor_alive(run_dir: Path) -> bool:
 
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "engine.supervisor" in cmdline and str(run_dir) in cmdline:
+        if "engine.run.supervisor" in cmdline and str(run_dir) in cmdline:
             return process.status() != psutil.STATUS_ZOMBIE
     return False
 
@@ -312,10 +312,10 @@ def test_ask_waits_for_a_remedy_and_keeps_the_weights_of_the_last_good_step(runs
 
 def _three_good_steps(run_dir: Path) -> str:
     """The checkpoint after steps 1-3 of the same run, trained in this process without faults."""
-    from engine.control import ControlState
-    from engine.events import EventWriter
-    from engine.faults import parse_faults
-    from engine.trainer import Trainer
+    from engine.run.control import ControlState
+    from engine.run.events import EventWriter
+    from engine.train.faults import parse_faults
+    from engine.train.trainer import Trainer
 
     (run_dir / "checkpoints").mkdir(parents=True)
     config = load_preset(PRESET, [*SMALL, "train.steps_per_epoch=3"])
@@ -328,10 +328,10 @@ def _three_good_steps(run_dir: Path) -> str:
 
 def _continue(checkpoints: Path, config_toml: Path, run_dir: Path) -> dict[int, float]:
     """Resume a copy of ``checkpoints`` under ``config_toml`` in this process; loss per step."""
-    from engine.control import ControlState
-    from engine.events import EventWriter
-    from engine.faults import parse_faults
-    from engine.trainer import Trainer
+    from engine.run.control import ControlState
+    from engine.run.events import EventWriter
+    from engine.train.faults import parse_faults
+    from engine.train.trainer import Trainer
 
     run_dir.mkdir(parents=True)
     shutil.copytree(checkpoints, run_dir / "checkpoints")

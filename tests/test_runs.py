@@ -1,4 +1,4 @@
-"""engine.runs: run ids, run directories, resolving a run, and each run's status."""
+"""engine.run.store: run ids, run directories, resolving a run, and each run's status."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine import runs
 from engine.config import ConfigError, RunConfig, validate_config
-from engine.events import EVENTS_FILE
-from engine.runs import (
+from engine.run import store as runs
+from engine.run.events import EVENTS_FILE
+from engine.run.store import (
     CONFIG_FILE,
     HEARTBEAT_FILE,
     HEARTBEAT_STALE_SECONDS,

@@ -1,4 +1,4 @@
-"""engine.trainer driven in-process, and engine.worker as a real process.
+"""engine.train.trainer driven in-process, and engine.train.worker as a real process.
 
 Every run is LeNet-5 on the embedded digits at 28x28 with a handful of
 steps, so the whole file trains on a CPU in about a minute. Runs hook the
@@ -26,12 +26,12 @@ import tensorflow as tf
 from conftest import wait_for
 
 from engine.config import RunConfig
-from engine.control import ControlState
-from engine.events import EventWriter, read_events
-from engine.faults import parse_faults
 from engine.presets import load_preset
-from engine.runs import create_run_dir
-from engine.trainer import OutOfMemory, Trainer
+from engine.run.control import ControlState
+from engine.run.events import EventWriter, read_events
+from engine.run.store import create_run_dir
+from engine.train.faults import parse_faults
+from engine.train.trainer import OutOfMemory, Trainer
 
 PRESET = "lenet5-digits"
 SMALL = ["data.image_size=[28, 28]"]
@@ -753,7 +753,7 @@ def test_worker_process_trains_and_reports_bad_config_as_a_user_error(convdeck_h
     # Both at once: most of each is importing TensorFlow.
     workers = {
         run_dir: subprocess.Popen(
-            [sys.executable, "-m", "engine.worker", str(run_dir)],
+            [sys.executable, "-m", "engine.train.worker", str(run_dir)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

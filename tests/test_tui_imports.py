@@ -5,7 +5,7 @@ import sys
 
 UI_CHECK = "import tui.app, sys; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
 ENGINE_CHECK = (
-    "import sys, engine.gpu, engine.history, engine.config, engine.events; "
+    "import sys, engine.gpu, engine.run.history, engine.config, engine.run.events; "
     "assert not [m for m in sys.modules if m.split('.')[0] == 'textual'], 'textual imported'"
 )
 

@@ -7,8 +7,7 @@ import pytest
 from textual.widgets import Input, OptionList
 
 from engine.gpu import RecordedSource
-from tui.app import ConvdeckApp
-from tui.fake_engine import (
+from tests.fake_engine import (
     FakeEngine,
     FakeRun,
     make_preset,
@@ -16,6 +15,7 @@ from tui.fake_engine import (
     run_started,
     training_events,
 )
+from tui.app import ConvdeckApp
 from tui.screens.confirm_quit import ConfirmQuitScreen
 from tui.screens.confirm_stop import ConfirmStopScreen
 from tui.screens.help import HelpScreen

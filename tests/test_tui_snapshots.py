@@ -7,8 +7,8 @@ pictures do not depend on the machine. Update with ``--snapshot-update``.
 from pathlib import Path
 
 from engine.gpu import RecordedSource
+from tests.fake_engine import FakeEngine, make_preset, oom_event, training_events
 from tui.app import ConvdeckApp
-from tui.fake_engine import FakeEngine, make_preset, oom_event, training_events
 from tui.widgets.loss_chart import LossChart
 
 NVML = Path(__file__).parent / "fixtures" / "nvml"

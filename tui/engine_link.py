@@ -1,8 +1,8 @@
 """What the app needs from the engine, and the real engine behind it.
 
 The app talks to runs only through this interface, so tests hand it a fake
-(:mod:`tui.fake_engine`) and the real one imports ``engine.presets`` and
-``engine.client`` lazily, off the UI thread, on first use. Neither imports
+(:mod:`tests.fake_engine`) and the real one imports ``engine.presets`` and
+``engine.run.client`` lazily, off the UI thread, on first use. Neither imports
 TensorFlow.
 """
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class RunLink(Protocol):
-    """One run, live or finished (``engine.client.RunHandle``)."""
+    """One run, live or finished (``engine.run.client.RunHandle``)."""
 
     run_id: str
     run_dir: Path
@@ -62,7 +62,7 @@ class Engine(Protocol):
 
 
 class RealEngine:
-    """The engine of this install: ``engine.presets`` and ``engine.client``.
+    """The engine of this install: ``engine.presets`` and ``engine.run.client``.
 
     Args:
         home: the convdeck home (``$CONVDECK_HOME`` when None).
@@ -82,21 +82,21 @@ class RealEngine:
         return presets.save_user_preset(name, config, home=self.home)
 
     async def start_run(self, config: RunConfig) -> RunLink:
-        from engine import client
+        from engine.run import client
 
         return await client.start_run(config, home=self.home)
 
     def find_run(self, ref: str | None) -> RunLink:
-        from engine import client
+        from engine.run import client
 
         return client.find_run(ref, home=self.home)
 
     def list_runs(self) -> list[Any]:
-        from engine import client
+        from engine.run import client
 
         return client.list_runs(home=self.home)
 
     def read_events(self, run: RunLink) -> Iterable[dict]:
-        from engine.events import EVENTS_FILE, iter_events
+        from engine.run.events import EVENTS_FILE, iter_events
 
         return iter_events(Path(run.run_dir) / EVENTS_FILE)

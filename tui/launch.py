@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sys
 
+from tui.terminal import user_error
+
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
@@ -21,7 +23,7 @@ def main() -> None:
         _open_tui(None)
     if args[0] == "attach" and len(args) <= 2 and not any(a.startswith("-") for a in args[1:]):
         from engine.errors import ConfigError
-        from engine.runs import find_run_dir
+        from engine.run.store import find_run_dir
 
         try:
             run_dir = find_run_dir(args[1] if len(args) == 2 else None)
@@ -32,16 +34,6 @@ def main() -> None:
     from tui.cli import main as cli_main
 
     cli_main()
-
-
-def one_line(message: str) -> str:
-    """A message's words on one line, for a terminal or a log."""
-    return " ".join(message.split())
-
-
-def user_error(message: str) -> None:
-    """How convdeck reports a user's mistake: one line on stderr (the caller exits 2)."""
-    print(f"convdeck: {one_line(message)}", file=sys.stderr)
 
 
 def _open_tui(attach: str | None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.history import RunHistory
+from engine.run.history import RunHistory
 
 LIVE_STATUSES = ("starting", "running", "paused", "waiting", "restarting")
 """Statuses in which the run's worker is (believed) alive. ``restarting``: a remedy

@@ -1,7 +1,7 @@
-"""Image sources behind ``engine.data.load_data``: one module per kind of dataset.
+"""Image sources behind ``engine.train.data.load_data``: one module per kind of dataset.
 
 Each ``open_*`` function turns a ``DataConfig`` into a ``RawData`` (unnormalised
-images in [0, 1]); ``engine.data`` normalises, caches, shuffles and batches it.
+images in [0, 1]); ``engine.train.data`` normalises, caches, shuffles and batches it.
 """
 
 

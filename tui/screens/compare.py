@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from engine.history import RunHistory
+from engine.run.history import RunHistory
 from tui.chart_keys import ChartKeys, chart_bindings
 from tui.widgets.loss_chart import LossChart
 

@@ -1,6 +1,6 @@
 """The loss chart: plotext drawn into a Textual widget, at a bounded rate.
 
-It draws from a :class:`engine.history.RunHistory`, whose series are
+It draws from a :class:`engine.run.history.RunHistory`, whose series are
 downsampled to a fixed number of buckets, so a redraw costs the same at step
 100 and at step 1,000,000. New data only marks the chart dirty; a timer
 redraws at most ``max_fps`` times a second, and data alone redraws it at
@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.text import Text
 
-from engine.history import AXES, BucketSeries, RunHistory, debiased_ema
+from engine.run.history import AXES, BucketSeries, RunHistory, debiased_ema
 from tui.widgets.diffed import DiffedWidget
 
 VIEWS = {

@@ -357,7 +357,7 @@ def warn_if_memory_short(trainer: Any, free_bytes: int | None, events: Any) -> d
     Never raises: a failed estimate becomes a ``log`` line and training goes on.
 
     Args:
-        trainer: an :class:`engine.trainer.Trainer` after ``setup`` (model, config, policy).
+        trainer: an :class:`engine.train.trainer.Trainer` after ``setup`` (model, config, policy).
         free_bytes: :func:`free_gpu_bytes` read before the trainer touched the GPU.
         events: the run's event writer.
 

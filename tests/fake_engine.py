@@ -84,7 +84,7 @@ def default_presets() -> list[FakePreset]:
 
 @dataclass
 class FakeSummary:
-    """Shaped like ``engine.client.RunSummary``."""
+    """Shaped like ``engine.run.client.RunSummary``."""
 
     run_id: str
     preset: str

@@ -1,6 +1,6 @@
 """The supervisor: a tiny parent that reports how its worker died.
 
-``python -m engine.supervisor [--worker-module M] [--report-fd FD] RUN_DIR [WORKER ARGS...]``
+``python -m engine.run.supervisor [--worker-module M] [--report-fd FD] RUN_DIR [WORKER ARGS...]``
 
 A worker killed by a signal writes no last event: the kernel's OOM killer
 sends SIGKILL, a CUDA or native fault raises SIGSEGV. Only its parent learns
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import psutil
 
-from engine.events import EVENTS_FILE, EventWriter, parse_line
+from engine.run.events import EVENTS_FILE, EventWriter, parse_line
 
-PID_FILE = "worker.pid"  # engine.runs.PID_FILE; not imported, to keep pydantic out
+PID_FILE = "worker.pid"  # engine.run.store.PID_FILE; not imported, to keep pydantic out
 SAMPLE_SECONDS = 1.0
 RECENT_SAMPLES = 5  # how far back "memory ran low just before it died" looks
 # Host (or cgroup) memory counts as nearly exhausted below this share of the total...
@@ -342,8 +342,8 @@ def _report_pid(fd: int | None, pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.supervisor")
-    parser.add_argument("--worker-module", default="engine.worker")
+    parser = argparse.ArgumentParser(prog="python -m engine.run.supervisor")
+    parser.add_argument("--worker-module", default="engine.train.worker")
     parser.add_argument("--report-fd", type=int, help="write the worker's pid here, then close it")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("worker_args", nargs=argparse.REMAINDER)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
-from engine.events import EVENTS_FILE, STEP_LINE_PREFIX, iter_complete_lines, parse_line
+from engine.run.events import EVENTS_FILE, STEP_LINE_PREFIX, iter_complete_lines, parse_line
 
 if TYPE_CHECKING:
     from engine.config import RunConfig  # read and written lazily: pydantic costs ~0.15 s
@@ -212,7 +212,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     summary.status = _status(state, summary.pid is not None)
     exit_event = state.get("worker_exit")
     if summary.status == "crashed" and exit_event is not None:
-        # The supervisor saw how the worker died (engine.supervisor): say so.
+        # The supervisor saw how the worker died (engine.run.supervisor): say so.
         summary.signal = exit_event.get("signal")
         summary.reason = str(exit_event.get("message") or exit_event.get("suggestion") or "")
     return summary

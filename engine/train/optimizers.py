@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from engine.config import TrainConfig
-from engine.precision import wrap_optimizer
+from engine.train.precision import wrap_optimizer
 
 
 def make_schedule(train: TrainConfig, steps_per_epoch: int, total_steps: int):

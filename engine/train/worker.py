@@ -1,4 +1,4 @@
-"""The worker process: ``python -m engine.worker RUN_DIR [--resume]``.
+"""The worker process: ``python -m engine.train.worker RUN_DIR [--resume]``.
 
 It trains what RUN_DIR/config.toml describes, appends events, serves
 control.sock, and keeps its pid and a heartbeat in the run directory so
@@ -25,9 +25,9 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from engine.config import ConfigError  # noqa: E402
-from engine.control import ControlServer, ControlState  # noqa: E402
-from engine.events import EVENTS_FILE, EventWriter  # noqa: E402
-from engine.runs import (  # noqa: E402
+from engine.run.control import ControlServer, ControlState  # noqa: E402
+from engine.run.events import EVENTS_FILE, EventWriter  # noqa: E402
+from engine.run.store import (  # noqa: E402
     HEARTBEAT_FILE,
     PID_FILE,
     SOCKET_FILE,
@@ -112,9 +112,9 @@ class Worker:
         return code
 
     def _train(self) -> int:
-        from engine.faults import parse_faults
-        from engine.memory import free_gpu_bytes, warn_if_memory_short
-        from engine.trainer import ApplyRemedy, OutOfMemory, Trainer
+        from engine.train.faults import parse_faults
+        from engine.train.memory import free_gpu_bytes, warn_if_memory_short
+        from engine.train.trainer import ApplyRemedy, OutOfMemory, Trainer
 
         # NVML's free memory before TensorFlow starts on the GPU and takes some.
         free_before = free_gpu_bytes()
@@ -123,7 +123,7 @@ class Worker:
             self._apply_remedy(self.remedy)
         config = read_config(self.run_dir)
         if config.train.strategy == "multi_worker":
-            from engine.strategy import remember_tf_config
+            from engine.train.strategy import remember_tf_config
 
             remember_tf_config(self.run_dir)  # so `convdeck resume` rejoins the same cluster
         faults = parse_faults(fired_path=self.run_dir / FAULTS_FIRED_FILE)
@@ -145,7 +145,7 @@ class Worker:
 
     def _out_of_memory(self, oom, config) -> int:
         from engine.remedies import POLICY_REMEDY, applicable_remedies
-        from engine.strategy import oom_device, split_remedies
+        from engine.train.strategy import oom_device, split_remedies
 
         # A worker of several cannot save alone (a save is collective) nor change in place.
         multi_worker = self.trainer.dist.multi_worker
@@ -231,7 +231,7 @@ class Worker:
     def _restart(self, name: str) -> None:
         # exec keeps the pid (viewers and worker.pid stay valid) while the
         # new image starts with a fresh TensorFlow, so GPU memory is released.
-        args = [sys.executable, "-m", "engine.worker", str(self.run_dir), "--resume", "--remedy", name]
+        args = [sys.executable, "-m", "engine.train.worker", str(self.run_dir), "--resume", "--remedy", name]
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, args)
@@ -262,7 +262,7 @@ class Worker:
         line = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         dist = getattr(self.trainer, "dist", None)
         if dist is not None and dist.multi_worker:
-            from engine.strategy import lost_workers_message
+            from engine.train.strategy import lost_workers_message
 
             line = lost_workers_message(error) or line
         self.events.emit("failed", error=line, traceback_path=str(path))
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _frame: early_stop.append(number))
-    parser = argparse.ArgumentParser(prog="python -m engine.worker")
+    parser = argparse.ArgumentParser(prog="python -m engine.train.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--remedy", help="apply this remedy before resuming")

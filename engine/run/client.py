@@ -1,6 +1,6 @@
 """The one way front ends talk to runs: start, find, follow events, send commands.
 
-A run is a worker process (``python -m engine.worker RUN_DIR``) in its own
+A run is a worker process (``python -m engine.train.worker RUN_DIR``) in its own
 session, so it outlives the terminal that started it. Everything a viewer
 needs is in the run directory: ``events.jsonl`` to read and ``control.sock``
 to steer. This module wraps both behind :class:`RunHandle`.
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig
-from engine.control import COMMANDS, REMEDIES
-from engine.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
-from engine.runs import (
+from engine.run.control import COMMANDS, REMEDIES
+from engine.run.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
+from engine.run.store import (
     CONFIG_FILE,
     LIVE_STATUSES,
     SOCKET_FILE,
@@ -38,7 +38,7 @@ from engine.runs import (
     summarize_run,
     worker_alive,
 )
-from engine.runs import list_runs as _list_runs
+from engine.run.store import list_runs as _list_runs
 
 WORKER_LOG = "worker.log"
 CONTROL_COMMANDS = COMMANDS  # the worker's own lists, so front ends check what it accepts
@@ -95,7 +95,7 @@ class RunHandle:
         return read_config(self.run_dir)
 
     def summary(self) -> RunSummary:
-        """Status and latest figures (see :func:`engine.runs.summarize_run`)."""
+        """Status and latest figures (see :func:`engine.run.store.summarize_run`)."""
         return _with_preset_name(summarize_run(self.run_dir))
 
     def metrics(self) -> dict:
@@ -534,7 +534,7 @@ def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
 
 
 def list_runs(home: Path | None = None) -> list[RunSummary]:
-    """A summary of every run, oldest first (:func:`engine.runs.list_runs`)."""
+    """A summary of every run, oldest first (:func:`engine.run.store.list_runs`)."""
     return [_with_preset_name(summary) for summary in _list_runs(home)]
 
 
@@ -549,9 +549,9 @@ def _with_preset_name(summary: RunSummary) -> RunSummary:
 
 
 def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> RunHandle:
-    """Start the worker detached, under its supervisor (:mod:`engine.supervisor`).
+    """Start the worker detached, under its supervisor (:mod:`engine.run.supervisor`).
 
-    The supervisor runs ``python -m engine.worker RUN_DIR`` as its child in a
+    The supervisor runs ``python -m engine.train.worker RUN_DIR`` as its child in a
     session of its own, records its pid in worker.pid and reports it back
     here, then waits to tell how the worker ended (a death by signal becomes
     a ``worker_exit`` event).
@@ -566,7 +566,7 @@ def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> Ru
     command = [
         sys.executable,
         "-m",
-        "engine.supervisor",
+        "engine.run.supervisor",
         "--worker-module",
         _worker_module(),
         "--report-fd",
@@ -649,8 +649,8 @@ def _read_worker_pid(fd: int, supervisor: subprocess.Popen) -> int | None:
 
 
 def _worker_module() -> str:
-    """``engine.worker``; tests swap in a fake, TF-free worker through the environment."""
-    return os.environ.get("CONVDECK_WORKER_MODULE") or "engine.worker"
+    """``engine.train.worker``; tests swap in a fake, TF-free worker through the environment."""
+    return os.environ.get("CONVDECK_WORKER_MODULE") or "engine.train.worker"
 
 
 # -- metrics for `show` --------------------------------------------------------

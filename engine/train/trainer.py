@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from engine import precision
-from engine.optimizers import current_learning_rate, make_optimizer
-from engine.strategy import (
+from engine.config import ConfigError, RunConfig
+from engine.models import build_model
+from engine.run.control import ControlState
+from engine.run.events import EventWriter
+from engine.train import precision
+from engine.train.data import DataBundle, load_data
+from engine.train.faults import Faults
+from engine.train.optimizers import current_learning_rate, make_optimizer
+from engine.train.strategy import (
     Agreement,
     NonChiefEvents,
     StrategyInfo,
@@ -32,12 +38,6 @@ from engine.strategy import (
     scratch_checkpoint_dir,
     take_chief_state,
 )
-from engine.config import ConfigError, RunConfig
-from engine.control import ControlState
-from engine.data import DataBundle, load_data
-from engine.events import EventWriter
-from engine.faults import Faults
-from engine.models import build_model
 
 MAX_STEPS_PER_CALL = 64
 # One training iterator serves enough epochs for this many steps (see _iterator_at)...
@@ -287,10 +287,10 @@ class Trainer:
             loss, accuracy, grads = self._replica_step_fn(images, labels, poison)
             total_loss += loss
             total_accuracy += accuracy
-            summed = grads if summed is None else [a + b for a, b in zip(summed, grads)]
+            summed = grads if summed is None else [a + b for a, b in zip(summed, grads)]  # noqa: B905 (autograph converts zip; strict= is not passed through)
         if len(batches) > 1:
             summed = [g / len(batches) for g in summed]
-        self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))  # noqa: B905
         return total_loss / len(batches), total_accuracy / len(batches)
 
     def _one_update(self, iterator, poison):
