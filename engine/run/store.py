@@ -175,6 +175,40 @@ def find_run_dir(ref: str | None, home: Path | None = None) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """Whether a worker owns a run, as the run's status needs it.
+
+    ``pid`` is the owning worker's pid, or None when no process owns the run.
+    ``hung`` is True when that process still owns the run but has stopped
+    touching its heartbeat (stopped by SIGSTOP, stuck in native code).
+    """
+
+    pid: int | None = None
+    hung: bool = False
+
+    @property
+    def alive(self) -> bool:
+        """A worker owns the run and is making its heartbeat."""
+        return self.pid is not None and not self.hung
+
+
+def worker_liveness(run_dir: Path) -> Liveness:
+    """Who owns ``run_dir`` now: the one question every status reads."""
+    try:
+        pid_text, _, started_text = (run_dir / PID_FILE).read_text().partition(" ")
+        pid, started = int(pid_text), float(started_text or 0)
+    except (OSError, ValueError):
+        return Liveness()
+    if not _same_process(pid, started):
+        return Liveness()
+    try:
+        age = time.time() - (run_dir / HEARTBEAT_FILE).stat().st_mtime
+    except OSError:
+        return Liveness(pid)  # a worker still starting has no heartbeat yet
+    return Liveness(pid, hung=age >= HEARTBEAT_STALE_SECONDS)
+
+
 def worker_alive(run_dir: Path) -> int | None:
     """The worker's pid if the recorded process still runs and its heartbeat is fresh."""
     try:
