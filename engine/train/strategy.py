@@ -14,14 +14,12 @@
 growth) must be made before TensorFlow's runtime starts, so the worker calls
 ``configure_devices`` before it loads data or builds a model.
 
-The parsing half of this module (TF_CONFIG, ``--workers``, the rendezvous of
-workers, OOM messages) is TF-free, so the command line checks a cluster
-without loading TensorFlow; TensorFlow is imported where a strategy is made.
+Parsing TF_CONFIG and ``--workers`` lives in :mod:`engine.cluster` (TF-free),
+so the command line checks a cluster without loading TensorFlow.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -32,14 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.cluster import (  # noqa: F401 (re-exported: the worker and tests read them here)
+    DEFAULT_WORKER_TIMEOUT,
+    TASK_TYPES,
+    WORKER_TIMEOUT_ENV,
+    address_problem,
+    cluster_addresses,
+    cluster_tasks,
+    read_tf_config,
+    worker_timeout,
+    workers_tf_config,
+)
 from engine.config import ConfigError, TrainConfig
 
-# How long a multi-worker run waits for every other worker to be reachable.
-WORKER_TIMEOUT_ENV = "CONVDECK_WORKER_TIMEOUT"
-DEFAULT_WORKER_TIMEOUT = 300.0
 # The cluster a multi-worker run was started in, kept so `convdeck resume` rejoins it.
 TF_CONFIG_FILE = "tf_config.json"
-TASK_TYPES = ("chief", "worker")
 # Events a non-chief worker records in its own run directory: enough for
 # `convdeck runs`, `resume` and a terminal following it; the chief's run
 # directory holds the run's record (steps, epochs, checkpoints).
@@ -187,7 +192,7 @@ def _multi_worker(train: TrainConfig) -> StrategyInfo:
     # Every worker has the same devices (TensorFlow assumes so too): name them all.
     devices = [
         re.sub(r"/task:\d+", f"/task:{i}", d).replace(f"/job:{resolver.task_type}", f"/job:{t}")
-        for t, i in _tasks(config)
+        for t, i in cluster_tasks(config)
         for d in local
     ]
     return StrategyInfo(
@@ -201,128 +206,6 @@ def _multi_worker(train: TrainConfig) -> StrategyInfo:
         cluster=addresses,
         local=local,
     )
-
-
-def _tasks(config: dict) -> list[tuple[str, int]]:
-    """(job, index) of every worker, chief first: the order of replicas."""
-    cluster = config["cluster"]
-    return [(job, i) for job in TASK_TYPES for i in range(len(cluster.get(job) or []))]
-
-
-def read_tf_config(raw: str | None = None) -> dict:
-    """TF_CONFIG parsed and checked; ConfigError with one line when it is missing or malformed.
-
-    Args:
-        raw: the JSON text; None reads the ``TF_CONFIG`` environment variable.
-    """
-    raw = os.environ.get("TF_CONFIG") if raw is None else raw
-    if not raw or not raw.strip():
-        raise ConfigError(
-            "train.strategy 'multi_worker' needs TF_CONFIG (or `convdeck run --workers "
-            "host:port,... --worker-index N`)"
-        )
-    try:
-        config = json.loads(raw)
-    except ValueError as error:
-        raise ConfigError(f"TF_CONFIG is not JSON ({error}); expected {_TF_CONFIG_SHAPE}") from None
-    problem = _tf_config_problem(config)
-    if problem:
-        raise ConfigError(f"TF_CONFIG is malformed: {problem}; expected {_TF_CONFIG_SHAPE}")
-    return config
-
-
-_TF_CONFIG_SHAPE = (
-    '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
-)
-
-
-def _tf_config_problem(config: Any) -> str | None:
-    """What is wrong with a parsed TF_CONFIG for a multi-worker run, or None."""
-    if not isinstance(config, dict):
-        return "it is not a JSON object"
-    cluster, task = config.get("cluster"), config.get("task")
-    if not isinstance(cluster, dict):
-        return "no \"cluster\" object"
-    if not isinstance(task, dict):
-        return "no \"task\" object"
-    jobs = {k: v for k, v in cluster.items() if k in TASK_TYPES}
-    others = sorted(set(cluster) - set(TASK_TYPES))
-    if others:
-        return f"cluster job {others[0]!r} is not supported (only chief and worker)"
-    for job, hosts in jobs.items():
-        if not isinstance(hosts, list) or not hosts:
-            return f"cluster.{job} must be a non-empty list of \"host:port\""
-        for host in hosts:
-            if not isinstance(host, str) or address_problem(host):
-                return f"cluster.{job} has {host!r}: {address_problem(str(host)) or 'not a string'}"
-    if "worker" not in jobs and "chief" not in jobs:
-        return "cluster has no \"worker\" list"
-    if len(cluster.get("chief") or []) > 1:
-        return "cluster.chief must list one address"
-    all_hosts = [h for job in TASK_TYPES for h in cluster.get(job) or []]
-    duplicates = sorted({h for h in all_hosts if all_hosts.count(h) > 1})
-    if duplicates:
-        return f"{duplicates[0]!r} is listed twice"
-    kind, index = task.get("type"), task.get("index", 0)
-    if kind not in jobs:
-        return f"task.type {kind!r} is not one of the cluster's jobs ({', '.join(jobs)})"
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(jobs[kind]):
-        return f"task.index {index!r} is outside 0..{len(jobs[kind]) - 1}"
-    return None
-
-
-def address_problem(address: str) -> str | None:
-    """Why ``address`` is not host:port, or None."""
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or not host:
-        return "not host:port (e.g. 10.0.0.2:2222)"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        return f"port {port!r} is not a number in 1..65535"
-    return None
-
-
-def cluster_addresses(config: dict) -> tuple[list[str], str, int]:
-    """Every worker's address (chief first), this task's type and index."""
-    cluster, task = config["cluster"], config["task"]
-    addresses = [h.strip() for job in TASK_TYPES for h in cluster.get(job) or []]
-    return addresses, task["type"], int(task.get("index", 0))
-
-
-def workers_tf_config(workers: str, index: int) -> str:
-    """TF_CONFIG for ``--workers host:port,host:port`` and this worker's index."""
-    hosts = [w.strip() for w in workers.split(",")]
-    if not any(hosts):
-        raise ConfigError(
-            "--workers: expected host:port,host:port,... (e.g. 10.0.0.1:2222,10.0.0.2:2222)"
-        )
-    for host in hosts:
-        if not host:
-            raise ConfigError(f"--workers: an empty entry in {workers!r}")
-        problem = address_problem(host)
-        if problem:
-            raise ConfigError(f"--workers: {host!r} is {problem}")
-    duplicates = sorted({h for h in hosts if hosts.count(h) > 1})
-    if duplicates:
-        raise ConfigError(f"--workers: {duplicates[0]!r} is listed twice")
-    if not 0 <= index < len(hosts):
-        raise ConfigError(
-            f"--worker-index {index} is outside 0..{len(hosts) - 1} (one per --workers entry)"
-        )
-    return json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})
-
-
-def worker_timeout() -> float:
-    """Seconds to wait for the other workers (``CONVDECK_WORKER_TIMEOUT``, default 300)."""
-    raw = os.environ.get(WORKER_TIMEOUT_ENV)
-    if not raw:
-        return DEFAULT_WORKER_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ConfigError(f"{WORKER_TIMEOUT_ENV}: got {raw!r}; expected seconds > 0")
-    return value
 
 
 def remember_tf_config(run_dir: Path) -> None:

@@ -79,7 +79,7 @@ def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool) -> 
 
 def _join_cluster(config: Any, workers: str | None, worker_index: int | None) -> None:
     """Check the cluster before any worker starts; --workers writes TF_CONFIG for it."""
-    from engine.train.strategy import read_tf_config, worker_timeout, workers_tf_config
+    from engine.cluster import read_tf_config, worker_timeout, workers_tf_config
 
     if workers is not None or worker_index is not None:
         if workers is None:
