@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from engine.errors import ConfigError
-from engine.run.notify import SETTINGS_FILE, Notifier, NotifySettings, check_urls, load_settings
+from engine.run.notify import Notifier, NotifySettings, check_urls, load_settings
+from engine.run.settings import SETTINGS_FILE
 
 
 class Catcher:

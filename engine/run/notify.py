@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
-from engine.run.store import convdeck_home
+from engine.run.settings import settings_path, user_settings
 
-SETTINGS_FILE = "convdeck.toml"
 # Every kind of alert; `on` picks among them. The run's events decide each (engine.run.facts).
 ALERT_KINDS = (
     "finished",
@@ -62,12 +61,8 @@ def load_settings(home: Path | None = None) -> NotifySettings:
     Raises:
         ConfigError: the file is not TOML, or a URL or kind in it is wrong.
     """
-    from engine.config import load_toml
-
-    path = (home or convdeck_home()) / SETTINGS_FILE
-    if not path.exists():
-        return NotifySettings()
-    table = load_toml(path).get("notify", {})
+    path = settings_path(home)
+    table = user_settings(home).get("notify", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [notify] must be a table with urls = [...] and on = [...]")
     urls = _string_list(table.get("urls", []), f"{path}: notify.urls")

@@ -50,9 +50,11 @@ CREATE TABLE IF NOT EXISTS entries (
     added REAL NOT NULL,
     claimed REAL,
     ended REAL,
-    outcome TEXT
+    outcome TEXT,
+    devices TEXT
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sweeps (name TEXT PRIMARY KEY, storage TEXT, added REAL NOT NULL);
 """
 
 
@@ -74,6 +76,8 @@ class Entry:
     claimed: float | None = None
     ended: float | None = None
     outcome: str | None = None
+    devices: str | None = None
+    """The GPU indices the run was given (``CUDA_VISIBLE_DEVICES``), comma-separated."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Entry:
@@ -245,6 +249,26 @@ class RunQueue:
                 " ended = CASE WHEN ? = 'ended' THEN ? ELSE ended END WHERE id = ?",
                 (state, outcome, note, state, time.time(), entry_id),
             )
+
+    def set_devices(self, entry_id: int, devices: list[int]) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE entries SET devices = ? WHERE id = ?", (",".join(map(str, devices)), entry_id))
+
+    def add_sweep(self, name: str, storage: str | None) -> None:
+        """Have this home's runner work the sweep ``name`` (its study lives in ``storage``)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sweeps (name, storage, added) VALUES (?, ?, ?)", (name, storage, time.time())
+            )
+
+    def sweeps(self) -> list[tuple[str, str | None]]:
+        return [(row["name"], row["storage"]) for row in self._db.execute("SELECT * FROM sweeps ORDER BY added")]
+
+    def sweep_storage(self, name: str) -> str | None:
+        row = self._db.execute("SELECT storage FROM sweeps WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no sweep named {name!r} in this queue (see `convdeck queue`)")
+        return row["storage"]
 
     def started(self) -> list[Entry]:
         """Entries a runner claimed or launched and has not seen end: the ones to adopt."""
