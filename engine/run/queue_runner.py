@@ -309,6 +309,31 @@ def _sweep_summary(sweep) -> str:
     return f"best trial {best.number}: {sweep.spec.metric} {best.value:.4f} ({settings}), run {run}"
 
 
+def start_runner(home: Path | None = None) -> int | None:
+    """Start a detached runner for ``home`` unless one works it already; the runner's pid.
+
+    Like a worker it runs in a session of its own, so closing the terminal or
+    the ssh link that started it does not end it.
+    """
+    import subprocess
+
+    home = home or convdeck_home()
+    running = runner_pid(home)
+    if running is not None:
+        return running
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(home / RUNNER_LOG_FILE, "a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "engine.run.queue_runner", "--home", str(home)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return process.pid
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.run.queue_runner")
     parser.add_argument("--home", type=Path, default=None)
