@@ -23,6 +23,7 @@ from tui.terminal import user_error
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+@click.version_option(package_name="convdeck", prog_name="convdeck", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context) -> int:
     """Train convolutional networks from the terminal. Without a command: the TUI."""

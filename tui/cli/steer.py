@@ -18,7 +18,7 @@ from tui.terminal import user_error
 
 
 @click.command()
-@click.argument("run_ref", metavar="RUN", required=False)
+@click.argument("run_ref", metavar="[RUN]", required=False)
 def attach(run_ref: str | None) -> int:
     """Open the TUI on RUN (default: the newest live run)."""
     handle = client.find_run(run_ref)  # a bad ref ends here, before the TUI starts
