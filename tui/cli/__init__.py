@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from engine.config import ConfigError
-from tui.cli import fit_batch, follow, listing, notify, queue, steer, sweep
+from tui.cli import evaluate, fit_batch, follow, listing, notify, queue, steer, sweep
 from tui.cli.common import EXIT_DONE, EXIT_INTERRUPTED, EXIT_USAGE
 from tui.terminal import user_error
 
@@ -46,6 +46,7 @@ for _command in (
     queue.queue,
     sweep.sweep,
     notify.notify,
+    evaluate.evaluate,
 ):
     cli.add_command(_command)
 
