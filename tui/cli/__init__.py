@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from engine.config import ConfigError
-from tui.cli import fit_batch, follow, listing, steer
+from tui.cli import fit_batch, follow, listing, steer, tidy
 from tui.cli.common import EXIT_DONE, EXIT_INTERRUPTED, EXIT_USAGE
 from tui.terminal import user_error
 
@@ -42,6 +42,8 @@ for _command in (
     listing.show,
     steer.attach,
     steer.ctl,
+    tidy.rm,
+    tidy.prune,
 ):
     cli.add_command(_command)
 
