@@ -32,7 +32,7 @@ def open_folder(config: DataConfig) -> RawData:
     train_paths, val_paths, class_names = index_folder(root, config, channels)
     decode = image_decoder(channels)
     warnings = []
-    bad = undecodable(train_paths + val_paths, decode)
+    bad = sorted(undecodable(train_paths + val_paths, decode))
     if bad and not config.skip_bad_images:
         raise ConfigError(bad_image_message(config.dataset, bad, decode))
     if bad:

@@ -76,9 +76,9 @@ def check_tfds(config: DataConfig) -> None:
             prepared and cannot be downloaded here, or a split it lacks is asked for.
     """
     ref = parse_ref(config.dataset)
+    if ref.namespace or "://" in data_dir_text(config.data_dir):
+        return  # a community namespace, or a bucket: only TFDS can look there
     root = data_dir_root(config.data_dir)
-    if ref.namespace or "://" in str(root):
-        return
     infos = prepared_infos(root, ref)
     if infos:
         check_splits(config, infos)
@@ -114,10 +114,14 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", first).lower()
 
 
-def data_dir_root(data_dir: Optional[str]) -> Path:
+def data_dir_text(data_dir: Optional[str]) -> str:
     """Where TFDS keeps prepared datasets: ``data.data_dir``, ``$TFDS_DATA_DIR``, or its default."""
-    chosen = data_dir or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR
-    return Path(chosen).expanduser()
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+def data_dir_root(data_dir: Optional[str]) -> Path:
+    """:func:`data_dir_text` as a local path."""
+    return Path(data_dir_text(data_dir)).expanduser()
 
 
 def prepared_infos(root: Path, ref: TfdsRef) -> list[Path]:
