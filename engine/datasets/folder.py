@@ -31,14 +31,12 @@ def open_folder(config: DataConfig) -> RawData:
         )
     train_paths, val_paths, class_names = index_folder(root, config, channels)
     decode = image_decoder(channels)
-    warnings = []
     bad = sorted(undecodable(train_paths + val_paths, decode))
     if bad and not config.skip_bad_images:
         raise ConfigError(bad_image_message(config.dataset, bad, decode))
-    if bad:
-        # Left out after the seeded split, so the other files keep their side of it.
-        train_paths, val_paths = without(train_paths, bad), without(val_paths, bad)
-        warnings.append(skipped_message(config.dataset, root, bad))
+    # Left out after the seeded split, so the other files keep their side of it.
+    train_paths, val_paths = without(train_paths, bad), without(val_paths, bad)
+    warnings = [skipped_message(config.dataset, root, bad)] if bad else []
     load_image = image_loader(config, decode, channels)
     train = path_source(train_paths, root, class_names, load_image)
     val = path_source(val_paths, root, class_names, load_image) if val_paths else None
@@ -104,6 +102,8 @@ def host_constants(paths: list[str], labels: list[int]) -> tuple[tf.Tensor, tf.T
 
 
 def without(paths: list[str], left_out: list[str]) -> list[str]:
+    if not left_out:
+        return paths
     dropped = set(left_out)
     return [path for path in paths if path not in dropped]
 
