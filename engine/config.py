@@ -111,6 +111,9 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(10_000, ge=0)
     # "auto" caches datasets that fit in a few hundred MB.
     cache: Literal["auto", "yes", "no"] = "auto"
+    # folder: an image that cannot be decoded ends the run naming its file (false),
+    # or is left out and counted in the run's log (true).
+    skip_bad_images: bool = False
     # synthetic: examples per epoch.
     synthetic_examples: int = Field(2048, gt=0)
     seed: int = 0

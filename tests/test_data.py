@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -265,6 +266,95 @@ def test_folder_too_small_to_split_is_a_config_error(image_folder):
     config = DataConfig(dataset=f"folder:{image_folder}", validation_split=0.01)
     with pytest.raises(ConfigError, match=r"data.validation_split=0.01"):
         load_data(config, batch_size=4)
+
+
+def break_images(folder) -> list:
+    """A truncated PNG, an empty file and a web page saved as a JPEG, beside the good images."""
+    truncated = folder / "dog" / "truncated.png"
+    truncated.write_bytes((folder / "dog" / "0.png").read_bytes()[:60])
+    empty = folder / "cat" / "empty.png"
+    empty.write_bytes(b"")
+    page = folder / "owl" / "page.jpg"
+    page.write_text("<html>404 Not Found</html>")
+    return [empty, truncated, page]
+
+
+def test_a_corrupt_image_is_named_before_training(image_folder):
+    truncated = image_folder / "dog" / "truncated.png"
+    truncated.write_bytes((image_folder / "dog" / "0.png").read_bytes()[:60])
+    config = DataConfig(dataset=f"folder:{image_folder}", image_size=(8, 8))
+    with pytest.raises(ConfigError) as caught:
+        load_data(config, batch_size=4)
+    assert str(caught.value) == (
+        f"folder:{image_folder}: cannot decode {truncated}: Invalid PNG data, size 60; "
+        "replace or remove it, or set data.skip_bad_images = true to train without it"
+    )
+
+
+def test_every_bad_image_is_found_and_counted(image_folder):
+    empty = break_images(image_folder)[0]
+    config = DataConfig(dataset=f"folder:{image_folder}", image_size=(8, 8))
+    with pytest.raises(ConfigError) as caught:
+        load_data(config, batch_size=4)
+    assert f"cannot decode {empty}: Input is empty. (and 2 more); replace" in str(caught.value)
+
+
+@pytest.mark.parametrize("cache", ["auto", "no"])
+def test_skip_bad_images_leaves_them_out_and_says_which(image_folder, cache):
+    bad = break_images(image_folder)
+    config = DataConfig(
+        dataset=f"folder:{image_folder}", image_size=(8, 8), skip_bad_images=True, cache=cache
+    )
+    bundle = load_data(config, batch_size=4)
+    # The 18 good images, split as they would be without the bad ones beside them.
+    assert bundle.train_examples + bundle.val_examples == 18
+    named = ", ".join(str(path.relative_to(image_folder)) for path in bad)
+    assert bundle.warnings == [
+        f"folder:{image_folder}: skipped 3 images that cannot be decoded (data.skip_bad_images): {named}"
+    ]
+    images, labels = stacked(bundle.train_for_epoch(1))
+    assert images.shape[1:] == (8, 8, 3) and np.isfinite(images).all()
+    assert len(batches_of(bundle.val)) >= 1
+
+
+@pytest.mark.slow
+def test_a_run_on_a_folder_with_a_corrupt_png(convdeck_home, image_folder):
+    """As a user meets it: exit 2 naming the file; with skip_bad_images the run trains and logs it."""
+    from conftest import run_cli
+
+    truncated = image_folder / "dog" / "truncated.png"
+    truncated.write_bytes((image_folder / "dog" / "0.png").read_bytes()[:60])
+    args = ["run", "--set", f"data.dataset=folder:{image_folder}", "--set", "train.epochs=1"]
+    args += ["--set", "train.batch_size=4", "--set", "data.validation_split=0.25", "--json"]
+    failed = run_cli(*args)
+    assert failed.returncode == 2, failed.stderr
+    assert f"cannot decode {truncated}: Invalid PNG data, size 60" in failed.stderr
+    skipped = run_cli(*args, "--set", "data.skip_bad_images=true")
+    assert skipped.returncode == 0, skipped.stderr
+    events = [json.loads(line) for line in skipped.stdout.splitlines() if line.startswith("{")]
+    logs = [event["message"] for event in events if event["type"] == "log"]
+    expected = f"folder:{image_folder}: skipped 1 image that cannot be decoded (data.skip_bad_images): "
+    assert expected + "dog/truncated.png" in logs
+    assert events[-1]["type"] == "finished" and events[-1]["reason"] == "completed"
+
+
+def test_undecodable_names_many_files_in_their_order(tmp_path):
+    from engine.datasets.bad_images import skipped_message, undecodable
+    from engine.datasets.folder import image_decoder
+
+    paths = []
+    for number in range(12):
+        path = tmp_path / f"{number:02d}.png"
+        if number % 2:
+            path.write_bytes(b"not a png")
+        else:
+            write_png(path, 4, 4, number)
+        paths.append(str(path))
+    bad = undecodable(paths, image_decoder(3))
+    assert bad == paths[1::2]
+    message = skipped_message("folder:x", tmp_path, bad)
+    assert message.endswith("skipped 6 images that cannot be decoded (data.skip_bad_images): "
+                            "01.png, 03.png, 05.png, 07.png, 09.png, ...")
 
 
 # ----- tfds ---------------------------------------------------------------------

@@ -11,18 +11,18 @@ import tensorflow as tf
 
 from engine.config import ConfigError, DataConfig
 from engine.datasets import first_line
+from engine.datasets.bad_images import bad_image_message, skipped_message, undecodable
+from engine.datasets.folder_layout import check_layout, folder_root
 from engine.datasets.images import resize, to_unit_range
 from engine.datasets.sources import IndexedSource, RawData, on_host
 
-# The formats keras.utils.image_dataset_from_directory reads.
-IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
 DEFAULT_CHANNELS = 3
 
 
 def open_folder(config: DataConfig) -> RawData:
-    """Index and split the folder with Keras, then load each image on demand by index."""
-    root = Path(config.dataset.partition(":")[2]).expanduser()
+    """Index and split the folder with Keras, check that every file decodes, then load on demand."""
+    root = folder_root(config.dataset)
     check_layout(root, config.dataset)
     channels = config.channels or DEFAULT_CHANNELS
     if channels not in COLOR_MODES:
@@ -30,7 +30,14 @@ def open_folder(config: DataConfig) -> RawData:
             f"data.channels: folder images can have 1, 3 or 4 channels, got {channels}"
         )
     train_paths, val_paths, class_names = index_folder(root, config, channels)
-    load_image = image_loader(config, channels)
+    decode = image_decoder(channels)
+    bad = sorted(undecodable(train_paths + val_paths, decode))
+    if bad and not config.skip_bad_images:
+        raise ConfigError(bad_image_message(config.dataset, bad, decode))
+    # Left out after the seeded split, so the other files keep their side of it.
+    train_paths, val_paths = without(train_paths, bad), without(val_paths, bad)
+    warnings = [skipped_message(config.dataset, root, bad)] if bad else []
+    load_image = image_loader(config, decode, channels)
     train = path_source(train_paths, root, class_names, load_image)
     val = path_source(val_paths, root, class_names, load_image) if val_paths else None
     return RawData(
@@ -39,38 +46,8 @@ def open_folder(config: DataConfig) -> RawData:
         val=val,
         num_classes=len(class_names),
         input_shape=(*config.image_size, channels),
+        warnings=warnings,
     )
-
-
-def check_layout(root: Path, dataset: str) -> None:
-    """Explain, in one line, what is wrong with a folder that is not a class-per-folder tree."""
-    expected = f"expected {root}/<class_name>/<image files>"
-    if not root.exists():
-        raise ConfigError(f"{dataset}: no such folder; {expected}")
-    if not root.is_dir():
-        raise ConfigError(f"{dataset}: {root} is a file, not a folder; {expected}")
-    entries = list(root.iterdir())
-    class_folders = [entry for entry in entries if entry.is_dir()]
-    if not entries:
-        raise ConfigError(f"{dataset}: the folder is empty; {expected}")
-    if not class_folders:
-        raise ConfigError(
-            f"{dataset}: no class subfolders (found {len(entries)} files at the top); {expected}"
-        )
-    classes_with_images = sorted(folder.name for folder in class_folders if has_images(folder))
-    if not classes_with_images:
-        raise ConfigError(
-            f"{dataset}: no images ({' '.join(IMAGE_SUFFIXES)}) in its class subfolders; {expected}"
-        )
-    if len(classes_with_images) < 2:
-        raise ConfigError(
-            f"{dataset}: needs at least 2 class subfolders with images, "
-            f"found {classes_with_images}; {expected}"
-        )
-
-
-def has_images(folder: Path) -> bool:
-    return any(path.suffix.lower() in IMAGE_SUFFIXES for path in folder.rglob("*"))
 
 
 def index_folder(
@@ -124,13 +101,28 @@ def host_constants(paths: list[str], labels: list[int]) -> tuple[tf.Tensor, tf.T
     return tf.constant(paths, tf.string), tf.constant(np.asarray(labels, np.int32))
 
 
-def image_loader(config: DataConfig, channels: int):
-    """Decode as Keras does (``decode_image`` then ``resize``) and scale to [0, 1]."""
+def without(paths: list[str], left_out: list[str]) -> list[str]:
+    if not left_out:
+        return paths
+    dropped = set(left_out)
+    return [path for path in paths if path not in dropped]
+
+
+def image_decoder(channels: int):
+    """Read and decode one file as Keras does: ``decode_image``, first frame of a GIF."""
+
+    def decode(path: tf.Tensor) -> tf.Tensor:
+        encoded = tf.io.read_file(path)
+        return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+
+    return decode
+
+
+def image_loader(config: DataConfig, decode, channels: int):
+    """Decode, scale to [0, 1] and ``resize`` to the configured size."""
 
     def load_image(path: tf.Tensor) -> tf.Tensor:
-        encoded = tf.io.read_file(path)
-        image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-        image = to_unit_range(image)
+        image = to_unit_range(decode(path))
         image.set_shape([None, None, channels])
         return resize(image, config.image_size, config.resize_method)
 

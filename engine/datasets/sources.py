@@ -18,7 +18,7 @@ sees exactly the batches the interrupted one would have seen.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 import numpy as np
@@ -173,6 +173,8 @@ class RawData:
     input_shape: tuple[int, int, int]
     # Synthetic images are zero-mean, unit-variance by construction.
     normalized: bool = False
+    # One line each, for the run's log: what opening the data left out or changed.
+    warnings: list[str] = field(default_factory=list)
 
 
 def materialize(source: Source, chunk_size: int = 1024) -> TensorSource:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import os
 from typing import Optional
 
 import tensorflow as tf
@@ -12,13 +10,15 @@ from engine.config import ConfigError, DataConfig
 from engine.datasets import first_line, network
 from engine.datasets.images import match_channels, resize, to_unit_range
 from engine.datasets.sources import RawData, StreamSource
+from engine.datasets.tfds_catalog import not_prepared_message as catalog_not_prepared_message
+from engine.datasets.tfds_catalog import unknown_dataset_message
 
 
 def open_tfds(config: DataConfig) -> RawData:
     """Open NAME's train and validation splits as streams of unnormalised images."""
     name = config.dataset.partition(":")[2]
     builder = make_builder(name, config)
-    ensure_prepared(builder, name, config)
+    ensure_prepared(builder, config)
     image_key, label_key = feature_keys(builder, config)
     num_classes = label_classes(builder, label_key, config)
     channels = config.channels or checked_image_feature(builder, image_key, config).shape[-1] or 3
@@ -46,23 +46,18 @@ def make_builder(name: str, config: DataConfig):
     try:
         return tfds.builder(name, data_dir=config.data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        close = difflib.get_close_matches(name, tfds.list_builders(), n=1, cutoff=0.6)
-        hint = f" (did you mean 'tfds:{close[0]}'?)" if close else ""
-        raise ConfigError(
-            f"unknown dataset {config.dataset!r}{hint}; "
-            "TFDS names are listed at https://www.tensorflow.org/datasets/catalog/overview"
-        ) from None
+        raise ConfigError(unknown_dataset_message(config.dataset, tfds.list_builders())) from None
     except Exception as error:  # a broken or unsupported builder: still the user's dataset
         raise ConfigError(f"dataset {config.dataset}: {first_line(error)}") from None
 
 
-def ensure_prepared(builder, name: str, config: DataConfig) -> None:
+def ensure_prepared(builder, config: DataConfig) -> None:
     """Download and prepare NAME if needed, or say in one line why it cannot be."""
     if builder.is_prepared() or tfds_is_mocked():
         return
     reason = network.unreachable_reason()
     if reason:
-        raise ConfigError(not_prepared_message(builder, name, config, reason))
+        raise ConfigError(not_prepared_message(builder, config, reason))
     try:
         builder.download_and_prepare()
     except ModuleNotFoundError as error:
@@ -73,7 +68,7 @@ def ensure_prepared(builder, name: str, config: DataConfig) -> None:
             f"{error.name!r}, which is not installed; run: pip install {error.name}"
         ) from None
     except Exception as error:  # network, checksums, manual-download instructions
-        raise ConfigError(not_prepared_message(builder, name, config, first_line(error))) from None
+        raise ConfigError(not_prepared_message(builder, config, first_line(error))) from None
 
 
 def tfds_is_mocked() -> bool:
@@ -84,22 +79,8 @@ def tfds_is_mocked() -> bool:
     return getattr(prepare, "__name__", "") == "mock_download_and_prepare"
 
 
-def not_prepared_message(builder, name: str, config: DataConfig, reason: str) -> str:
-    root = home_relative(str(builder.data_dir_root))
-    default_root = "~/tensorflow_datasets"
-    where = "this machine (or set data.data_dir)"
-    if root != default_root:
-        where = f"{root}/{builder.name} on this machine"
-    return (
-        f"dataset {config.dataset} is not prepared in {root} and cannot be downloaded here "
-        f'({reason}); on a machine with internet run: python -c "import tensorflow_datasets '
-        f"as tfds; tfds.load('{name}')\" and copy {default_root}/{builder.name} to {where}"
-    )
-
-
-def home_relative(path: str) -> str:
-    home = os.path.expanduser("~")
-    return "~" + path[len(home) :] if path == home or path.startswith(home + os.sep) else path
+def not_prepared_message(builder, config: DataConfig, reason: str) -> str:
+    return catalog_not_prepared_message(config.dataset, builder.name, builder.data_dir_root, reason)
 
 
 def feature_keys(builder, config: DataConfig) -> tuple[str, str]:

@@ -456,8 +456,10 @@ def preflight(config: RunConfig) -> None:
     TensorFlow to load, and the runs list a failed run, for the common ones.
 
     Raises:
-        ConfigError: the images are smaller than the architecture accepts.
+        ConfigError: the images are smaller than the architecture accepts, or
+            the dataset cannot load (:func:`engine.datasets.checks.check_dataset`).
     """
+    from engine.datasets.checks import check_dataset
     from engine.models import min_input_size
 
     minimum = min_input_size(config.model)
@@ -468,6 +470,7 @@ def preflight(config: RunConfig) -> None:
             f"model.arch {config.model.arch!r} needs images of at least {minimum}x{minimum}; "
             f"got {height}x{width} (set data.image_size = {suggestion})"
         )
+    check_dataset(config.data)
 
 
 async def start_run(config: RunConfig, home: Path | None = None) -> RunHandle:

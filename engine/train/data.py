@@ -72,6 +72,8 @@ class DataBundle:
     mean: list[float]
     std: list[float]
     description: str
+    # What opening the data left out (e.g. images that cannot be decoded), for the run's log.
+    warnings: list[str] = field(default_factory=list)
     _epoch_batches: Optional[Callable[[int, int], tf.data.Dataset]] = field(
         default=None, repr=False, compare=False
     )
@@ -127,6 +129,7 @@ def load_data(data_cfg: DataConfig, batch_size: int, *, seed: int = 0) -> DataBu
         mean=mean,
         std=std,
         description=describe(raw, train.count, val_examples),
+        warnings=raw.warnings,
         _epoch_batches=epoch_batches,
     )
 

@@ -339,6 +339,8 @@ class Trainer:
             OutOfMemory: a step ran out of memory; the weights are those before it.
         """
         self._emit_started()
+        for warning in self.data.warnings:
+            self.events.emit("log", level="warning", message=warning)
         self._started = time.monotonic()
         # A restore point before the first step: a NaN or an out-of-memory
         # error early on has good weights to go back to.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from engine.config import ConfigError
-from tui.cli import evaluate, fit_batch, follow, listing, notify, queue, steer, sweep
+from tui.cli import evaluate, fit_batch, follow, listing, notify, queue, steer, sweep, tidy
 from tui.cli.common import EXIT_DONE, EXIT_INTERRUPTED, EXIT_USAGE
 from tui.terminal import user_error
 
@@ -47,6 +47,8 @@ for _command in (
     sweep.sweep,
     notify.notify,
     evaluate.evaluate,
+    tidy.rm,
+    tidy.prune,
 ):
     cli.add_command(_command)
 
