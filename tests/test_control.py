@@ -55,7 +55,7 @@ def test_a_remedy_that_does_not_apply_is_refused_and_the_run_goes_on():
     state = ControlState()
     state.remedy_blocker = lambda name: "mixed precision is already on" if name == "mixed-precision" else None
     reply = state.request("remedy", "mixed-precision")
-    assert reply == {"ok": False, "error": "remedy 'mixed-precision' does not apply: mixed precision is already on"}
+    assert reply == {"ok": False, "error": "remedy 'mixed-precision' refused: mixed precision is already on"}
     assert state.take_remedy() is None
     assert state.request("remedy", "halve-batch")["ok"] and state.take_remedy() == "halve-batch"
 

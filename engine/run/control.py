@@ -39,7 +39,8 @@ class ControlState:
         self.waiting_for_remedy = False
         self.status: dict = {"state": "starting"}
         self.remedy_blocker: Callable[[str], str | None] = lambda name: None
-        """Why a remedy cannot apply to the run as it trains now (the worker sets it), or None."""
+        """Why a remedy cannot be taken now (the worker sets it: not while starting, not one
+        that does not apply to the config it trains), or None."""
 
     def request(self, command: str, name: str | None = None) -> dict:
         """Apply one command; returns the reply (``ok`` and a message or error)."""
@@ -64,7 +65,7 @@ class ControlState:
                 return {"ok": False, "error": unknown_remedy(name)}
             why_not = self.remedy_blocker(name)
             if why_not:  # refused here: asked for, it would end the run instead of changing it
-                return {"ok": False, "error": f"remedy {name!r} does not apply: {why_not}"}
+                return {"ok": False, "error": f"remedy {name!r} refused: {why_not}"}
             self.remedy = name
         else:
             return {"ok": False, "error": f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"}

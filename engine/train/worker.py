@@ -13,7 +13,6 @@ Exit codes: 0 finished or stopped, 1 failed, 2 the config is a user error.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
@@ -85,6 +84,16 @@ class Worker:
         self.control = ControlState()
         self.server = ControlServer(run_dir / SOCKET_FILE, self.handle_command)
         self.trainer = None
+        self.trained: tuple | None = None
+        """(config, replicas) once the trainer is set up: what a remedy asked for would change."""
+        self.control.remedy_blocker = self._remedy_blocker
+
+    def _remedy_blocker(self, name: str) -> str | None:
+        """Why the control socket refuses remedy ``name`` now, or None: asked for, it would end the run."""
+        if self.trained is None:  # the replicas a halved batch must split over are not known yet
+            return "the worker is still starting; ask again once it trains"
+        config, replicas = self.trained
+        return blocker(name, config, replicas)
 
     def handle_command(self, request: dict) -> dict:
         reply = self.control.request(request["command"], request.get("name"))
@@ -131,7 +140,7 @@ class Worker:
         faults = parse_faults(fired_path=self.run_dir / FAULTS_FIRED_FILE)
         self.trainer = Trainer(config, self.run_dir, self.events, self.control, faults)
         self.trainer.setup(resume=self.resume, progress_from=self.progress_from)
-        self.control.remedy_blocker = functools.partial(blocker, config=config, replicas=self.trainer.dist.replicas)
+        self.trained = (config, self.trainer.dist.replicas)
         warn_if_memory_short(self.trainer, free_before, self.events)
         if self.trainer.dist.multi_worker:
             # MultiWorkerMirroredStrategy's runtime takes SIGTERM for itself: take it back.
