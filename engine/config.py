@@ -13,6 +13,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine import remedies
 from engine.errors import ConfigError  # noqa: F401 - re-exported: engine.config.ConfigError
 
 if sys.version_info >= (3, 11):
@@ -30,7 +31,6 @@ ARCHITECTURES = (
     "mobilenetv2",
 )
 DATASET_KINDS = ("digits", "synthetic", "tfds:NAME", "folder:PATH")
-OOM_POLICIES = ("ask", "halve", "halve-accumulate", "resnet18", "stop")
 
 
 class _Section(BaseModel):
@@ -172,12 +172,27 @@ class TrainConfig(_Section):
     # a killed worker loses at most this many steps.
     checkpoint_every: int = Field(200, gt=0)
     keep_checkpoints: int = Field(3, gt=0)
-    on_oom: Literal["ask", "halve", "halve-accumulate", "resnet18", "stop"] = "ask"
+    # ask | stop | a remedy's name (engine.remedies is the list); checked below.
+    on_oom: str = "ask"
     on_nan: Literal["pause", "stop"] = "pause"
     strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
     devices: list[str] = Field(default_factory=list)
     virtual_cpus: int = Field(0, ge=0)
     seed: int = 0
+
+    @field_validator("on_oom", mode="before")
+    @classmethod
+    def _former_remedy_name(cls, value: Any) -> Any:
+        # Old configs and presets say "halve": read it as "halve-batch", with a hint.
+        return remedies.read_policy(value)
+
+    @field_validator("on_oom")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        policies = remedies.oom_policies()  # read now: the catalogue is the list
+        if value in policies:
+            return value
+        raise ValueError(f"got {value!r}{_did_you_mean(value, policies)}; expected one of {', '.join(policies)}")
 
 
 class RunConfig(_Section):

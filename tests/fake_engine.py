@@ -16,13 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig, validate_config
-
-REMEDY_CHANGES = {
-    "halve-batch": {"train.batch_size": "halve"},
-    "halve-accumulate": {"train.batch_size": "halve", "train.accumulation_steps": "double"},
-    "mixed-precision": {"train.mixed_precision": "on"},
-    "resnet18": {"model.arch": "resnet"},
-}
+from engine.remedies import applicable_remedies, apply_remedy
 
 
 @dataclass
@@ -205,20 +199,7 @@ class FakeRun:
         return event
 
     def _remedy_event(self, name: str) -> dict:
-        train = self._config.train
-        changes: dict[str, list] = {}
-        if name in ("halve-batch", "halve-accumulate"):
-            changes["train.batch_size"] = [train.batch_size, max(1, train.batch_size // 2)]
-        if name == "halve-accumulate":
-            changes["train.accumulation_steps"] = [
-                train.accumulation_steps,
-                train.accumulation_steps * 2,
-            ]
-        if name == "mixed-precision":
-            changes["train.mixed_precision"] = [False, True]
-        if name == "resnet18":
-            changes["model.arch"] = [self._config.model.arch, "resnet"]
-            changes["model.blocks"] = [self._config.model.blocks, [2, 2, 2, 2]]
+        _, changes = apply_remedy(name, self._config)  # what the worker would write
         return {"type": "remedy_applied", "name": name, "changes": changes}
 
 
@@ -342,29 +323,13 @@ def training_events(
 
 
 def oom_event(step: int, batch_size: int = 256, now: float = 1_700_000_000.0) -> dict:
-    """An ``oom`` event offering the four remedies."""
+    """An ``oom`` event offering what the worker would offer for LeNet-5 at ``batch_size``."""
+    config = validate_config({"train": {"batch_size": batch_size}})
     return {
         "type": "oom",
         "time": now,
         "step": step,
         "batch_size": batch_size,
         "message": "OOM when allocating tensor with shape[256,64,112,112]",
-        "remedies": [
-            {
-                "name": "halve-batch",
-                "key": "h",
-                "effect": f"batch {batch_size} -> {batch_size // 2}",
-            },
-            {
-                "name": "halve-accumulate",
-                "key": "a",
-                "effect": f"batch {batch_size // 2} x 2 accumulated (same effective batch)",
-            },
-            {
-                "name": "mixed-precision",
-                "key": "m",
-                "effect": "float16 activations, about half the memory",
-            },
-            {"name": "resnet18", "key": "r", "effect": "ResNet [2,2,2,2], fewer activations"},
-        ],
+        "remedies": applicable_remedies(config),
     }

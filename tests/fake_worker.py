@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from engine.remedies import REMEDIES, unknown_remedy
+
 
 class FakeWorker:
     def __init__(self, run_dir: Path, resume: bool) -> None:
@@ -182,6 +184,8 @@ def _reply(worker: FakeWorker, request: dict) -> dict:
         }
     elif command != "remedy":
         return {"ok": False, "error": f"unknown command {command!r}"}
+    elif request.get("name") not in REMEDIES:  # the worker's own check, from the catalogue
+        return {"ok": False, "error": unknown_remedy(request.get("name"))}
     return {"ok": True, "command": command, **request}
 
 

@@ -494,7 +494,7 @@ def test_real_run_interrupted_then_resumed_continues_its_steps(convdeck_home):
 @pytest.mark.slow
 def test_run_follows_the_worker_through_an_out_of_memory_remedy(convdeck_home, monkeypatch):
     monkeypatch.setenv("CONVDECK_FAULTS", "oom:batch_size>16")  # batch 32 "runs out of memory"
-    args = ("--set", "train.epochs=1", "--set", "train.on_oom=halve", *REAL_RUN)
+    args = ("--set", "train.epochs=1", "--set", "train.on_oom=halve-batch", *REAL_RUN)
     result = run_cli("run", "lenet5-digits", *args, timeout=170)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "out of memory at step 1 with batch 32" in result.stdout

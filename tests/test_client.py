@@ -231,7 +231,7 @@ def test_resume_refuses_finished_and_live_runs(convdeck_home, events, pid, messa
 
 def test_resume_refuses_an_unknown_remedy(convdeck_home):
     make_run(convdeck_home, "r1", [started()], pid=dead_pid())
-    with pytest.raises(ConfigError, match="unknown remedy 'halve'"):
+    with pytest.raises(ConfigError, match="got 'halve', which is now called 'halve-batch'"):
         client.resume_run_sync("r1", remedy="halve")
 
 

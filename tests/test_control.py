@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.remedies import REMEDIES
 from engine.run import control
-from engine.run.control import REMEDIES, ControlServer, ControlState, short_socket_path
+from engine.run.control import ControlServer, ControlState, short_socket_path
 
 # -- ControlState --------------------------------------------------------------
 
@@ -50,12 +51,21 @@ def test_valid_remedy_is_taken_once(name):
     assert state.take_remedy() is None
 
 
+def test_a_remedy_that_does_not_apply_is_refused_and_the_run_goes_on():
+    state = ControlState()
+    state.remedy_blocker = lambda name: "mixed precision is already on" if name == "mixed-precision" else None
+    reply = state.request("remedy", "mixed-precision")
+    assert reply == {"ok": False, "error": "remedy 'mixed-precision' refused: mixed precision is already on"}
+    assert state.take_remedy() is None
+    assert state.request("remedy", "halve-batch")["ok"] and state.take_remedy() == "halve-batch"
+
+
 @pytest.mark.parametrize("name", [None, "", "halve", "double-batch"])
 def test_invalid_remedy_is_refused(name):
     state = ControlState()
     reply = state.request("remedy", name)
     assert reply["ok"] is False
-    assert repr(name) in reply["error"]
+    assert (repr(name) if name is not None else "missing") in reply["error"]
     assert all(remedy in reply["error"] for remedy in REMEDIES)
     assert state.take_remedy() is None
 

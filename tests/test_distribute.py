@@ -132,7 +132,7 @@ def test_halve_batch_halves_the_global_batch_under_mirrored(convdeck_home: Path)
             "train.batch_size=64",
             "train.strategy=mirrored",
             "train.virtual_cpus=2",
-            "train.on_oom=halve",
+            "train.on_oom=halve-batch",
         ],
         env={"CONVDECK_FAULTS": "oom:batch_size>16"},
     )
@@ -150,13 +150,14 @@ def test_halve_batch_halves_the_global_batch_under_mirrored(convdeck_home: Path)
 
 def test_halving_must_leave_a_batch_that_splits_over_the_replicas() -> None:
     config = load_preset(PRESET, ["train.batch_size=12"])
-    offered = applicable_remedies(config)
-    names = lambda rs: [r["name"] for r in rs]  # noqa: E731
-    assert "halve-batch" in names(strategy.split_remedies(offered, 12, 2))  # 6 = 2 x 3
-    assert "halve-batch" not in names(strategy.split_remedies(offered, 12, 4))  # 6 over 4
-    assert "halve-accumulate" not in names(strategy.split_remedies(offered, 12, 4))
-    assert "mixed-precision" in names(strategy.split_remedies(offered, 12, 4))
-    halved, changes = apply_remedy("halve-batch", config)
+    names = lambda replicas: [r["name"] for r in applicable_remedies(config, replicas)]  # noqa: E731
+    assert "halve-batch" in names(2)  # 6 = 2 x 3
+    assert "halve-batch" not in names(4)  # 6 over 4
+    assert "halve-accumulate" not in names(4)
+    assert "mixed-precision" in names(4)
+    with pytest.raises(ConfigError, match=r"half the batch \(6\) does not split evenly over 4 replicas"):
+        apply_remedy("halve-batch", config, replicas=4)
+    halved, changes = apply_remedy("halve-batch", config, replicas=2)
     assert halved.train.batch_size == 6 and changes["train.batch_size"] == [12, 6]
 
 

@@ -139,6 +139,7 @@ def kinds_of(events: list[dict], *kinds: str) -> list[str]:
 
 # The runs every test of this module checks, all started before the first test.
 SCENARIOS: dict[str, tuple[list[str], str]] = {
+    # The former name of halve-batch: old configs still run, read as the new one.
     "halve": (["train.on_oom=halve", "train.steps_per_epoch=10"], "oom:step=3"),
     "ask": (["train.on_oom=ask", "train.steps_per_epoch=10"], "oom:step=4"),
     "accumulate": (["train.on_oom=halve-accumulate", "train.steps_per_epoch=10"], "oom:step=3"),
@@ -153,7 +154,7 @@ SCENARIOS: dict[str, tuple[list[str], str]] = {
         ],
         "oom:step=3",
     ),
-    "floor": (["train.batch_size=1", "train.on_oom=halve"], "oom:batch_size>0"),
+    "floor": (["train.batch_size=1", "train.on_oom=halve-batch"], "oom:batch_size>0"),
     "stop": (["train.on_oom=stop", "train.steps_per_epoch=8"], "oom:step=3"),
 }
 
@@ -196,7 +197,7 @@ def test_halve_policy_restarts_at_half_the_batch_and_the_step_count_goes_on(runs
     assert final["type"] == "finished" and final["reason"] == "completed", runs.describe("halve")
     events = runs.events("halve")
     (oom,) = runs.of("halve", "oom")
-    assert oom["step"] == 3 and oom["batch_size"] == 32 and oom["policy"] == "halve"
+    assert oom["step"] == 3 and oom["batch_size"] == 32 and oom["policy"] == "halve-batch"
     assert "injected by CONVDECK_FAULTS" in oom["message"]
     offered = {remedy["name"]: remedy["effect"] for remedy in oom["remedies"]}
     assert offered["halve-batch"].startswith("batch 32 -> 16")
@@ -265,7 +266,8 @@ def test_resnet18_policy_switches_the_model_and_marks_the_chart(runs):
 def test_floor_at_batch_size_one_the_policy_stops_instead_of_looping(runs):
     final = runs.wait_done("floor")
     assert final["type"] == "failed", runs.describe("floor")
-    assert "batch 1" in final["error"] and "cannot apply at batch size 1" in final["error"]
+    assert "batch 1" in final["error"] and "'halve-batch' cannot apply" in final["error"]
+    assert "the batch size is already 1" in final["error"]
     (oom,) = runs.of("floor", "oom")  # one OOM, no restart
     assert "halve-batch" not in [r["name"] for r in oom["remedies"]]
     assert runs.of("floor", "remedy_applied") == [] and len(runs.of("floor", "run_started")) == 1
@@ -406,7 +408,7 @@ def test_unattended_policy_halves_three_times_down_to_a_batch_that_fits():
         live.start(
             "floor",
             "train.batch_size=64",
-            "train.on_oom=halve",
+            "train.on_oom=halve-batch",
             "train.steps_per_epoch=3",
             faults="oom:batch_size>8",
         )

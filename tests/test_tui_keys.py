@@ -7,6 +7,7 @@ import pytest
 from textual.widgets import Input, OptionList
 
 from engine.gpu import RecordedSource
+from engine.remedies import REMEDIES
 from tests.fake_engine import (
     FakeEngine,
     FakeRun,
@@ -98,10 +99,7 @@ async def test_x_asks_before_stopping():
         assert not app.screen.has_class("-watching")  # the preset list is back
 
 
-@pytest.mark.parametrize(
-    "key,name",
-    [("h", "halve-batch"), ("a", "halve-accumulate"), ("m", "mixed-precision"), ("r", "resnet18")],
-)
+@pytest.mark.parametrize("key,name", [(remedy.key, remedy.name) for remedy in REMEDIES.values()])
 async def test_each_remedy_key_after_an_oom(key, name):
     engine = FakeEngine(presets=[make_preset("lenet5-digits", train={"batch_size": 256})])
     app = make_app(engine)

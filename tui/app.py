@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, OptionList, Static
 
 from engine.gpu import GpuSource
+from engine.remedies import REMEDIES
 from tui.chart_keys import ChartKeys, chart_bindings
 from tui.engine_link import Engine, RunLink
 from tui.messages import (
@@ -44,7 +45,7 @@ from tui.widgets.header import RunHeader
 from tui.widgets.log_pane import LogPane
 from tui.widgets.loss_chart import SMOOTHINGS, VIEWS, LossChart
 from tui.widgets.preset_list import DEFAULT_PRESET, PresetList
-from tui.widgets.remedy_bar import RemedyBar
+from tui.widgets.remedy_bar import RemedyBar, remedy_bindings, remedy_title
 
 if TYPE_CHECKING:  # pydantic costs ~0.1 s: the first frame does not wait for it
     from engine.config import RunConfig
@@ -81,16 +82,6 @@ MAIN_SCREEN_ACTIONS = frozenset(
 HISTORY_STEPS = 20_000
 """Step events replayed when attaching to a long run: ~40 per bucket of a 512-bucket chart,
 each weighted by the steps it stands for (a million-step run reaches its live tail in ~1 s)."""
-
-REMEDIES_GROUP = Binding.Group("Remedy", compact=True)
-
-REMEDY_NAMES = {
-    "halve-batch": "halve the batch",
-    "halve-accumulate": "halve the batch, accumulate gradients",
-    "mixed-precision": "mixed precision",
-    "resnet18": "switch to ResNet [2,2,2,2]",
-}
-
 
 def _until_shutdown(handler: Callable) -> Callable:
     """A message handler that may run while the app shuts down: missing widgets are fine then.
@@ -132,7 +123,7 @@ class ConvdeckApp(ChartKeys, App[int]):
     # | enter   | start             | no live run; a valid config           |
     # | space   | pause or resume   | a live run                            |
     # | x       | stop (confirm)    | a live run                            |
-    # | h a m r | remedies          | a live run (the OOM bar offers them)  |
+    # | (each)  | a remedy          | a live run; keys in engine.remedies   |
     # | d       | detach            | a run is shown                        |
     # | s l t v | chart settings    | always                                |
     BINDINGS = [
@@ -146,38 +137,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         ),
         Binding("x", "stop", "Stop", tooltip="Stop the run (asks first)", id="stop"),
         Binding("d", "detach", "Detach", tooltip="Stop watching; the run keeps going", id="detach"),
-        Binding(
-            "h",
-            "remedy('halve-batch')",
-            "Halve batch",
-            tooltip="Halve the batch size (fixes most OOMs); the worker restarts from a checkpoint",
-            id="remedy.halve-batch",
-            group=REMEDIES_GROUP,
-        ),
-        Binding(
-            "a",
-            "remedy('halve-accumulate')",
-            "Halve+accum",
-            tooltip="Halve the batch and accumulate two steps: same effective batch",
-            id="remedy.halve-accumulate",
-            group=REMEDIES_GROUP,
-        ),
-        Binding(
-            "m",
-            "remedy('mixed-precision')",
-            "Mixed prec.",
-            tooltip="Switch to mixed precision (about half the activation memory)",
-            id="remedy.mixed-precision",
-            group=REMEDIES_GROUP,
-        ),
-        Binding(
-            "r",
-            "remedy('resnet18')",
-            "ResNet-18",
-            tooltip="Switch the model to ResNet [2,2,2,2]",
-            id="remedy.resnet18",
-            group=REMEDIES_GROUP,
-        ),
+        *remedy_bindings(),  # one per remedy in engine.remedies
         Binding("question_mark,f1", "help", "Help", tooltip="Keys and how it works", id="help"),
         Binding("q", "quit_app", "Quit", tooltip="Quit (asks about a live run)", id="quit"),
         Binding("slash", "filter", "Filter", tooltip="Filter the presets", id="filter"),
@@ -670,7 +630,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         self.push_screen(ConfirmStopScreen(self.state.run_id), stop)
 
     def action_remedy(self, name: str) -> None:
-        """Apply one remedy: halve-batch, halve-accumulate, mixed-precision, resnet18.
+        """Apply one remedy by its name in :data:`engine.remedies.REMEDIES`.
 
         The worker checkpoints, restarts with the remedy applied and goes on
         from the checkpoint; the chart keeps the run's history and marks the switch.
@@ -680,7 +640,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         self._remedy_asked = (name, self.state.restarts)
         self.send("remedy", name=name)
         self.query_one(LogPane).note(
-            f"asked for remedy {name} ({REMEDY_NAMES.get(name, '')}): "
+            f"asked for remedy {name} ({remedy_title(name)}): "
             "the worker checkpoints and restarts with it",
             "yellow",
         )
@@ -801,10 +761,10 @@ class ConvdeckApp(ChartKeys, App[int]):
             ("Chart: x axis", "Step, epoch or wall time", "x_axis", self.action_x_axis),
             ("Help", "Keys and how convdeck works", "help", self.action_help),
         ]
-        for name, remedy in REMEDY_NAMES.items():
+        for name in REMEDIES:
             entries.append(
                 (
-                    f"Remedy: {remedy}",
+                    f"Remedy: {remedy_title(name)}",
                     f"Send remedy {name} to the run",
                     "remedy",
                     lambda name=name: self.action_remedy(name),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.remedies import REMEDIES
 from engine.run.history import RunHistory
 
 LIVE_STATUSES = ("starting", "running", "paused", "waiting", "restarting")
@@ -15,14 +16,6 @@ LIVE_STATUSES = ("starting", "running", "paused", "waiting", "restarting")
 was accepted; the worker checkpoints and replaces itself, then says ``run_started``."""
 RESTART_LOG_PREFIX = "applying remedy "
 """How a worker's ``log`` event announced its restart before it carried ``restarting``."""
-
-DEFAULT_REMEDY_KEYS = {
-    "halve-batch": "h",
-    "halve-accumulate": "a",
-    "mixed-precision": "m",
-    "resnet18": "r",
-}
-
 
 @dataclass
 class RunState:
@@ -178,15 +171,18 @@ class RunState:
         self.reason = str(event.get("error") or "the run failed")
 
     def remedies(self) -> list[dict]:
-        """The remedies the pending OOM offers, each with a key (empty if none)."""
+        """The remedies the pending OOM offers, each with the key the app binds ("" if none).
+
+        The key is the catalogue's, not the event's: an old run's event may name another.
+        """
         if not self.pending_oom:
             return []
         offered = self.pending_oom.get("remedies") or []
         remedies = []
         for remedy in offered:
             if isinstance(remedy, dict) and remedy.get("name"):
-                key = remedy.get("key") or DEFAULT_REMEDY_KEYS.get(remedy["name"], "")
-                remedies.append({**remedy, "key": key})
+                known = REMEDIES.get(remedy["name"])
+                remedies.append({**remedy, "key": known.key if known else ""})
         return remedies
 
     def eta_seconds(self) -> float | None:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig
-from engine.run.control import COMMANDS, REMEDIES
+from engine.remedies import check_remedy
+from engine.run.control import COMMANDS
 from engine.run.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
 from engine.run.store import (
     CONFIG_FILE,
@@ -485,7 +486,7 @@ def resume_run_sync(
 
     Args:
         handle_or_ref: a handle, or a run id or unique prefix of one.
-        remedy: a remedy to apply before continuing (one of :data:`REMEDIES`).
+        remedy: a remedy to apply before continuing (a name in :data:`engine.remedies.REMEDIES`).
         home: the convdeck home, for a ref.
 
     Raises:
@@ -496,7 +497,8 @@ def resume_run_sync(
         handle = handle_or_ref
     else:
         handle = find_run(handle_or_ref, home)
-    _check_remedy(remedy)
+    if remedy is not None:
+        check_remedy(remedy)
     _check_resumable(handle)
     return _spawn(handle.run_dir, resume=True, remedy=remedy)
 
@@ -506,11 +508,6 @@ async def resume_run(
 ) -> RunHandle:
     """:func:`resume_run_sync` for async callers."""
     return resume_run_sync(handle_or_ref, remedy, home)
-
-
-def _check_remedy(remedy: str | None) -> None:
-    if remedy is not None and remedy not in REMEDIES:
-        raise ConfigError(f"unknown remedy {remedy!r}; expected one of {', '.join(REMEDIES)}")
 
 
 def _check_resumable(handle: RunHandle) -> None:

@@ -19,9 +19,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.remedies import REMEDIES, unknown_remedy
+
 log = logging.getLogger("convdeck.control")
 
-REMEDIES = ("halve-batch", "halve-accumulate", "mixed-precision", "resnet18")
 COMMANDS = ("pause", "resume", "stop", "checkpoint", "remedy", "status")
 
 
@@ -37,6 +38,9 @@ class ControlState:
         self.remedy: str | None = None
         self.waiting_for_remedy = False
         self.status: dict = {"state": "starting"}
+        self.remedy_blocker: Callable[[str], str | None] = lambda name: None
+        """Why a remedy cannot be taken now (the worker sets it: not while starting, not one
+        that does not apply to the config it trains), or None."""
 
     def request(self, command: str, name: str | None = None) -> dict:
         """Apply one command; returns the reply (``ok`` and a message or error)."""
@@ -58,7 +62,10 @@ class ControlState:
             self.checkpoint_requested = True
         elif command == "remedy":
             if name not in REMEDIES:
-                return {"ok": False, "error": f"unknown remedy {name!r}; expected one of {', '.join(REMEDIES)}"}
+                return {"ok": False, "error": unknown_remedy(name)}
+            why_not = self.remedy_blocker(name)
+            if why_not:  # refused here: asked for, it would end the run instead of changing it
+                return {"ok": False, "error": f"remedy {name!r} refused: {why_not}"}
             self.remedy = name
         else:
             return {"ok": False, "error": f"unknown command {command!r}; expected one of {', '.join(COMMANDS)}"}

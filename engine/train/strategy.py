@@ -441,14 +441,6 @@ def lost_workers_message(error: BaseException) -> str | None:
     )
 
 
-def split_remedies(remedies: list[dict], batch_size: int, replicas: int) -> list[dict]:
-    """The remedies whose halved global batch still splits evenly over ``replicas``."""
-    halving = ("halve-batch", "halve-accumulate")
-    return [
-        r for r in remedies if r.get("name") not in halving or (batch_size // 2) % replicas == 0
-    ]
-
-
 # -- out-of-memory ------------------------------------------------------------------------
 
 _OOM_DEVICE = re.compile(r"\bon (/job:[^\s]+?/device:[A-Za-z_]+:\d+|/device:[A-Za-z_]+:\d+)")

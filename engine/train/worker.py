@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from engine.config import ConfigError  # noqa: E402
+from engine.remedies import REMEDIES, applicable_remedies, apply_remedy, blocker, changes_weights  # noqa: E402
 from engine.run.control import ControlServer, ControlState  # noqa: E402
 from engine.run.events import EVENTS_FILE, EventWriter  # noqa: E402
 from engine.run.store import (  # noqa: E402
@@ -83,6 +84,16 @@ class Worker:
         self.control = ControlState()
         self.server = ControlServer(run_dir / SOCKET_FILE, self.handle_command)
         self.trainer = None
+        self.trained: tuple | None = None
+        """(config, replicas) once the trainer is set up: what a remedy asked for would change."""
+        self.control.remedy_blocker = self._remedy_blocker
+
+    def _remedy_blocker(self, name: str) -> str | None:
+        """Why the control socket refuses remedy ``name`` now, or None: asked for, it would end the run."""
+        if self.trained is None:  # the replicas a halved batch must split over are not known yet
+            return "the worker is still starting; ask again once it trains"
+        config, replicas = self.trained
+        return blocker(name, config, replicas)
 
     def handle_command(self, request: dict) -> dict:
         reply = self.control.request(request["command"], request.get("name"))
@@ -129,6 +140,7 @@ class Worker:
         faults = parse_faults(fired_path=self.run_dir / FAULTS_FIRED_FILE)
         self.trainer = Trainer(config, self.run_dir, self.events, self.control, faults)
         self.trainer.setup(resume=self.resume, progress_from=self.progress_from)
+        self.trained = (config, self.trainer.dist.replicas)
         warn_if_memory_short(self.trainer, free_before, self.events)
         if self.trainer.dist.multi_worker:
             # MultiWorkerMirroredStrategy's runtime takes SIGTERM for itself: take it back.
@@ -144,8 +156,7 @@ class Worker:
     # ----- out of memory and remedies ---------------------------------------
 
     def _out_of_memory(self, oom, config) -> int:
-        from engine.remedies import POLICY_REMEDY, applicable_remedies
-        from engine.train.strategy import oom_device, split_remedies
+        from engine.train.strategy import oom_device
 
         # A worker of several cannot save alone (a save is collective) nor change in place.
         multi_worker = self.trainer.dist.multi_worker
@@ -153,10 +164,8 @@ class Worker:
             # The failed step changed no weight: what the model holds is the last good state.
             self.trainer.save_checkpoint()
         policy = config.train.on_oom
-        # The batch is the global one: a halved batch must still split over the replicas.
-        remedies = split_remedies(
-            applicable_remedies(config), config.train.batch_size, self.trainer.dist.replicas
-        )
+        replicas = self.trainer.dist.replicas
+        remedies = applicable_remedies(config, replicas)
         self.events.emit(
             "oom",
             step=oom.step,
@@ -180,7 +189,7 @@ class Worker:
                 f"{oom.batch_size}: a multi-worker run cannot change in place; {how}",
             )
             return 1
-        wanted = POLICY_REMEDY.get(policy)
+        wanted = policy if policy in REMEDIES else None  # a remedy's name: apply it unattended
         if policy == "ask" and remedies:
             wanted = self._wait_for_remedy()
             if wanted is None:
@@ -189,7 +198,7 @@ class Worker:
         if wanted and any(r["name"] == wanted for r in remedies):
             self._restart_with(wanted, config)
             return 0
-        return self._give_up_on_oom(oom, policy, remedies)
+        return self._give_up_on_oom(oom, config, remedies, wanted)
 
     def _wait_for_remedy(self) -> str | None:
         """Block until a ``remedy`` command (its name) or ``stop`` (None)."""
@@ -202,13 +211,15 @@ class Worker:
             self.control.wait_while_paused()
         return None
 
-    def _give_up_on_oom(self, oom, policy: str, remedies: list[dict]) -> int:
+    def _give_up_on_oom(self, oom, config, remedies: list[dict], wanted: str | None) -> int:
+        replicas = self.trainer.dist.replicas
         if not remedies:
-            advice = "no remedy applies (batch size 1, mixed precision on, ResNet [2,2,2,2])"
-        elif policy == "stop":
+            reasons = "; ".join(f"{name}: {blocker(name, config, replicas)}" for name in REMEDIES)
+            advice = f"no remedy applies ({reasons})"
+        elif wanted is None:
             advice = f"train.on_oom is 'stop'; resume with --remedy {remedies[0]['name']}"
         else:
-            advice = f"policy {policy!r} cannot apply at batch size {oom.batch_size}"
+            advice = f"remedy {wanted!r} cannot apply: {blocker(wanted, config, replicas)}"
         self.events.emit(
             "failed", error=f"out of memory at step {oom.step} with batch {oom.batch_size}: {advice}"
         )
@@ -216,9 +227,7 @@ class Worker:
 
     def _restart_with(self, name: str, config) -> None:
         """Checkpoint now; after cleanup, the process replaces itself with the remedy applied."""
-        from engine.remedies import apply_remedy
-
-        apply_remedy(name, config)  # a remedy that cannot apply fails here, before any change
+        apply_remedy(name, config, self.trainer.dist.replicas)  # one that cannot apply fails here, before any change
         self.trainer.save_checkpoint()
         self.events.emit(
             "log",
@@ -238,8 +247,6 @@ class Worker:
 
     def _apply_remedy(self, name: str) -> None:
         """Write the remedy's config revision and note where progress continues from."""
-        from engine.remedies import apply_remedy, changes_weights
-
         config = read_config(self.run_dir)
         new_config, changes = apply_remedy(name, config)
         revisions = read_config_revisions(self.run_dir)

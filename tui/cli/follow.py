@@ -13,6 +13,7 @@ import click
 
 from engine.config import ConfigError
 from engine.presets import DEFAULT_PRESET, load_preset
+from engine.remedies import REMEDIES
 from engine.run import client
 from tui.cli.common import (
     EXIT_DONE,
@@ -68,7 +69,7 @@ def run(
 
 @click.command()
 @click.argument("run_ref", metavar="RUN")
-@click.option("--remedy", metavar="NAME", help=f"Apply first: {', '.join(client.REMEDIES)}.")
+@click.option("--remedy", metavar="NAME", help=f"Apply first: {', '.join(REMEDIES)}.")
 @click.option("--detach", is_flag=True, help="Print the run id and return; the run goes on.")
 @click.option("--json", "json_lines", is_flag=True, help="Print the events as JSON lines.")
 def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool) -> int:

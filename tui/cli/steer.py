@@ -7,6 +7,7 @@ import json
 import click
 
 from engine.config import ConfigError
+from engine.remedies import REMEDIES, check_remedy
 from engine.run import client
 from tui.cli.common import (
     EXIT_DONE,
@@ -27,16 +28,16 @@ def attach(run_ref: str | None) -> int:
     return run_app(attach=handle.run_id)
 
 
-@click.command()
+@click.command(
+    help="Send COMMAND to RUN's worker and print the reply (a JSON line).\n\n"
+    f"COMMAND is one of {', '.join(c for c in client.CONTROL_COMMANDS if c != 'remedy')}, "
+    f"or remedy NAME with NAME one of {', '.join(REMEDIES)}."
+)
 @click.argument("run_ref", metavar="RUN")
 @click.argument("command", metavar="COMMAND")
 @click.argument("argument", metavar="[ARG]", required=False)
 def ctl(run_ref: str, command: str, argument: str | None) -> int:
-    """Send COMMAND to RUN's worker and print the reply (a JSON line).
-
-    COMMAND is one of pause, resume, stop, checkpoint, status, or remedy NAME
-    with NAME one of halve-batch, halve-accumulate, mixed-precision, resnet18.
-    """
+    """Send COMMAND to RUN's worker and print the reply (the help lists the commands)."""
     args = _control_args(command, argument)
     handle = client.find_run(run_ref)
     status = handle.summary().status
@@ -69,10 +70,7 @@ def _control_args(command: str, argument: str | None) -> dict:
             f"{', '.join(client.CONTROL_COMMANDS)}"
         )
     if command == "remedy":
-        if argument not in client.REMEDIES:
-            got = f"got {argument!r}" if argument else "missing"
-            raise ConfigError(f"remedy NAME {got}; expected one of {', '.join(client.REMEDIES)}")
-        return {"name": argument}
+        return {"name": check_remedy(argument)}
     if argument is not None:
         raise ConfigError(f"{command!r} takes no argument; got {argument!r}")
     return {}

@@ -108,7 +108,7 @@ class ConfigPane(VerticalScroll, can_focus=False):
             )
             for dotted, label in TEXT_FIELDS.items()
         ]
-        # The policies come from engine.config with the first preset (see _fill).
+        # The policies come from engine.remedies with the first preset (see _fill).
         on_oom = Select(
             [("ask", "ask")],
             id=_field_id("train.on_oom"),
@@ -189,19 +189,19 @@ class ConfigPane(VerticalScroll, can_focus=False):
         return typed
 
     def _fill(self, data: dict) -> None:
-        from engine.config import OOM_POLICIES
+        from engine.remedies import oom_policies
 
         self._filling = True
         try:
             if not self._policies_listed:
                 self.query_one(f"#{_field_id('train.on_oom')}", Select).set_options(
-                    [(policy, policy) for policy in OOM_POLICIES]
+                    [(policy, policy) for policy in oom_policies()]
                 )
                 self._policies_listed = True
             for dotted in TEXT_FIELDS:
                 self.query_one(f"#{_field_id(dotted)}", Input).value = _show(_get(data, dotted))
             policy = _get(data, "train.on_oom")
-            if policy in OOM_POLICIES:
+            if policy in oom_policies():
                 self.query_one(f"#{_field_id('train.on_oom')}", Select).value = policy
             checkbox = self.query_one(f"#{_field_id('train.mixed_precision')}", Checkbox)
             checkbox.value = bool(_get(data, "train.mixed_precision"))

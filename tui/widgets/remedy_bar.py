@@ -1,9 +1,39 @@
-"""The remedy bar: appears on an ``oom`` event, one key per remedy and its effect."""
+"""The remedy bar: appears on an ``oom`` event, one key per remedy and its effect.
+
+The remedies' keys, labels and titles are read from :mod:`engine.remedies`,
+the one catalogue: :func:`remedy_bindings` gives the app its keys.
+"""
 
 from __future__ import annotations
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import Static
+
+from engine.remedies import REMEDIES
+
+REMEDIES_GROUP = Binding.Group("Remedy", compact=True)
+
+
+def remedy_bindings() -> list[Binding]:
+    """One binding per remedy in the catalogue: ``remedy('NAME')`` on its key, id ``remedy.NAME``."""
+    return [
+        Binding(
+            remedy.key,
+            f"remedy({remedy.name!r})",
+            remedy.label,
+            tooltip=f"{remedy.title[0].upper()}{remedy.title[1:]}; the worker restarts from a checkpoint",
+            id=f"remedy.{remedy.name}",
+            group=REMEDIES_GROUP,
+        )
+        for remedy in REMEDIES.values()
+    ]
+
+
+def remedy_title(name: str) -> str:
+    """What the remedy ``name`` does, in one line ("" for a name the catalogue lacks)."""
+    remedy = REMEDIES.get(name)
+    return remedy.title if remedy else ""
 
 
 class RemedyBar(Static):
