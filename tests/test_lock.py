@@ -324,7 +324,7 @@ def _ask(path: Path) -> dict:
 def test_a_remedy_restart_never_lets_go_of_the_run(convdeck_home, monkeypatch):
     monkeypatch.setenv("CONVDECK_FAULTS", "oom:step=3")
     sets = ["data.image_size=[28, 28]", "train.epochs=1", "train.steps_per_epoch=6"]
-    sets += ["train.on_oom=halve-batch", "train.checkpoint_every=100"]
+    sets += ["train.on_oom=halve", "train.checkpoint_every=100"]
     args = [item for value in sets for item in ("--set", value)]
     result = run_cli("run", "lenet5-digits", *args, "--detach", "--json", timeout=300)
     assert result.returncode == 0, result.stderr
