@@ -482,8 +482,10 @@ def preflight(config: RunConfig) -> None:
 
 
 async def start_run(config: RunConfig, home: Path | None = None) -> RunHandle:
-    """:func:`start_run_sync` for async callers (creating and spawning are quick)."""
-    return start_run_sync(config, home)
+    """:func:`start_run_sync` for async callers, in a thread: the worker answers only once it
+    has imported enough to take the run's lock (a fraction of a second, longer on a busy machine).
+    """
+    return await asyncio.to_thread(start_run_sync, config, home)
 
 
 def resume_run_sync(
@@ -522,8 +524,8 @@ async def resume_run(
     home: Path | None = None,
     force: bool = False,
 ) -> RunHandle:
-    """:func:`resume_run_sync` for async callers."""
-    return resume_run_sync(handle_or_ref, remedy, home, force)
+    """:func:`resume_run_sync` for async callers, in a thread (see :func:`start_run`)."""
+    return await asyncio.to_thread(resume_run_sync, handle_or_ref, remedy, home, force)
 
 
 def _check_remedy(remedy: str | None) -> None:

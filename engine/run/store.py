@@ -313,7 +313,9 @@ def _owner_starting_or_lost(run_dir: Path) -> Liveness:
         if pid is not None:
             return Liveness(pid, hung=_heartbeat_age(run_dir) >= heartbeat_stale_seconds())
     recorded = read_pid_file(run_dir)
-    return Liveness(recorded[0] if recorded else None, hung=True)
+    # Without any pid to name, no status can point at the holder; a worker started
+    # anyway still meets the lock and leaves (`already running (pid unknown)`).
+    return Liveness(recorded[0], hung=True) if recorded else Liveness()
 
 
 def _heartbeat_age(run_dir: Path) -> float:
