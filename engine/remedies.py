@@ -177,6 +177,10 @@ REMEDIES: dict[str, Remedy] = {
 }
 """Every remedy by name, in the order the TUI and the ``oom`` event offer them."""
 
+UNATTENDED_REMEDY = REMEDIES["halve-batch"].name
+"""What an unattended run (a queue entry, a sweep trial) applies where train.on_oom says ``ask``:
+nobody is there to answer, and halving the batch keeps the model and the data as asked."""
+
 
 # ----- names ------------------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Run as ``python -m fake_worker RUN_DIR [--resume] [--remedy NAME]`` (tests
 put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker).
-It keeps the worker's contract (worker.pid, heartbeat, events, control.sock,
-exit codes) in under a second, so the CLI's following, Ctrl-C and exit
+It keeps the worker's contract (the run's lock taken first, worker.pid,
+heartbeat, events, control.sock, exit codes) in under a second, so the CLI's following, Ctrl-C and exit
 codes are tested without TensorFlow. FAKE_WORKER_MODE picks the story:
 
 - ``complete``: 2 epochs of 3 steps, then ``finished`` (exit 0)
@@ -26,9 +26,9 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
 from engine.remedies import REMEDIES, unknown_remedy
+from engine.run.lock import EXIT_ALREADY_RUNNING, AlreadyRunning
+from engine.run.store import claim_run
 
 
 class FakeWorker:
@@ -54,9 +54,6 @@ class FakeWorker:
         return max(steps)
 
     def start(self) -> None:
-        created = psutil.Process().create_time()
-        (self.run_dir / "worker.pid").write_text(f"{os.getpid()} {created}")
-        (self.run_dir / "heartbeat").touch()
         self.emit(
             "run_started",
             run_id=self.run_dir.name,
@@ -200,7 +197,14 @@ MODES = {
 
 def main() -> int:
     run_dir = Path(sys.argv[1]).resolve()
+    try:
+        run_lock = claim_run(run_dir)  # the lock, then worker.pid and a heartbeat, as the worker
+    except AlreadyRunning as busy:
+        print(f"fake worker: {busy}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    (run_dir / "control.sock").unlink(missing_ok=True)  # with the lock held it can only be stale
     worker = FakeWorker(run_dir, resume="--resume" in sys.argv)
+    worker.run_lock = run_lock  # held for the process's life
     worker.start()
     return MODES[os.environ.get("FAKE_WORKER_MODE", "complete")](worker)
 

@@ -220,7 +220,7 @@ def test_a_malformed_user_preset_names_file_and_line(convdeck_home):
 def test_resume_and_ctl_refuse_finished_runs(convdeck_home):
     fabricate_runs(convdeck_home)
     assert "finished; nothing to resume" in one_line_error(run_cli("resume", "20250101"))
-    assert "still running" in one_line_error(run_cli("resume", "20250103"))
+    assert "already running (pid " in one_line_error(run_cli("resume", "20250103"))
     assert "is finished: no worker" in one_line_error(run_cli("ctl", "20250101", "status"))
     error = one_line_error(run_cli("ctl", "20250102", "stop"))
     assert "is crashed" in error and "convdeck resume" in error

@@ -220,7 +220,7 @@ def test_list_runs_names_the_preset_before_the_worker_started(convdeck_home):
     ("events", "pid", "message"),
     [
         ([started(), {"type": "finished", "reason": "completed"}], None, "finished; nothing"),
-        ([started()], "self", "still running"),
+        ([started()], "self", r"already running \(pid \d+\)"),
     ],
 )
 def test_resume_refuses_finished_and_live_runs(convdeck_home, events, pid, message):

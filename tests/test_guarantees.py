@@ -1,7 +1,8 @@
 """The guarantees of issue 3, each through real worker processes training LeNet-5 on the digits.
 
-- kill -9 the worker mid-run: ``runs`` says crashed, ``resume`` continues from
-  the last checkpoint with the step counter continuing, and finishes;
+- kill -9 the worker mid-run: ``runs`` says crashed, two ``resume``s at once
+  start one worker (the other: ``already running (pid N)``, exit 2), which
+  continues from the last checkpoint with the step counter continuing, and finishes;
 - kill the viewer (a terminal hang-up, SIGKILL): the worker trains on and finishes;
 - several viewers attached at once each see every event, in order;
 - pause then resume loses no step;
@@ -252,18 +253,21 @@ def test_kill_9_mid_run_shows_crashed_and_resume_continues_the_step_counter(conv
     assert last_step(before_kill) <= kill_step
     events_bytes = (run_dir / "events.jsonl").read_bytes()
 
-    result = run_cli("resume", run_id, "--json", timeout=DEADLINE)
-    assert result.returncode == 0, result.stderr + log_tail(run_dir)
-    followed = json_lines(result.stdout)
-    assert followed[0]["type"] == "run_started" and followed[0]["resumed_from_step"] == saved
-    assert steps_of(followed)[0] == saved + 1, "the step counter did not continue"
-    assert followed[-1]["type"] == "finished" and followed[-1]["reason"] == "completed"
+    # Two resumes at once, as a person and a script might: one worker, the other refused.
+    racers = [start_cli("resume", run_id, "--detach") for _ in range(2)]
+    outcomes = [(racer.wait(DEADLINE), *racer.communicate()) for racer in racers]
+    assert sorted(code for code, _, _ in outcomes) == [0, 2], outcomes
+    owner = worker_pid(run_dir)
+    (refused,) = [stderr for code, _, stderr in outcomes if code == 2]
+    assert f"already running (pid {owner})" in refused and len(refused.strip().splitlines()) == 1
 
-    events = events_of(run_dir)
+    events = wait_events(run_dir, finished, "the resumed run's end")
     assert (run_dir / "events.jsonl").read_bytes().startswith(events_bytes), "history was lost"
     assert [e["type"] for e in events].count("run_started") == 2
     assert_trained_to_the_end(events, epochs)
     resumed = segments(events)[-1]
+    assert resumed[0]["resumed_from_step"] == saved and resumed[0]["pid"] == owner
+    assert steps_of(resumed)[0] == saved + 1, "the step counter did not continue"
     assert_steps_consecutive(steps_of(resumed), saved + 1, epochs * STEPS_PER_EPOCH)
     # Each epoch ends once after the resume, from the one the checkpoint was in.
     first_epoch = saved // STEPS_PER_EPOCH + 1

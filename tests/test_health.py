@@ -26,7 +26,8 @@ from test_remedies import LiveRuns, start_selected, steps_of
 from engine.config import RunConfig
 from engine.run import client, supervisor
 from engine.run.events import read_events
-from engine.run.store import summarize_run
+from engine.run.lock import EXIT_ALREADY_RUNNING, RunLock
+from engine.run.store import LOCK_FILE, summarize_run
 from engine.run.supervisor import Sample, Supervisor, diagnose
 
 GIB = 1 << 30
@@ -190,8 +191,8 @@ def test_supervisor_reports_a_kill_while_host_memory_ran_out(tmp_path, monkeypat
     monkeypatch.setattr(supervisor, "SAMPLE_SECONDS", 0.1)
     dies = "import os, signal, time; time.sleep(0.5); os.kill(os.getpid(), signal.SIGKILL)"
     watcher = Supervisor(tmp_path, [sys.executable, "-c", dies])
-    pid = watcher.start()
-    assert (tmp_path / "worker.pid").read_text().split()[0] == str(pid)
+    watcher.start()
+    assert not (tmp_path / "worker.pid").exists()  # the worker records itself, once it owns the run
     returncode = watcher.wait()
     assert returncode == -signal.SIGKILL
     report = watcher.report(returncode)
@@ -199,6 +200,32 @@ def test_supervisor_reports_a_kill_while_host_memory_ran_out(tmp_path, monkeypat
     assert f"convdeck resume {tmp_path.name} --remedy halve-batch" in report["suggestion"]
     assert report["worker_peak_rss_bytes"] == 30 * GIB
     assert read_events(tmp_path / "events.jsonl")[-1]["type"] == "worker_exit"
+
+
+KILLS_ITSELF = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+
+
+def test_supervisor_reports_nothing_for_a_worker_that_found_its_run_owned(tmp_path):
+    refused = f"import sys; sys.exit({EXIT_ALREADY_RUNNING})"
+    watcher = Supervisor(tmp_path, [sys.executable, "-c", refused])
+    watcher.start()
+    assert watcher.wait() == EXIT_ALREADY_RUNNING
+    assert watcher.report(EXIT_ALREADY_RUNNING) is None
+    assert not (tmp_path / "events.jsonl").exists()
+
+
+def test_supervisor_does_not_report_after_a_newer_worker_took_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.run.lock.CLAIM_GRACE_SECONDS", 0.1)
+    watcher = Supervisor(tmp_path, [sys.executable, "-c", KILLS_ITSELF])
+    watcher.start()
+    returncode = watcher.wait()
+    newer = RunLock.claim(tmp_path / LOCK_FILE)  # a resumed worker, already running
+    try:
+        assert watcher.report(returncode) is None
+    finally:
+        newer.release()
+    assert not (tmp_path / "events.jsonl").exists()
+    assert watcher.report(returncode)["signal"] == "SIGKILL"  # with the run free, it reports
 
 
 # ----- real workers: NaN, SIGKILL, SIGSEGV ----------------------------------------------------

@@ -314,13 +314,14 @@ def test_running_run_before_its_first_heartbeat(home):
     assert summarize_run(run_dir).status == "running"
 
 
-def test_stale_heartbeat_means_crashed(home):
+def test_stale_heartbeat_of_a_live_owner_means_hung(home):
     run_dir = make_run(home, "20240101-000000-a-0000")
     write_events(run_dir, started(), step(1, 2.0))
     mark_alive(run_dir, heartbeat_age=HEARTBEAT_STALE_SECONDS + 60)
     summary = summarize_run(run_dir)
-    assert summary.status == "crashed"
-    assert summary.pid is None
+    assert summary.status == "hung"
+    assert summary.pid == os.getpid()
+    assert worker_alive(run_dir) is None
 
 
 def test_paused_and_resumed_run(home):

@@ -26,18 +26,24 @@ from typing import Any
 
 from engine.config import ConfigError, RunConfig
 from engine.remedies import check_remedy
+from engine.run import lock
 from engine.run.control import COMMANDS
 from engine.run.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
+from engine.run.lock import AlreadyRunning
 from engine.run.store import (
     CONFIG_FILE,
     LIVE_STATUSES,
+    LOCK_FILE,
     SOCKET_FILE,
     RunSummary,
     create_run_dir,
     find_run_dir,
+    heartbeat_stale_seconds,
     read_config,
+    recorded_worker,
     summarize_run,
     worker_alive,
+    worker_liveness,
 )
 from engine.run.store import list_runs as _list_runs
 
@@ -46,9 +52,14 @@ CONTROL_COMMANDS = COMMANDS  # the worker's own lists, so front ends check what 
 # History is read in chunks so a viewer draws the first part of a long run
 # before the last part is parsed, and the event loop stays responsive.
 HISTORY_CHUNK_BYTES = 1 << 20
-# The supervisor reports the worker's pid within a fraction of a second; a
+# The worker reports its pid (or that the run is owned) within a second; a
 # machine busy importing TensorFlow elsewhere can make it much slower.
 SUPERVISOR_REPORT_SECONDS = 30.0
+# A worker that just wrote its final event is still saving and closing: a
+# resume waits this long for it to let go of the run before saying it runs.
+EXITING_WORKER_WAIT_SECONDS = 10.0
+# `resume --force`: how long a killed hung worker may take to let go of the run.
+FORCE_WAIT_SECONDS = 30.0
 # sockaddr_un holds 108 bytes with the NUL; deep run directories overflow it.
 _MAX_SOCKET_PATH = 107
 
@@ -475,12 +486,17 @@ def preflight(config: RunConfig) -> None:
 
 
 async def start_run(config: RunConfig, home: Path | None = None) -> RunHandle:
-    """:func:`start_run_sync` for async callers (creating and spawning are quick)."""
-    return start_run_sync(config, home)
+    """:func:`start_run_sync` for async callers, in a thread: the worker answers only once it
+    has imported enough to take the run's lock (a fraction of a second, longer on a busy machine).
+    """
+    return await asyncio.to_thread(start_run_sync, config, home)
 
 
 def resume_run_sync(
-    handle_or_ref: RunHandle | str, remedy: str | None = None, home: Path | None = None
+    handle_or_ref: RunHandle | str,
+    remedy: str | None = None,
+    home: Path | None = None,
+    force: bool = False,
 ) -> RunHandle:
     """Start a worker that continues a stopped, failed or crashed run from its last checkpoint.
 
@@ -488,10 +504,14 @@ def resume_run_sync(
         handle_or_ref: a handle, or a run id or unique prefix of one.
         remedy: a remedy to apply before continuing (a name in :data:`engine.remedies.REMEDIES`).
         home: the convdeck home, for a ref.
+        force: end a hung worker first (one that holds the run but stopped
+            touching its heartbeat); a working one is never ended.
 
     Raises:
-        ConfigError: the run matches nothing, finished, is still live, or the
-            remedy is unknown.
+        AlreadyRunning: a worker owns the run (checked here, and again by the
+            worker itself, which is what makes two racing resumes start one).
+        ConfigError: the run matches nothing, finished, is hung (without
+            ``force``), or the remedy is unknown.
     """
     if isinstance(handle_or_ref, RunHandle):
         handle = handle_or_ref
@@ -499,29 +519,64 @@ def resume_run_sync(
         handle = find_run(handle_or_ref, home)
     if remedy is not None:
         check_remedy(remedy)
-    _check_resumable(handle)
+    _check_resumable(handle, force)
     return _spawn(handle.run_dir, resume=True, remedy=remedy)
 
 
 async def resume_run(
-    handle_or_ref: RunHandle | str, remedy: str | None = None, home: Path | None = None
+    handle_or_ref: RunHandle | str,
+    remedy: str | None = None,
+    home: Path | None = None,
+    force: bool = False,
 ) -> RunHandle:
-    """:func:`resume_run_sync` for async callers."""
-    return resume_run_sync(handle_or_ref, remedy, home)
+    """:func:`resume_run_sync` for async callers, in a thread (see :func:`start_run`)."""
+    return await asyncio.to_thread(resume_run_sync, handle_or_ref, remedy, home, force)
 
 
-def _check_resumable(handle: RunHandle) -> None:
+def _check_resumable(handle: RunHandle, force: bool = False) -> None:
     summary = handle.summary()
     if summary.status == "finished":
         raise ConfigError(
             f"run {handle.run_id} finished; nothing to resume (start a new one with `convdeck run`)"
         )
-    if summary.status in LIVE_STATUSES:
-        raise ConfigError(
-            f"run {handle.run_id} is still {summary.status} (pid {summary.pid}); "
-            f"watch it with `convdeck attach {handle.run_id}`"
-        )
     handle.config()  # an unreadable config fails here, in one line, not in the worker
+    liveness = worker_liveness(handle.run_dir)
+    if liveness.pid is None:
+        return
+    if liveness.hung and force:
+        _end_hung_worker(handle, liveness.pid)
+    elif liveness.hung:
+        minutes = heartbeat_stale_seconds() / 60
+        raise ConfigError(
+            f"run {handle.run_id} is hung: its worker (pid {liveness.pid}) holds the run but has not "
+            f"touched its heartbeat for over {minutes:g} min; end it and resume with "
+            f"`convdeck resume {handle.run_id} --force`"
+        )
+    elif summary.status in LIVE_STATUSES or not _let_go_after_final_event(handle):
+        raise AlreadyRunning(handle.run_id, liveness.pid)
+
+
+def _let_go_after_final_event(handle: RunHandle) -> bool:
+    """A worker past its final event (stopped, failed) is exiting: wait for it to let go."""
+    return lock.wait_free(handle.run_dir / LOCK_FILE, EXITING_WORKER_WAIT_SECONDS)
+
+
+def _end_hung_worker(handle: RunHandle, pid: int) -> None:
+    """SIGKILL the hung worker (a stopped or stuck one would not act on SIGTERM) and wait
+    for the run's lock to come free. The process is the one worker.pid names with the
+    start time recorded there, so a reused pid is never signalled.
+    """
+    import psutil
+
+    process = recorded_worker(handle.run_dir)
+    if process is not None and process.pid == pid:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()  # psutil checks the start time again before it signals
+    if not lock.wait_free(handle.run_dir / LOCK_FILE, FORCE_WAIT_SECONDS):
+        raise ConfigError(
+            f"run {handle.run_id}: the hung worker (pid {pid}) still holds the run "
+            f"{FORCE_WAIT_SECONDS:g} s after SIGKILL; see `fuser -v {handle.run_dir / LOCK_FILE}`"
+        )
 
 
 def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
@@ -552,9 +607,13 @@ def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> Ru
     """Start the worker detached, under its supervisor (:mod:`engine.run.supervisor`).
 
     The supervisor runs ``python -m engine.train.worker RUN_DIR`` as its child in a
-    session of its own, records its pid in worker.pid and reports it back
-    here, then waits to tell how the worker ended (a death by signal becomes
-    a ``worker_exit`` event).
+    session of its own, then waits to tell how the worker ended (a death by
+    signal becomes a ``worker_exit`` event). The worker takes the run's lock,
+    records its pid in worker.pid, and answers here on a pipe: its pid, or
+    that another worker owns the run.
+
+    Raises:
+        AlreadyRunning: the worker found the run owned and exited, writing nothing.
     """
     worker_args = ["--resume"] if resume else []
     worker_args += ["--remedy", remedy] if remedy else []
@@ -588,11 +647,16 @@ def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> Ru
             )
         os.close(write_fd)
         write_fd = -1
-        worker_pid = _read_worker_pid(read_fd, supervisor)
+        answer = _read_worker_answer(read_fd, supervisor)
     finally:
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+    if answer[:1] == ["busy"]:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            supervisor.wait(SUPERVISOR_REPORT_SECONDS)  # it leaves with its worker, at once
+        raise AlreadyRunning(run_dir.name, _pid_or_none(answer[1:]))
+    worker_pid = _pid_or_none(answer)
     worker_command = [sys.executable, "-m", _worker_module(), str(run_dir), *worker_args]
     process = SupervisedWorker(supervisor, worker_pid, worker_command)
     return RunHandle(run_dir, process=process, spawn_offset=spawn_offset)
@@ -625,27 +689,30 @@ class SupervisedWorker:
         return self.supervisor.returncode
 
 
-def _read_worker_pid(fd: int, supervisor: subprocess.Popen) -> int | None:
-    """The pid line the supervisor writes once the worker runs; None if it never comes."""
+def _read_worker_answer(fd: int, supervisor: subprocess.Popen) -> list[str]:
+    """The worker's answer, as words: ``[PID]`` once it owns the run, ``["busy", PID]``
+    when another worker does, ``[]`` if none comes (it died before it could tell).
+    """
     deadline = time.monotonic() + SUPERVISOR_REPORT_SECONDS
     data = b""
     while not data.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0:
-            return None
+            return []
         ready, _, _ = select.select([fd], [], [], min(left, 0.5))
         if not ready:
             if supervisor.poll() is not None:
-                return None
+                return []
             continue
         chunk = os.read(fd, 64)
         if not chunk:
-            break  # closed without a pid: the supervisor failed
+            break  # closed without an answer: the worker died before it could tell
         data += chunk
-    try:
-        return int(data.split()[0])
-    except (IndexError, ValueError):
-        return None
+    return data.decode(errors="replace").split()
+
+
+def _pid_or_none(words: list[str]) -> int | None:
+    return int(words[0]) if words and words[0].isdigit() else None
 
 
 def _worker_module() -> str:

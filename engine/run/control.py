@@ -121,8 +121,13 @@ REPLY_GRACE_SECONDS = 2.0
 class ControlServer:
     """Serves control.sock on a daemon thread, one thread per connection.
 
+    Start it only while holding the run's lock (:func:`engine.run.store.claim_run`):
+    a socket left at ``path`` can then only be a dead worker's, and is replaced.
+    ``start`` still connects to it first and refuses to remove one that answers,
+    so a broken ordering shows as an error, never as a live worker cut off.
+
     Args:
-        path: the socket path (an old socket file there is replaced).
+        path: the socket path (a stale socket file there is replaced).
         handle: turns a request dict into a reply dict.
     """
 
@@ -134,7 +139,12 @@ class ControlServer:
         self._replied = threading.Condition()
 
     def start(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Bind and serve; a stale socket at the path is removed, a live one never.
+
+        Raises:
+            SocketInUse: a process listens on the path (another worker serves this run).
+        """
+        _remove_stale_socket(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         address, dir_fd = short_socket_path(self.path)
         old_umask = os.umask(0o177)  # the socket is born 0600, no window at a wider mode
@@ -205,6 +215,32 @@ class ControlServer:
         except Exception as error:  # a bad command must never kill the run
             log.exception("control command %r failed", request)
             return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+
+
+class SocketInUse(RuntimeError):
+    """The control socket's path is served by a live process: it is not ours to remove."""
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Unlink ``path`` unless a process listens on it (then raise :class:`SocketInUse`)."""
+    if not path.exists():
+        return
+    address, dir_fd = short_socket_path(path)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(address)
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # nobody listens: a dead worker's leftover
+        return
+    except OSError:
+        # A socket that neither accepts nor refuses (full backlog of a wedged worker), or
+        # not a socket at all: it is not known to be stale, so it stays.
+        raise SocketInUse(f"{path} exists and is not a stale socket; not removing it") from None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    raise SocketInUse(f"{path} is served by a live process; not removing it")
 
 
 def _send(conn: socket.socket, reply: dict) -> None:

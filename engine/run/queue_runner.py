@@ -26,6 +26,7 @@ from pathlib import Path
 
 from engine.errors import ConfigError
 from engine.gpu import GIB, GpuSample
+from engine.remedies import UNATTENDED_REMEDY
 from engine.run.queue import CLAIMED, ENDED, LAUNCHED, Entry, RunQueue
 from engine.run.store import convdeck_home, runs_root
 
@@ -36,8 +37,6 @@ TICK_SECONDS = 1.0
 IDLE_EXIT_SECONDS = 30.0
 DEFAULT_MIN_FREE_GIB = 2.0
 ENDED_STATUSES = ("finished", "stopped", "failed", "crashed", "pruned")
-ASK_IN_A_QUEUE = "halve-batch"
-"""What an unattended queue does where a run's train.on_oom says ``ask``: nobody is there to answer."""
 
 
 @dataclass
@@ -200,8 +199,8 @@ class QueueRunner:
 
         config = load_preset(entry.preset, entry.overrides, self.home)
         if config.train.on_oom == "ask":
-            config.train.on_oom = ASK_IN_A_QUEUE
-            self.queue.mark(entry.id, CLAIMED, note=f"on_oom ask -> {ASK_IN_A_QUEUE}: nobody answers in a queue")
+            config.train.on_oom = UNATTENDED_REMEDY
+            self.queue.mark(entry.id, CLAIMED, note=f"on_oom ask -> {UNATTENDED_REMEDY}: nobody answers in a queue")
         return config
 
     # -- runs ending ------------------------------------------------------------------

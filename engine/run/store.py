@@ -1,8 +1,10 @@
 """The run store: ``$CONVDECK_HOME/runs/<run-id>/`` and each run's status.
 
-TF-free. A run's status comes from its events and from whether its worker
-is alive: the pid recorded in ``worker.pid`` still names the same process
-(same start time) and its heartbeat file is fresh.
+TF-free. A run's status comes from its events and from who owns it: a
+worker holds the run's lock (``worker.lock``, :mod:`engine.run.lock`) for its
+whole life, records its pid in ``worker.pid`` once it holds it, and touches
+its heartbeat file every few seconds. A held lock means a live owner; the
+heartbeat's age only tells a working owner from a hung one.
 """
 
 from __future__ import annotations
@@ -15,20 +17,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
+from engine.run import lock
 from engine.run.events import EVENTS_FILE, STEP_LINE_PREFIX, iter_complete_lines, parse_line
 
 if TYPE_CHECKING:
     from engine.config import RunConfig  # read and written lazily: pydantic costs ~0.15 s
 
 CONFIG_FILE = "config.toml"
+LOCK_FILE = "worker.lock"
 PID_FILE = "worker.pid"
 HEARTBEAT_FILE = "heartbeat"
 SOCKET_FILE = "control.sock"
 # The worker touches its heartbeat every few seconds; a step can take long
 # on a big model, so only a much older heartbeat counts as a hung worker.
 HEARTBEAT_STALE_SECONDS = 120.0
+HEARTBEAT_STALE_ENV = "CONVDECK_HEARTBEAT_STALE_SECONDS"
+"""Overrides :data:`HEARTBEAT_STALE_SECONDS` (tests; a machine whose steps take minutes)."""
+# A new owner writes worker.pid a moment after it takes the lock: a reader
+# that sees the lock held and an old pid waits this long for the new one.
+OWNER_RECORD_WAIT_SECONDS = 1.0
 
-STATUSES = ("running", "paused", "waiting", "finished", "stopped", "failed", "crashed")
+STATUSES = ("running", "paused", "waiting", "hung", "finished", "stopped", "failed", "crashed")
 
 
 def convdeck_home() -> Path:
@@ -194,35 +203,127 @@ class Liveness:
 
 
 def worker_liveness(run_dir: Path) -> Liveness:
-    """Who owns ``run_dir`` now: the one question every status reads."""
-    try:
-        pid_text, _, started_text = (run_dir / PID_FILE).read_text().partition(" ")
-        pid, started = int(pid_text), float(started_text or 0)
-    except (OSError, ValueError):
+    """Who owns ``run_dir`` now: the one question every status reads.
+
+    The lock decides whether a process owns the run, whatever worker.pid
+    says; worker.pid names it; the heartbeat's age decides hung or alive.
+    A run without a lock file (written before the lock existed) falls back
+    to the pid file alone.
+    """
+    held = lock.is_held(run_dir / LOCK_FILE)
+    if held is False:
         return Liveness()
-    if not _same_process(pid, started):
+    pid = _live_recorded_pid(run_dir)
+    if held and pid is None:
+        return _owner_starting_or_lost(run_dir)
+    if pid is None:
         return Liveness()
-    try:
-        age = time.time() - (run_dir / HEARTBEAT_FILE).stat().st_mtime
-    except OSError:
-        return Liveness(pid)  # a worker still starting has no heartbeat yet
-    return Liveness(pid, hung=age >= HEARTBEAT_STALE_SECONDS)
+    return Liveness(pid, hung=_heartbeat_age(run_dir) >= heartbeat_stale_seconds())
 
 
 def worker_alive(run_dir: Path) -> int | None:
-    """The worker's pid if the recorded process still runs and its heartbeat is fresh."""
+    """The worker's pid if a worker owns the run and makes its heartbeat, else None."""
+    liveness = worker_liveness(run_dir)
+    return liveness.pid if liveness.alive else None
+
+
+def heartbeat_stale_seconds() -> float:
+    """How old a heartbeat makes an owning worker ``hung`` (``$CONVDECK_HEARTBEAT_STALE_SECONDS``)."""
+    text = os.environ.get(HEARTBEAT_STALE_ENV)
+    if not text:
+        return HEARTBEAT_STALE_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError(f"{HEARTBEAT_STALE_ENV} must be a number of seconds above 0; got {text!r}")
+    return seconds
+
+
+def claim_run(run_dir: Path) -> lock.RunLock:
+    """Make this process the run's one worker: its lock first, then its pid file.
+
+    Call it before anything else touches the run. The spawning side (when
+    it passed :data:`engine.run.lock.STARTED_FD_ENV`) hears this pid, or
+    ``busy PID`` naming the owner.
+
+    Raises:
+        engine.run.lock.AlreadyRunning: another worker owns the run (nothing was written).
+    """
+    run_lock = lock.RunLock.claim(run_dir / LOCK_FILE)
+    if run_lock is None:
+        owner = worker_liveness(run_dir).pid
+        lock.tell_spawner(f"busy {owner if owner is not None else '?'}")
+        raise lock.AlreadyRunning(run_dir.name, owner)
+    write_pid_file(run_dir)
+    (run_dir / HEARTBEAT_FILE).touch()  # an old worker's stale heartbeat must not make us look hung
+    lock.tell_spawner(str(os.getpid()))
+    return run_lock
+
+
+def write_pid_file(run_dir: Path) -> None:
+    """Record this process's pid and start time; the start time guards against a reused pid."""
+    import psutil
+
+    started = psutil.Process().create_time()
+    tmp = run_dir / (PID_FILE + ".tmp")
+    tmp.write_text(f"{os.getpid()} {started}")
+    os.replace(tmp, run_dir / PID_FILE)
+
+
+def read_pid_file(run_dir: Path) -> tuple[int, float] | None:
+    """worker.pid's pid and start time (0 when not recorded), or None when unreadable."""
     try:
         pid_text, _, started_text = (run_dir / PID_FILE).read_text().partition(" ")
-        pid, started = int(pid_text), float(started_text or 0)
+        return int(pid_text), float(started_text or 0)
     except (OSError, ValueError):
         return None
-    if not _same_process(pid, started):
+
+
+def recorded_worker(run_dir: Path):
+    """The ``psutil.Process`` worker.pid names, if that very process (same start time) runs."""
+    import psutil
+
+    recorded = read_pid_file(run_dir)
+    if recorded is None or not _same_process(*recorded):
         return None
     try:
-        age = time.time() - (run_dir / HEARTBEAT_FILE).stat().st_mtime
+        return psutil.Process(recorded[0])
+    except psutil.Error:
+        return None
+
+
+def _live_recorded_pid(run_dir: Path) -> int | None:
+    recorded = read_pid_file(run_dir)
+    return recorded[0] if recorded is not None and _same_process(*recorded) else None
+
+
+def _owner_starting_or_lost(run_dir: Path) -> Liveness:
+    """The lock is held but worker.pid names no live process: a new owner about to write it
+    (wait for it, OWNER_RECORD_WAIT_SECONDS), a supervisor reporting on its dead worker (the
+    lock comes free), or, past the wait, an owner that is no working worker: hung.
+    """
+    deadline = time.monotonic() + OWNER_RECORD_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if not lock.is_held(run_dir / LOCK_FILE):
+            return Liveness()
+        pid = _live_recorded_pid(run_dir)
+        if pid is not None:
+            return Liveness(pid, hung=_heartbeat_age(run_dir) >= heartbeat_stale_seconds())
+    recorded = read_pid_file(run_dir)
+    # Without any pid to name, no status can point at the holder; a worker started
+    # anyway still meets the lock and leaves (`already running (pid unknown)`).
+    return Liveness(recorded[0], hung=True) if recorded else Liveness()
+
+
+def _heartbeat_age(run_dir: Path) -> float:
+    """Seconds since the heartbeat was touched; 0 for a worker still starting (none yet)."""
+    try:
+        return time.time() - (run_dir / HEARTBEAT_FILE).stat().st_mtime
     except OSError:
-        return pid  # a worker still starting has no heartbeat yet
-    return pid if age < HEARTBEAT_STALE_SECONDS else None
+        return 0.0
 
 
 def _same_process(pid: int, started: float) -> bool:
@@ -242,8 +343,9 @@ def summarize_run(run_dir: Path) -> RunSummary:
     """Status and latest figures of one run, from its events and its worker's liveness."""
     summary = RunSummary(run_id=run_dir.name, run_dir=run_dir)
     state = _fold_events(run_dir, summary)
-    summary.pid = worker_alive(run_dir)
-    summary.status = _status(state, summary.pid is not None)
+    liveness = worker_liveness(run_dir)
+    summary.pid = liveness.pid
+    summary.status = _status(state, liveness)
     exit_event = state.get("worker_exit")
     if summary.status == "crashed" and exit_event is not None:
         # The supervisor saw how the worker died (engine.run.supervisor): say so.
@@ -316,7 +418,7 @@ def _last(value):
     return value[-1] if isinstance(value, list) and value else value
 
 
-def _status(state: dict, alive: bool) -> str:
+def _status(state: dict, liveness: Liveness) -> str:
     last = state["last"]
     if last is not None:
         # A terminal event decides, even while the worker is still exiting.
@@ -324,8 +426,10 @@ def _status(state: dict, alive: bool) -> str:
             return "failed"
         # "stopped" by a person, or by policy (reason "nan"): it did not complete.
         return "finished" if last.get("reason", "completed") == "completed" else "stopped"
-    if not alive:
+    if liveness.pid is None:
         return "crashed"
+    if liveness.hung:
+        return "hung"
     if state["waiting"]:
         return "waiting"
     return "paused" if state["paused"] else "running"

@@ -13,10 +13,18 @@ dies by a signal, or exits non-zero without a final event, it appends a
 low, and what to do next. The run's status stays ``crashed``; its reason
 now says why.
 
-- ``worker.pid`` names the worker, written by the supervisor before it
-  reports the pid to the client through ``--report-fd``.
-- The worker's exec-restart (after a remedy) keeps its pid, so the
-  supervisor keeps waiting on the same child.
+- The worker, not the supervisor, owns the run: it takes the run's lock
+  (:mod:`engine.run.lock`) before anything else, then writes ``worker.pid``,
+  then answers the client on the ``--report-fd`` pipe, which the supervisor
+  hands down to it (:data:`engine.run.lock.STARTED_FD_ENV`): its pid, or
+  ``busy PID`` when another worker owns the run. Such a worker exits with
+  :data:`engine.run.lock.EXIT_ALREADY_RUNNING` having written nothing, and
+  the supervisor then reports nothing either.
+- The supervisor appends ``worker_exit`` only while it holds the run's lock
+  (its worker is dead by then, so the lock is free unless a newer worker
+  took the run, whose events must not be followed by an old death).
+- The worker's exec-restart (after a remedy) keeps its pid and its lock, so
+  the supervisor keeps waiting on the same child.
 - SIGHUP is ignored; SIGTERM and SIGINT are forwarded to the worker, which
   treats them as ``stop``.
 - The supervisor exits with the worker: with its exit code, or by the same
@@ -40,8 +48,9 @@ from pathlib import Path
 import psutil
 
 from engine.run.events import EVENTS_FILE, EventWriter, parse_line
+from engine.run.lock import EXIT_ALREADY_RUNNING, STARTED_FD_ENV, RunLock
+from engine.run.store import LOCK_FILE
 
-PID_FILE = "worker.pid"  # engine.run.store.PID_FILE; not imported, to keep pydantic out
 SAMPLE_SECONDS = 1.0
 RECENT_SAMPLES = 5  # how far back "memory ran low just before it died" looks
 # Host (or cgroup) memory counts as nearly exhausted below this share of the total...
@@ -205,9 +214,10 @@ def _suggestion(name: str | None, returncode: int, low: bool, run_id: str) -> st
 class Supervisor:
     """Runs one worker to its end, sampling it, and reports a death by signal."""
 
-    def __init__(self, run_dir: Path, command: list[str]) -> None:
+    def __init__(self, run_dir: Path, command: list[str], report_fd: int | None = None) -> None:
         self.run_dir = run_dir
         self.command = command
+        self.report_fd = report_fd  # handed to the worker, which answers the client on it
         self.samples: collections.deque[Sample] = collections.deque(maxlen=RECENT_SAMPLES)
         self.peak_rss = 0
         self.child: subprocess.Popen | None = None
@@ -216,12 +226,29 @@ class Supervisor:
         self.events_offset = events.stat().st_size if events.exists() else 0
 
     def start(self) -> int:
-        """Start the worker (a session of its own) and record its pid; returns the pid."""
+        """Start the worker (a session of its own); returns its pid.
+
+        The worker records its own pid once it holds the run's lock: written
+        here, a worker that then finds the run owned would leave its dead pid.
+        """
         self.oom_kills_before = cgroup_oom_kills()
-        self.child = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True
-        )
-        record_pid(self.run_dir, self.child.pid)
+        env, pass_fds = None, ()
+        if self.report_fd is not None:
+            env, pass_fds = {**os.environ, STARTED_FD_ENV: str(self.report_fd)}, (self.report_fd,)
+        try:
+            self.child = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=pass_fds,
+                env=env,
+            )
+        finally:
+            if self.report_fd is not None:
+                # Only the worker answers now; if it dies first, the client reads EOF.
+                with contextlib.suppress(OSError):
+                    os.close(self.report_fd)
         for number in self.pending:
             self.forward(number)
         return self.child.pid
@@ -253,6 +280,8 @@ class Supervisor:
 
     def report(self, returncode: int) -> dict | None:
         """Append ``worker_exit`` when the worker died by a signal or without a final event."""
+        if returncode == EXIT_ALREADY_RUNNING:
+            return None  # it never owned the run; the owner's record is not ours to touch
         final = self._ended_with_final_event()
         if returncode == 0 or (returncode > 0 and final):
             return None
@@ -265,8 +294,15 @@ class Supervisor:
         if samples:
             fields["worker_peak_rss_bytes"] = max(self.peak_rss, fields["worker_peak_rss_bytes"])
         assert self.child is not None
-        with EventWriter(self.run_dir / EVENTS_FILE) as writer:
-            return writer.emit("worker_exit", pid=self.child.pid, final_event=final, **fields)
+        run_lock = RunLock.claim(self.run_dir / LOCK_FILE)
+        if run_lock is None:
+            print("supervisor: a newer worker owns the run; its worker_exit is not written", file=sys.stderr)
+            return None
+        try:
+            with EventWriter(self.run_dir / EVENTS_FILE) as writer:
+                return writer.emit("worker_exit", pid=self.child.pid, final_event=final, **fields)
+        finally:
+            run_lock.release()
 
     def _ended_with_final_event(self) -> bool:
         """Whether the worker's last start was followed by ``finished`` or ``failed``."""
@@ -285,17 +321,6 @@ class Supervisor:
         except OSError:
             return False
         return final
-
-
-def record_pid(run_dir: Path, pid: int) -> None:
-    """Write ``worker.pid`` as the worker does: pid and start time, atomically."""
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        return  # already gone; the report says how
-    tmp = run_dir / (PID_FILE + ".supervisor.tmp")
-    tmp.write_text(f"{pid} {created}\n")
-    os.replace(tmp, run_dir / PID_FILE)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -332,30 +357,22 @@ def _exit_like(returncode: int) -> None:
     os._exit(128 + number)  # a signal whose default is not to end the process
 
 
-def _report_pid(fd: int | None, pid: int) -> None:
-    if fd is None:
-        return
-    with contextlib.suppress(OSError):
-        os.write(fd, f"{pid}\n".encode())
-    with contextlib.suppress(OSError):
-        os.close(fd)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.run.supervisor")
     parser.add_argument("--worker-module", default="engine.train.worker")
-    parser.add_argument("--report-fd", type=int, help="write the worker's pid here, then close it")
+    parser.add_argument(
+        "--report-fd", type=int, help="handed to the worker, which writes its pid (or busy PID) there"
+    )
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("worker_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     run_dir = args.run_dir.resolve()
     command = [sys.executable, "-m", args.worker_module, str(run_dir), *args.worker_args]
-    supervisor = Supervisor(run_dir, command)
+    supervisor = Supervisor(run_dir, command, args.report_fd)
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, supervisor.forward)
-    pid = supervisor.start()
-    _report_pid(args.report_fd, pid)
+    supervisor.start()
     returncode = supervisor.wait()
     try:
         supervisor.report(returncode)

@@ -2,12 +2,16 @@
 
 It trains what RUN_DIR/config.toml describes, appends events, serves
 control.sock, and keeps its pid and a heartbeat in the run directory so
-viewers can tell a live run from a dead one. It is started in a session of
+viewers can tell a live run from a dead one. Before anything else it takes
+the run's lock (:mod:`engine.run.lock`) and holds it for its whole life, a
+remedy's re-exec included: a second worker on the same run exits at once
+without writing anything. It is started in a session of
 its own and ignores SIGHUP, so a dropped ssh link never reaches it. SIGTERM
 and SIGINT mean ``stop``: checkpoint, final event, exit 0. An exception
 becomes a ``failed`` event with the traceback saved in the run directory.
 
-Exit codes: 0 finished or stopped, 1 failed, 2 the config is a user error.
+Exit codes: 0 finished or stopped, 1 failed, 2 the config is a user error,
+75 (:data:`engine.run.lock.EXIT_ALREADY_RUNNING`) another worker owns the run.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from engine.config import ConfigError  # noqa: E402
 from engine.remedies import REMEDIES, applicable_remedies, apply_remedy, blocker, changes_weights  # noqa: E402
 from engine.run.control import ControlServer, ControlState  # noqa: E402
 from engine.run.events import EVENTS_FILE, EventWriter  # noqa: E402
+from engine.run.lock import EXIT_ALREADY_RUNNING, AlreadyRunning, RunLock  # noqa: E402
 from engine.run.store import (  # noqa: E402
     HEARTBEAT_FILE,
-    PID_FILE,
     SOCKET_FILE,
+    claim_run,
     read_config,
     read_config_revisions,
     write_config,
@@ -40,16 +45,6 @@ from engine.run.store import (  # noqa: E402
 HEARTBEAT_SECONDS = 2.0
 TRACEBACK_FILE = "traceback.txt"
 FAULTS_FIRED_FILE = ".faults-fired"
-
-
-def write_pid_file(run_dir: Path) -> None:
-    """Record pid and start time; the start time guards against a reused pid."""
-    import psutil
-
-    started = psutil.Process().create_time()
-    tmp = run_dir / (PID_FILE + ".tmp")
-    tmp.write_text(f"{os.getpid()} {started}")
-    os.replace(tmp, run_dir / PID_FILE)
 
 
 def start_heartbeat(run_dir: Path) -> None:
@@ -72,10 +67,21 @@ def install_signal_handlers(control: ControlState) -> None:
 
 
 class Worker:
-    """One run's process: wires events, control and the trainer together."""
+    """One run's process: wires events, control and the trainer together.
 
-    def __init__(self, run_dir: Path, resume: bool = False, remedy: str | None = None) -> None:
+    Args:
+        run_dir: the run directory.
+        run_lock: the run's lock, already taken (:func:`engine.run.store.claim_run`):
+            only its holder may open the events or replace the control socket.
+        resume: continue from the newest checkpoint.
+        remedy: a remedy to apply first.
+    """
+
+    def __init__(
+        self, run_dir: Path, run_lock: RunLock, resume: bool = False, remedy: str | None = None
+    ) -> None:
         self.run_dir = run_dir
+        self.run_lock = run_lock
         self.resume = resume
         self.remedy = remedy
         self.progress_from: str | None = None
@@ -102,7 +108,6 @@ class Worker:
         return reply
 
     def run(self, stop_already_asked: bool = False) -> int:
-        write_pid_file(self.run_dir)
         start_heartbeat(self.run_dir)
         install_signal_handlers(self.control)
         if stop_already_asked:
@@ -240,7 +245,9 @@ class Worker:
     def _restart(self, name: str) -> None:
         # exec keeps the pid (viewers and worker.pid stay valid) while the
         # new image starts with a fresh TensorFlow, so GPU memory is released.
+        # The lock goes across with its descriptor, never released: no other worker can slip in.
         args = [sys.executable, "-m", "engine.train.worker", str(self.run_dir), "--resume", "--remedy", name]
+        self.run_lock.keep_across_exec()
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, args)
@@ -324,9 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--remedy", help="apply this remedy before resuming")
     args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    try:
+        run_lock = claim_run(run_dir)  # first: nothing touches the run before its lock is ours
+    except AlreadyRunning as busy:
+        print(f"convdeck worker: {busy}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint saves log at INFO per shard
-    worker = Worker(args.run_dir.resolve(), resume=args.resume, remedy=args.remedy)
+    worker = Worker(run_dir, run_lock, resume=args.resume, remedy=args.remedy)
     return worker.run(stop_already_asked=bool(early_stop))
 
 

@@ -72,9 +72,14 @@ def run(
 @click.option("--remedy", metavar="NAME", help=f"Apply first: {', '.join(REMEDIES)}.")
 @click.option("--detach", is_flag=True, help="Print the run id and return; the run goes on.")
 @click.option("--json", "json_lines", is_flag=True, help="Print the events as JSON lines.")
-def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool) -> int:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="End a hung worker first (it holds the run but stopped touching its heartbeat).",
+)
+def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool, force: bool) -> int:
     """Continue a stopped, failed or crashed RUN from its last checkpoint."""
-    handle = client.resume_run_sync(run_ref, remedy=remedy)
+    handle = client.resume_run_sync(run_ref, remedy=remedy, force=force)
     return _detach_or_follow(handle, detach, json_lines)
 
 
