@@ -603,7 +603,18 @@ def _with_preset_name(summary: RunSummary) -> RunSummary:
     return summary
 
 
-def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> RunHandle:
+def start_worker(run_dir: Path, env: dict[str, str] | None = None) -> RunHandle:
+    """Start the worker of a run directory made beforehand (the queue's runs), with extra ``env``.
+
+    Raises:
+        AlreadyRunning: a worker owns the run already.
+    """
+    return _spawn(run_dir, env=env)
+
+
+def _spawn(
+    run_dir: Path, resume: bool = False, remedy: str | None = None, env: dict[str, str] | None = None
+) -> RunHandle:
     """Start the worker detached, under its supervisor (:mod:`engine.run.supervisor`).
 
     The supervisor runs ``python -m engine.train.worker RUN_DIR`` as its child in a
@@ -620,7 +631,7 @@ def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> Ru
     events_path = run_dir / EVENTS_FILE
     spawn_offset = events_path.stat().st_size if events_path.exists() else 0
     # Unbuffered, so worker.log shows a crash's last words.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     read_fd, write_fd = os.pipe()
     command = [
         sys.executable,

@@ -27,6 +27,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.gpu import GIB, GpuSample
 from engine.remedies import UNATTENDED_REMEDY
+from engine.run.lock import AlreadyRunning
 from engine.run.queue import CLAIMED, ENDED, LAUNCHED, Entry, RunQueue
 from engine.run.store import convdeck_home, runs_root
 
@@ -182,8 +183,10 @@ class QueueRunner:
 
                 create_run_dir(config, self.home, run_id=entry.run_id)
             if client.RunHandle(run_dir).pid() is None:
-                env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, _devices_of(entry)))} if _devices_of(entry) else {}
-                client.spawn_worker(run_dir, env=env)
+                devices = ",".join(map(str, _devices_of(entry)))
+                client.start_worker(run_dir, env={"CUDA_VISIBLE_DEVICES": devices} if devices else None)
+        except AlreadyRunning:
+            pass  # a runner before us started it after all: the run's lock kept it one worker
         except ConfigError as error:
             self.log(f"entry {entry.id} ({entry.preset}): {error}")
             self.queue.mark(entry.id, ENDED, outcome="failed", note=str(error))

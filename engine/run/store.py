@@ -56,10 +56,21 @@ def new_run_id(preset: str) -> str:
     return f"{stamp}-{safe}-{secrets.token_hex(2)}"
 
 
-def create_run_dir(config: RunConfig, home: Path | None = None) -> Path:
-    """Make a run directory (mode 0700) holding the run's config.toml."""
+def create_run_dir(config: RunConfig, home: Path | None = None, run_id: str | None = None) -> Path:
+    """Make a run directory (mode 0700) holding the run's config.toml.
+
+    ``run_id`` names it exactly (the queue records an entry's id before the
+    directory exists); by default a fresh id is drawn.
+    """
     root = runs_root(home)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if run_id is not None:
+        run_dir = root / run_id
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(run_dir, 0o700)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        write_config(run_dir, config)
+        return run_dir
     run_id = new_run_id(config.name)
     for attempt in range(1, 1000):
         run_dir = root / (run_id if attempt == 1 else f"{run_id}{attempt}")
