@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig
+from engine.run.checkpoint_files import CHECKPOINTS_DIR, check_something_to_resume
 from engine.run.control import COMMANDS, REMEDIES
 from engine.run.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
 from engine.run.store import (
@@ -476,17 +477,24 @@ async def start_run(config: RunConfig, home: Path | None = None) -> RunHandle:
 
 
 def resume_run_sync(
-    handle_or_ref: RunHandle | str, remedy: str | None = None, home: Path | None = None
+    handle_or_ref: RunHandle | str,
+    remedy: str | None = None,
+    home: Path | None = None,
+    from_scratch: bool = False,
 ) -> RunHandle:
-    """Start a worker that continues a stopped, failed or crashed run from its last checkpoint.
+    """Start a worker that continues a stopped, failed or crashed run from its newest intact checkpoint.
 
     Args:
         handle_or_ref: a handle, or a run id or unique prefix of one.
         remedy: a remedy to apply before continuing (one of :data:`REMEDIES`).
         home: the convdeck home, for a ref.
+        from_scratch: start again from step 0 (same config, same record);
+            the worker moves what ``checkpoints/`` held aside.
 
     Raises:
-        ConfigError: the run matches nothing, finished, is still live, or the
+        ConfigError: the run matches nothing, finished, is still live, its
+            config is unreadable, it has nothing left to resume from (and
+            not ``from_scratch``), its directory is not writable, or the
             remedy is unknown.
     """
     if isinstance(handle_or_ref, RunHandle):
@@ -495,14 +503,21 @@ def resume_run_sync(
         handle = find_run(handle_or_ref, home)
     _check_remedy(remedy)
     _check_resumable(handle)
-    return _spawn(handle.run_dir, resume=True, remedy=remedy)
+    if not from_scratch:
+        # The worker reads the checkpoints; no files at all is told here, without TensorFlow's wait.
+        check_something_to_resume(handle.run_dir)
+    _check_writable(handle.run_dir)
+    return _spawn(handle.run_dir, resume=True, remedy=remedy, from_scratch=from_scratch)
 
 
 async def resume_run(
-    handle_or_ref: RunHandle | str, remedy: str | None = None, home: Path | None = None
+    handle_or_ref: RunHandle | str,
+    remedy: str | None = None,
+    home: Path | None = None,
+    from_scratch: bool = False,
 ) -> RunHandle:
     """:func:`resume_run_sync` for async callers."""
-    return resume_run_sync(handle_or_ref, remedy, home)
+    return resume_run_sync(handle_or_ref, remedy, home, from_scratch)
 
 
 def _check_remedy(remedy: str | None) -> None:
@@ -522,6 +537,22 @@ def _check_resumable(handle: RunHandle) -> None:
             f"watch it with `convdeck attach {handle.run_id}`"
         )
     handle.config()  # an unreadable config fails here, in one line, not in the worker
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The worker writes its log, events and checkpoints here: say so now if it cannot.
+
+    ``os.access`` answers for the real user and sees a read-only mount, so
+    root on a read-only filesystem is refused too.
+    """
+    paths = [run_dir, run_dir / CHECKPOINTS_DIR, run_dir / EVENTS_FILE, run_dir / WORKER_LOG]
+    for path in paths:
+        wanted = os.W_OK | (os.X_OK if path.is_dir() else 0)
+        if path.exists() and not os.access(path, wanted):
+            raise ConfigError(
+                f"cannot resume run {run_dir.name}: {path} is not writable (the worker writes "
+                "its events, checkpoints and log in the run directory); make it writable"
+            )
 
 
 def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
@@ -548,7 +579,9 @@ def _with_preset_name(summary: RunSummary) -> RunSummary:
     return summary
 
 
-def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> RunHandle:
+def _spawn(
+    run_dir: Path, resume: bool = False, remedy: str | None = None, from_scratch: bool = False
+) -> RunHandle:
     """Start the worker detached, under its supervisor (:mod:`engine.run.supervisor`).
 
     The supervisor runs ``python -m engine.train.worker RUN_DIR`` as its child in a
@@ -558,6 +591,7 @@ def _spawn(run_dir: Path, resume: bool = False, remedy: str | None = None) -> Ru
     """
     worker_args = ["--resume"] if resume else []
     worker_args += ["--remedy", remedy] if remedy else []
+    worker_args += ["--from-scratch"] if from_scratch else []
     events_path = run_dir / EVENTS_FILE
     spawn_offset = events_path.stat().st_size if events_path.exists() else 0
     # Unbuffered, so worker.log shows a crash's last words.

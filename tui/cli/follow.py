@@ -71,9 +71,15 @@ def run(
 @click.option("--remedy", metavar="NAME", help=f"Apply first: {', '.join(client.REMEDIES)}.")
 @click.option("--detach", is_flag=True, help="Print the run id and return; the run goes on.")
 @click.option("--json", "json_lines", is_flag=True, help="Print the events as JSON lines.")
-def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool) -> int:
-    """Continue a stopped, failed or crashed RUN from its last checkpoint."""
-    handle = client.resume_run_sync(run_ref, remedy=remedy)
+@click.option(
+    "--from-scratch",
+    is_flag=True,
+    help="Start again from step 0 with the same config (when no checkpoint can be used); "
+    "the old checkpoints are moved aside, not deleted.",
+)
+def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool, from_scratch: bool) -> int:
+    """Continue a stopped, failed or crashed RUN from its newest intact checkpoint."""
+    handle = client.resume_run_sync(run_ref, remedy=remedy, from_scratch=from_scratch)
     return _detach_or_follow(handle, detach, json_lines)
 
 
