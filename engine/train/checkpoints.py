@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import tensorflow as tf
@@ -68,26 +67,14 @@ def damage(checkpoint: CheckpointFiles) -> str | None:
     return None
 
 
-@dataclass
-class Recovery:
-    """What :func:`recover_checkpoints` found and did."""
-
-    used: CheckpointFiles | None = None
-    skipped: list[tuple[CheckpointFiles, str, Path]] = field(default_factory=list)
-    """Damaged checkpoints newer than ``used``: each with its reason and where it went."""
-    unfinished_removed: list[str] = field(default_factory=list)
-    state_rebuilt: str | None = None
-    """Why the state file was written anew (None: it was right)."""
-
-
-def recover_checkpoints(run_dir: Path, events: EventWriter) -> Recovery:
-    """Make ``checkpoints/`` resumable: the newest intact checkpoint, named by a sound state file.
+def recover_checkpoints(run_dir: Path, events: EventWriter) -> CheckpointFiles | None:
+    """Make ``checkpoints/`` resumable; returns the checkpoint the run resumes from (None: none yet).
 
     Removes ``ckpt-N_temp/`` folders of saves that were cut short, moves
     damaged checkpoints newer than the newest intact one to
     ``checkpoints.damaged/``, rebuilds the state file when it is missing,
-    unreadable or names anything else, and reports each step through
-    ``events``. Changes nothing else when no checkpoint can be used.
+    unreadable or names anything else, and reports each of these through
+    ``events``. Moves nothing when no checkpoint can be used.
 
     Raises:
         ConfigError: checkpoints existed and none of them is intact (the
@@ -95,46 +82,40 @@ def recover_checkpoints(run_dir: Path, events: EventWriter) -> Recovery:
     """
     run_dir = Path(run_dir)
     directory = run_dir / CHECKPOINTS_DIR
-    recovery = Recovery(unfinished_removed=_remove_unfinished_saves(directory, events))
+    _remove_unfinished_saves(directory, events)
     found = list_checkpoints(directory)
     if not found:
         check_something_to_resume(run_dir)  # all gone although some were saved: refuse
-        return recovery
-    damaged = []
+        return None
+    damaged: list[tuple[CheckpointFiles, str]] = []
+    used = None
     for checkpoint in found:
         reason = damage(checkpoint)
         if reason is None:
-            recovery.used = checkpoint
+            used = checkpoint
             break
         damaged.append((checkpoint, reason))
-    if recovery.used is None:
+    if used is None:
         named = ", ".join(f"{c.name} ({reason})" for c, reason in damaged)
-        raise ConfigError(
-            f"no intact checkpoint in {directory}: {named}; {from_scratch_hint(run_dir.name)}"
-        )
+        raise ConfigError(f"no intact checkpoint in {directory}: {named}; {from_scratch_hint(run_dir.name)}")
     for checkpoint, reason in damaged:
-        recovery.skipped.append((checkpoint, reason, _move_aside(checkpoint, run_dir / DAMAGED_DIR)))
-        _report_fallback(events, recovery.skipped[-1], recovery.used)
-    kept = [c for c in found if c.step <= recovery.used.step]
-    recovery.state_rebuilt = _rebuild_state(directory, recovery.used, kept)
-    if recovery.state_rebuilt:
+        _report_fallback(events, checkpoint, reason, _move_aside(checkpoint, run_dir / DAMAGED_DIR), used)
+    rebuilt = _rebuild_state(directory, used, [c for c in found if c.step <= used.step])
+    if rebuilt:
         events.emit(
             "log",
             level="warning",
             message=f"rebuilt {CHECKPOINTS_DIR}/{STATE_FILE} from the checkpoint files present "
-            f"({recovery.state_rebuilt}); resuming from {recovery.used.name}",
+            f"({rebuilt}); resuming from {used.name}",
         )
-    return recovery
+    return used
 
 
-def _remove_unfinished_saves(directory: Path, events: EventWriter) -> list[str]:
+def _remove_unfinished_saves(directory: Path, events: EventWriter) -> None:
     """A ``ckpt-N_temp/`` only ever holds a save that never finished: no use to anyone."""
-    removed = []
     for path in unfinished_saves(directory):
         shutil.rmtree(path)
-        removed.append(path.name)
         events.emit("log", level="info", message=f"removed {path.name}/, left by a save that was cut short")
-    return removed
 
 
 def _move_aside(checkpoint: CheckpointFiles, damaged_root: Path) -> Path:
@@ -146,9 +127,8 @@ def _move_aside(checkpoint: CheckpointFiles, damaged_root: Path) -> Path:
 
 
 def _report_fallback(
-    events: EventWriter, skipped: tuple[CheckpointFiles, str, Path], used: CheckpointFiles
+    events: EventWriter, checkpoint: CheckpointFiles, reason: str, moved_to: Path, used: CheckpointFiles
 ) -> None:
-    checkpoint, reason, moved_to = skipped
     events.emit(
         "checkpoint_fallback",
         skipped_step=checkpoint.step,
