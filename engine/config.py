@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import sys
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine import remedies
 from engine.errors import ConfigError  # noqa: F401 - re-exported: engine.config.ConfigError
@@ -32,6 +32,30 @@ ARCHITECTURES = (
 )
 DATASET_KINDS = ("digits", "synthetic", "tfds:NAME", "folder:PATH")
 
+# TOML and Python integers have no limit; TensorFlow keeps shapes, batch sizes
+# and its counters in 32-bit integers in places, so a larger count fails deep
+# inside it (or wraps). Every count in the config is refused past this.
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1  # NumPy's seeds, which tf.keras.utils.set_random_seed sets, are 32-bit unsigned
+
+
+def _between(low: int, high: int) -> AfterValidator:
+    """An integer check whose error names the value and the whole allowed range."""
+
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"got {value}; expected an integer from {low} to {high}")
+        return value
+
+    return AfterValidator(check)
+
+
+Count = Annotated[int, _between(1, INT32_MAX)]
+"""A count of things TensorFlow builds or runs: images, steps, epochs, classes, filters."""
+CountOrZero = Annotated[int, _between(0, INT32_MAX)]
+"""A count where 0 means off or automatic."""
+Seed = Annotated[int, _between(0, SEED_MAX)]
+
 
 class _Section(BaseModel):
     # extra="forbid" turns a typo into an error instead of a silent default.
@@ -51,7 +75,7 @@ class ModelConfig(_Section):
     # GoogLeNet: the two auxiliary classifiers of Inception v1.
     aux_heads: bool = False
     # DenseNet: growth rate and layers per dense block (121 by default).
-    growth_rate: int = Field(32, gt=0)
+    growth_rate: Count = 32
     block_config: list[int] = Field(default_factory=lambda: [6, 12, 24, 16])
     # MobileNetV2 (tf.keras.applications).
     alpha: float = Field(1.0, gt=0)
@@ -84,8 +108,8 @@ class ModelConfig(_Section):
     @field_validator("blocks", "block_config")
     @classmethod
     def _positive_stages(cls, value: list[int]) -> list[int]:
-        if not value or any(n <= 0 for n in value):
-            raise ValueError(f"got {value}; expected a non-empty list of positive integers")
+        if not value or any(not 1 <= n <= INT32_MAX for n in value):
+            raise ValueError(f"got {value}; expected a non-empty list of integers from 1 to {INT32_MAX}")
         return value
 
 
@@ -95,9 +119,9 @@ class DataConfig(_Section):
     dataset: str = "digits"
     image_size: tuple[int, int] = (32, 32)
     # None: what the dataset has (digits 1, synthetic 3); set to force.
-    channels: Optional[int] = Field(None, ge=1, le=4)
+    channels: Optional[Annotated[int, _between(1, 4)]] = None
     # None: what the dataset has; synthetic uses 10 unless set.
-    num_classes: Optional[int] = Field(None, ge=2)
+    num_classes: Optional[Annotated[int, _between(2, INT32_MAX)]] = None
     resize_method: Literal["nearest", "bilinear"] = "bilinear"
     validation_split: float = Field(0.2, ge=0, lt=1)
     # tfds: split names; val_split None carves validation_split out of train.
@@ -108,15 +132,15 @@ class DataConfig(_Section):
     normalize: bool = True
     augment_flip: bool = False
     augment_crop: bool = False
-    shuffle_buffer: int = Field(10_000, ge=0)
+    shuffle_buffer: CountOrZero = 10_000
     # "auto" caches datasets that fit in a few hundred MB.
     cache: Literal["auto", "yes", "no"] = "auto"
     # folder: an image that cannot be decoded ends the run naming its file (false),
     # or is left out and counted in the run's log (true).
     skip_bad_images: bool = False
     # synthetic: examples per epoch.
-    synthetic_examples: int = Field(2048, gt=0)
-    seed: int = 0
+    synthetic_examples: Count = 2048
+    seed: Seed = 0
 
     @field_validator("val_split")
     @classmethod
@@ -142,43 +166,45 @@ class DataConfig(_Section):
     @field_validator("image_size")
     @classmethod
     def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if any(n <= 0 for n in value):
-            raise ValueError(f"got {list(value)}; expected [height, width] in pixels, both > 0")
+        if any(not 1 <= n <= INT32_MAX for n in value):
+            raise ValueError(
+                f"got {list(value)}; expected [height, width] in pixels, each from 1 to {INT32_MAX}"
+            )
         return value
 
 
 class TrainConfig(_Section):
     """How to train: batch, optimiser, schedule, precision, checkpoints, policies."""
 
-    batch_size: int = Field(128, gt=0)
-    epochs: int = Field(10, gt=0)
+    batch_size: Count = 128
+    epochs: Count = 10
     # Cap steps per epoch (None: the whole dataset); handy for smoke runs.
-    steps_per_epoch: Optional[int] = Field(None, gt=0)
+    steps_per_epoch: Optional[Count] = None
     optimizer: Literal["adam", "sgd", "adamw"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["constant", "cosine", "step"] = "constant"
     # step schedule: multiply by step_gamma every step_epochs epochs.
-    step_epochs: int = Field(10, gt=0)
+    step_epochs: Count = 10
     step_gamma: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixed_precision: bool = False
-    accumulation_steps: int = Field(1, gt=0)
+    accumulation_steps: Count = 1
     jit_compile: bool = False
     # Steps run inside one tf.function call; 0 picks it from measured step time.
-    steps_per_call: int = Field(0, ge=0)
+    steps_per_call: CountOrZero = 0
     # Steps between checkpoints, counted from the last one (epoch ends save too):
     # a killed worker loses at most this many steps.
-    checkpoint_every: int = Field(200, gt=0)
-    keep_checkpoints: int = Field(3, gt=0)
+    checkpoint_every: Count = 200
+    keep_checkpoints: Count = 3
     # ask | stop | a remedy's name (engine.remedies is the list); checked below.
     on_oom: str = "ask"
     on_nan: Literal["pause", "stop"] = "pause"
     strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
     devices: list[str] = Field(default_factory=list)
-    virtual_cpus: int = Field(0, ge=0)
-    seed: int = 0
+    virtual_cpus: CountOrZero = 0
+    seed: Seed = 0
 
     @field_validator("on_oom", mode="before")
     @classmethod
@@ -248,6 +274,36 @@ def validate_config(data: dict, source: str = "") -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, source)) from None
+
+
+RUN_CONFIG_KEYS = ("name", "model", "data", "train")
+"""What a run's config.toml always holds (see :func:`validate_run_config`)."""
+
+
+def validate_run_config(data: dict, source: str) -> RunConfig:
+    """A run's own config.toml, which, unlike a preset, is never partial.
+
+    A preset overrides only what differs from the defaults, so an empty
+    preset is valid. A run's config.toml is written whole, by
+    :func:`config_to_toml` through ``engine.run.store.write_config``: its name
+    and its three sections are always there. One without them was emptied
+    or cut short (a crash before the write reached the disk, a full disk, an
+    editor), and read as the defaults it would resume a different run
+    (batch 128, 10 epochs, named 'custom'): it is refused instead. A field
+    missing inside a section is not: a config written by an older convdeck
+    lacks the fields added since, and those rightly take their defaults.
+
+    Raises:
+        ConfigError: one line naming the file and what it lacks.
+    """
+    missing = [key if key == "name" else f"[{key}]" for key in RUN_CONFIG_KEYS if key not in data]
+    if missing:
+        state = "empty" if not data else f"cut short: it has no {', '.join(missing)}"
+        raise ConfigError(
+            f"{source}: {state}; a run's config always holds its name, [model], [data] and "
+            "[train], so it is not read as the defaults (restore the file to go on)"
+        )
+    return validate_config(data, source)
 
 
 def parse_value(text: str) -> Any:

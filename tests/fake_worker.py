@@ -20,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
 from engine.remedies import REMEDIES, unknown_remedy
+from engine.run.control import ControlServer
 from engine.run.lock import EXIT_ALREADY_RUNNING, AlreadyRunning
 from engine.run.store import claim_run
 
@@ -131,14 +131,16 @@ def crash(worker: FakeWorker) -> int:
 
 def serve(worker: FakeWorker) -> int:
     signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-    server = _serve_socket(worker)
+    # The real server: what reaches the socket is handled as in a real worker.
+    server = ControlServer(worker.run_dir / "control.sock", lambda request: _reply(worker, request))
+    server.start()
     while not worker.stop.is_set():
         if not worker.paused:
             worker.train_step(1 + worker.step // 3)
         time.sleep(0.05)
         (worker.run_dir / "heartbeat").touch()
     time.sleep(float(os.environ.get("FAKE_STOP_SECONDS", "0")))
-    worker.emit("checkpoint", step=worker.step, path=str(worker.run_dir / "checkpoints"))
+    worker.emit("checkpoint", step=worker.step, path=str(_save_checkpoint(worker)))
     worker.emit(
         "finished", reason="stopped", loss=0.3, accuracy=0.8, steps=worker.step, elapsed=1.0
     )
@@ -146,24 +148,13 @@ def serve(worker: FakeWorker) -> int:
     return 0
 
 
-def _serve_socket(worker: FakeWorker) -> socket.socket:
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    os.chdir(worker.run_dir)  # a relative bind dodges the 108-byte path limit
-    server.bind("control.sock")
-    server.listen(4)
-    threading.Thread(target=_accept, args=(server, worker), daemon=True).start()
-    return server
-
-
-def _accept(server: socket.socket, worker: FakeWorker) -> None:
-    while True:
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn:
-            for line in conn.makefile("rb"):
-                conn.sendall((json.dumps(_reply(worker, json.loads(line))) + "\n").encode())
+def _save_checkpoint(worker: FakeWorker) -> Path:
+    """A checkpoint's files by name: what `resume` checks before spawning (it reads no contents)."""
+    prefix = worker.run_dir / "checkpoints" / f"ckpt-{worker.step}"
+    prefix.parent.mkdir(exist_ok=True)
+    for suffix in (".index", ".data-00000-of-00001"):
+        Path(f"{prefix}{suffix}").write_bytes(b"")
+    return prefix
 
 
 def _reply(worker: FakeWorker, request: dict) -> dict:

@@ -6,9 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error, run_cli
 
 from engine.config import (
     ARCHITECTURES,
+    INT32_MAX,
+    SEED_MAX,
     ConfigError,
     DataConfig,
     ModelConfig,
@@ -48,16 +51,59 @@ def test_defaults_are_valid():
 @pytest.mark.parametrize("value", [0, -1])
 def test_batch_size_must_be_positive(value):
     message = config_error({"train": {"batch_size": value}})
-    assert "train.batch_size" in message
-    assert f"got {value}" in message
-    assert "greater than 0" in message
+    assert message == f"train.batch_size: got {value}; expected an integer from 1 to {INT32_MAX}"
 
 
 def test_epochs_must_be_positive():
     message = config_error({"train": {"epochs": 0}})
-    assert "train.epochs" in message
-    assert "got 0" in message
-    assert "greater than 0" in message
+    assert message == f"train.epochs: got 0; expected an integer from 1 to {INT32_MAX}"
+
+
+# Every integer that reaches TensorFlow, with the range it takes: TOML and Python
+# integers have no limit, so without a bound 2**63 passes and fails deep in TensorFlow.
+BOUNDED_INTEGERS = [
+    ("train", "batch_size", 1, INT32_MAX),
+    ("train", "epochs", 1, INT32_MAX),
+    ("train", "steps_per_epoch", 1, INT32_MAX),
+    ("train", "step_epochs", 1, INT32_MAX),
+    ("train", "accumulation_steps", 1, INT32_MAX),
+    ("train", "steps_per_call", 0, INT32_MAX),
+    ("train", "checkpoint_every", 1, INT32_MAX),
+    ("train", "keep_checkpoints", 1, INT32_MAX),
+    ("train", "virtual_cpus", 0, INT32_MAX),
+    ("train", "seed", 0, SEED_MAX),
+    ("data", "channels", 1, 4),
+    ("data", "num_classes", 2, INT32_MAX),
+    ("data", "shuffle_buffer", 0, INT32_MAX),
+    ("data", "synthetic_examples", 1, INT32_MAX),
+    ("data", "seed", 0, SEED_MAX),
+    ("model", "growth_rate", 1, INT32_MAX),
+]
+
+
+@pytest.mark.parametrize(("section", "field", "low", "high"), BOUNDED_INTEGERS)
+def test_bounded_integers_refuse_what_tensorflow_cannot_take(section, field, low, high):
+    for value in (high + 1, 2**63, low - 1):
+        message = config_error({section: {field: value}})
+        assert message == f"{section}.{field}: got {value}; expected an integer from {low} to {high}"
+    for value in (low, high):
+        assert getattr(getattr(validate_config({section: {field: value}}), section), field) == value
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [("data", "image_size", [32, 2**31]), ("model", "blocks", [2, 2**63]), ("model", "block_config", [6, 0])],
+)
+def test_integer_lists_are_bounded_too(section, field, value):
+    message = config_error({section: {field: value}})
+    assert message.startswith(f"{section}.{field}: got {value}; expected ")
+    assert f"from 1 to {INT32_MAX}" in message
+
+
+def test_a_huge_batch_size_from_the_command_line_is_one_line_exit_2(convdeck_home):
+    error = one_line_error(run_cli("run", "--set", "train.batch_size=9223372036854775808"))
+    assert "train.batch_size: got 9223372036854775808; expected an integer from 1 to 2147483647" in error
+    assert not (convdeck_home / "runs").exists()
 
 
 def test_unknown_field_suggests_the_close_name():
@@ -114,7 +160,7 @@ def test_image_size_must_be_positive():
     message = config_error({"data": {"image_size": [0, 3]}})
     assert "data.image_size" in message
     assert "[0, 3]" in message
-    assert "> 0" in message
+    assert f"each from 1 to {INT32_MAX}" in message
 
 
 def test_optimizer_not_allowed():

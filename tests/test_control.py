@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, wait_for
 
 from engine.remedies import REMEDIES
 from engine.run import control
 from engine.run.control import ControlServer, ControlState, short_socket_path
+from engine.run.events import read_events
 
 # -- ControlState --------------------------------------------------------------
 
@@ -389,3 +391,95 @@ def test_close_waits_for_a_reply_already_being_made(tmp_path, connect, monkeypat
     order.append("closed")
     asking.join(5.0)
     assert order == ["replied", "closed"] and replies == [{"ok": True}]
+
+
+# -- bad input on the socket: bounded, answered, and the run goes on --------------------------
+
+MAX = control.MAX_REQUEST_BYTES
+
+
+def send_flooding(client: Client, raw: bytes) -> dict:
+    """Send ``raw`` from a thread (the server may hang up before taking it all) and read the reply."""
+
+    def flood() -> None:
+        try:
+            client.sock.sendall(raw)
+        except OSError:  # the server answered and hung up mid-send: as it should
+            pass
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    reply = json.loads(client.reader.readline())
+    sender.join(10)
+    return reply
+
+
+def deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth + b"\n"
+
+
+def test_a_request_of_exactly_the_cap_is_served(tmp_path, serve, connect):
+    path = tmp_path / "control.sock"
+    serve(path)
+    line = json.dumps({"command": "status"}).encode()
+    padded = line[:-1] + b" " * (MAX - len(line) - 1) + b"}\n"  # JSON allows the spaces
+    assert len(padded) == MAX
+    assert connect(path).send_line(padded)["ok"] is True
+
+
+@pytest.mark.parametrize("size", [MAX + 1, 8 << 20])
+def test_an_over_long_line_is_answered_and_never_handled(tmp_path, serve, connect, size):
+    path = tmp_path / "control.sock"
+    handled: list[dict] = []
+    serve(path, lambda request: handled.append(request) or {"ok": True})
+    # A real command, but longer than the cap: refused whole, not cut and obeyed.
+    raw = b'{"command": "stop", "pad": "' + b"x" * size + b'"}\n'
+
+    reply = send_flooding(connect(path), raw)
+
+    assert reply["ok"] is False and f"longer than {MAX} bytes" in reply["error"]
+    assert handled == []
+    assert connect(path).send({"command": "status"})["ok"] is True
+
+
+def test_json_nested_too_deeply_gets_an_error_reply(tmp_path, serve, connect):
+    path = tmp_path / "control.sock"
+    serve(path)
+    client = connect(path)
+    assert len(deep(30_000)) < MAX
+    reply = client.send_line(deep(30_000))
+    assert reply == {"ok": False, "error": "malformed request: nested too deeply"}
+    assert client.send({"command": "status"})["ok"] is True  # the same connection goes on
+
+
+def test_a_live_worker_trains_on_through_bad_requests(convdeck_home, fake_worker):
+    fake_worker("serve")
+    result = run_cli("run", "--detach")
+    assert result.returncode == 0, result.stderr
+    run_dir = convdeck_home / "runs" / result.stdout.split()[-1]
+    socket_path = run_dir / "control.sock"
+    assert wait_for(socket_path.exists, 10)
+
+    def steps() -> int:
+        return sum(1 for e in read_events(run_dir / "events.jsonl") if e["type"] == "step")
+
+    bad = [
+        (b"x" * (200 << 20), f"longer than {MAX} bytes"),  # 200 MB, no newline
+        (deep(100_000), f"longer than {MAX} bytes"),
+        (deep(30_000), "nested too deeply"),
+        (b"{not json\n", "malformed request"),
+        (b"\xff\xfe\x00\n", "malformed request"),
+    ]
+    for raw, expected in bad:
+        client = Client(socket_path)
+        try:
+            reply = send_flooding(client, raw)
+        finally:
+            client.close()
+        assert reply["ok"] is False and expected in reply["error"], (raw[:20], reply)
+        seen = steps()
+        assert wait_for(lambda seen=seen: steps() > seen, 10), "the worker stopped training"
+
+    status = json.loads(run_cli("ctl", run_dir.name, "status").stdout)
+    assert status["ok"] is True and status["state"] == "running"
+    assert run_cli("ctl", run_dir.name, "stop").returncode == 0

@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import psutil
 import pytest
+from conftest import cli_command, one_line_error, run_cli
 
-from engine.config import ConfigError, RunConfig, validate_config
+from engine.config import ConfigError, RunConfig, config_to_toml, validate_config
 from engine.run import store as runs
 from engine.run.events import EVENTS_FILE
 from engine.run.store import (
@@ -154,7 +156,7 @@ def test_read_config_ignores_revisions(home):
 
 def test_read_config_of_a_broken_file_is_one_line(home):
     run_dir = make_run(home, "20240101-000000-x-0000")
-    (run_dir / CONFIG_FILE).write_text("[train]\nbatch_size = 0\n")
+    (run_dir / CONFIG_FILE).write_text('name = "x"\n[model]\n[data]\n[train]\nbatch_size = 0\n')
     with pytest.raises(ConfigError) as caught:
         read_config(run_dir)
     assert str(run_dir / CONFIG_FILE) in str(caught.value)
@@ -417,3 +419,99 @@ def test_list_runs_summarizes_oldest_first(home):
     assert [s.run_dir for s in summaries] == [old, new]
     assert [(s.preset, s.status) for s in summaries] == [("a", "finished"), ("b", "failed")]
     assert all(s.status in STATUSES for s in summaries)
+
+
+# -- a run's config.toml: never read as the defaults -------------------------------------------
+
+
+def whole_config_text() -> str:
+    return config_to_toml(RunConfig(name="lenet5-digits"))
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# nothing but a comment\n"])
+def test_an_empty_config_is_refused_not_read_as_the_defaults(home, text):
+    run_dir = make_run(home, "20240101-000000-x-0000")
+    (run_dir / CONFIG_FILE).write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        read_config(run_dir)
+    message = str(caught.value)
+    assert message.startswith(f"{run_dir / CONFIG_FILE}: empty;") and "\n" not in message
+
+
+def test_a_config_cut_before_a_section_is_refused(home):
+    run_dir = make_run(home, "20240101-000000-x-0000")
+    text = whole_config_text()
+    (run_dir / CONFIG_FILE).write_text(text[: text.index("[train]")])
+    with pytest.raises(ConfigError, match=r"cut short: it has no \[train\]"):
+        read_config(run_dir)
+
+
+def test_a_config_cut_mid_line_is_refused(home):
+    run_dir = make_run(home, "20240101-000000-x-0000")
+    text = whole_config_text()
+    # "epochs = 10" cut to "epochs = 1": valid TOML, and the wrong run.
+    (run_dir / CONFIG_FILE).write_text(text[: text.index("epochs = ") + len("epochs = 1")])
+    with pytest.raises(ConfigError, match="cut short: its last line has no end"):
+        read_config(run_dir)
+
+
+def test_a_config_from_an_older_version_takes_defaults_for_fields_added_since(home):
+    run_dir = make_run(home, "20240101-000000-x-0000")
+    text = whole_config_text().replace("keep_checkpoints = 3\n", "")
+    (run_dir / CONFIG_FILE).write_text(text)
+    assert read_config(run_dir) == RunConfig(name="lenet5-digits")
+
+
+def test_resume_of_a_run_with_an_empty_config_is_one_line_and_starts_nothing(convdeck_home):
+    run_dir = conftest.make_run(convdeck_home, "r1", [conftest.started(), conftest.step(1)])
+    (run_dir / CONFIG_FILE).write_text("")
+    before = sorted(p.name for p in run_dir.iterdir())
+    error = one_line_error(run_cli("resume", "r1"))
+    assert f"{run_dir / CONFIG_FILE}: empty" in error
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+# -- a home or run directory that cannot be written ---------------------------------------------
+
+
+def run_cli_read_only(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    """``convdeck ARGS`` with ``directory`` read-only: by its mode, or for root by a read-only mount."""
+    if os.geteuid() != 0:
+        mode = directory.stat().st_mode
+        directory.chmod(0o555)
+        try:
+            return run_cli(*args)
+        finally:
+            directory.chmod(mode)
+    # Root writes through any mode: a read-only bind mount in a mount namespace of its own.
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, str(directory), *cli_command(), *args],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if result.returncode not in (0, 1, 2) or "mount:" in result.stderr or "unshare:" in result.stderr:
+        pytest.skip(f"no read-only mount here: {result.stderr.strip()}")
+    return result
+
+
+def test_create_run_dir_where_nothing_can_be_made_is_one_line(home):
+    (home / "not-a-dir").write_text("")
+    with pytest.raises(ConfigError) as caught:
+        create_run_dir(RunConfig(name="x"), home / "not-a-dir")
+    assert str(caught.value).startswith(f"cannot create a run in {home / 'not-a-dir' / 'runs'}: ")
+    assert "CONVDECK_HOME" in str(caught.value)
+
+
+def test_run_in_a_read_only_home_is_one_line_exit_2(convdeck_home):
+    (convdeck_home / "runs").mkdir()
+    error = one_line_error(run_cli_read_only(convdeck_home / "runs", "run", "lenet5-digits"))
+    assert error.startswith(f"convdeck: cannot create a run in {convdeck_home / 'runs'}: ")
+    assert list((convdeck_home / "runs").iterdir()) == []
+
+
+def test_resume_in_a_read_only_run_directory_is_one_line_exit_2(convdeck_home):
+    run_dir = conftest.make_run(convdeck_home, "r1", [conftest.started(), conftest.step(1)])
+    before = sorted(p.name for p in run_dir.iterdir())
+    error = one_line_error(run_cli_read_only(run_dir, "resume", "r1"))
+    assert f"cannot resume run r1: {run_dir} is not writable" in error
+    assert sorted(p.name for p in run_dir.iterdir()) == before

@@ -748,7 +748,7 @@ def test_worker_process_trains_and_reports_bad_config_as_a_user_error(convdeck_h
         convdeck_home,
     )
     bad = create_run_dir(config(*SMALL, home=convdeck_home), convdeck_home)
-    (bad / "config.toml").write_text('name = "lenet5-digits"\n[train]\nbatch_size = 0\n')
+    (bad / "config.toml").write_text('name = "lenet5-digits"\n[model]\n[data]\n[train]\nbatch_size = 0\n')
     env = {**os.environ, "CONVDECK_HOME": str(convdeck_home)}
     # Both at once: most of each is importing TensorFlow.
     workers = {

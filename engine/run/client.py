@@ -27,6 +27,7 @@ from typing import Any
 from engine.config import ConfigError, RunConfig
 from engine.remedies import check_remedy
 from engine.run import lock
+from engine.run.checkpoint_files import CHECKPOINTS_DIR, check_something_to_resume
 from engine.run.control import COMMANDS
 from engine.run.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
 from engine.run.lock import AlreadyRunning
@@ -497,8 +498,9 @@ def resume_run_sync(
     remedy: str | None = None,
     home: Path | None = None,
     force: bool = False,
+    from_scratch: bool = False,
 ) -> RunHandle:
-    """Start a worker that continues a stopped, failed or crashed run from its last checkpoint.
+    """Start a worker that continues a stopped, failed or crashed run from its newest intact checkpoint.
 
     Args:
         handle_or_ref: a handle, or a run id or unique prefix of one.
@@ -506,12 +508,16 @@ def resume_run_sync(
         home: the convdeck home, for a ref.
         force: end a hung worker first (one that holds the run but stopped
             touching its heartbeat); a working one is never ended.
+        from_scratch: start again from step 0 (same config, same record);
+            the worker moves what ``checkpoints/`` held aside.
 
     Raises:
         AlreadyRunning: a worker owns the run (checked here, and again by the
             worker itself, which is what makes two racing resumes start one).
         ConfigError: the run matches nothing, finished, is hung (without
-            ``force``), or the remedy is unknown.
+            ``force``), its config is unreadable, it has nothing left to resume
+            from (and not ``from_scratch``), its directory is not writable, or
+            the remedy is unknown.
     """
     if isinstance(handle_or_ref, RunHandle):
         handle = handle_or_ref
@@ -520,7 +526,11 @@ def resume_run_sync(
     if remedy is not None:
         check_remedy(remedy)
     _check_resumable(handle, force)
-    return _spawn(handle.run_dir, resume=True, remedy=remedy)
+    if not from_scratch:
+        # The worker reads the checkpoints; no files at all is told here, without TensorFlow's wait.
+        check_something_to_resume(handle.run_dir)
+    _check_writable(handle.run_dir)
+    return _spawn(handle.run_dir, resume=True, remedy=remedy, from_scratch=from_scratch)
 
 
 async def resume_run(
@@ -528,9 +538,10 @@ async def resume_run(
     remedy: str | None = None,
     home: Path | None = None,
     force: bool = False,
+    from_scratch: bool = False,
 ) -> RunHandle:
     """:func:`resume_run_sync` for async callers, in a thread (see :func:`start_run`)."""
-    return await asyncio.to_thread(resume_run_sync, handle_or_ref, remedy, home, force)
+    return await asyncio.to_thread(resume_run_sync, handle_or_ref, remedy, home, force, from_scratch)
 
 
 def _check_resumable(handle: RunHandle, force: bool = False) -> None:
@@ -579,6 +590,22 @@ def _end_hung_worker(handle: RunHandle, pid: int) -> None:
         )
 
 
+def _check_writable(run_dir: Path) -> None:
+    """The worker writes its log, events and checkpoints here: say so now if it cannot.
+
+    ``os.access`` answers for the real user and sees a read-only mount, so
+    root on a read-only filesystem is refused too.
+    """
+    paths = [run_dir, run_dir / CHECKPOINTS_DIR, run_dir / EVENTS_FILE, run_dir / WORKER_LOG]
+    for path in paths:
+        wanted = os.W_OK | (os.X_OK if path.is_dir() else 0)
+        if path.exists() and not os.access(path, wanted):
+            raise ConfigError(
+                f"cannot resume run {run_dir.name}: {path} is not writable (the worker writes "
+                "its events, checkpoints and log in the run directory); make it writable"
+            )
+
+
 def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
     """The run named by ``ref`` (an id or a unique prefix), or the newest live run.
 
@@ -613,7 +640,11 @@ def start_worker(run_dir: Path, env: dict[str, str] | None = None) -> RunHandle:
 
 
 def _spawn(
-    run_dir: Path, resume: bool = False, remedy: str | None = None, env: dict[str, str] | None = None
+    run_dir: Path,
+    resume: bool = False,
+    remedy: str | None = None,
+    from_scratch: bool = False,
+    env: dict[str, str] | None = None,
 ) -> RunHandle:
     """Start the worker detached, under its supervisor (:mod:`engine.run.supervisor`).
 
@@ -628,6 +659,7 @@ def _spawn(
     """
     worker_args = ["--resume"] if resume else []
     worker_args += ["--remedy", remedy] if remedy else []
+    worker_args += ["--from-scratch"] if from_scratch else []
     events_path = run_dir / EVENTS_FILE
     spawn_offset = events_path.stat().st_size if events_path.exists() else 0
     # Unbuffered, so worker.log shows a crash's last words.

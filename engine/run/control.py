@@ -1,11 +1,14 @@
 """The worker's side of control.sock: a Unix socket that takes commands.
 
 Commands arrive as one JSON object a line and each gets a one-line JSON
-reply. Only the run's owner may steer it: the directory is 0700, the socket
-0600, and each connection's peer credentials are checked, because file
-modes alone do not hold on every filesystem. TF-free: the trainer polls the
-shared ``ControlState`` between steps, so no command ever touches TensorFlow
-from the socket thread.
+reply. A line is at most :data:`MAX_REQUEST_BYTES`: whatever a peer sends,
+the worker never holds more of it than that, and anything that is not a
+request (too long, not JSON, nested past any request's depth) gets an
+error reply while training goes on. Only the run's owner may steer it: the
+directory is 0700, the socket 0600, and each connection's peer credentials
+are checked, because file modes alone do not hold on every filesystem.
+TF-free: the trainer polls the shared ``ControlState`` between steps, so no
+command ever touches TensorFlow from the socket thread.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from engine.remedies import REMEDIES, unknown_remedy
 
 log = logging.getLogger("convdeck.control")
 
+MAX_REQUEST_BYTES = 64 * 1024
+"""The longest request line the socket takes, its newline included; a real one is under 100 bytes."""
 COMMANDS = ("pause", "resume", "stop", "checkpoint", "remedy", "status")
 
 
@@ -186,22 +191,30 @@ class ControlServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
+        with conn, conn.makefile("rb") as reader:
             uid = peer_uid(conn)
             if uid is not None and uid != os.getuid():
                 log.warning("refused a control connection from uid %s (owner is %s)", uid, os.getuid())
                 _send(conn, {"ok": False, "error": "refused: this run belongs to another user"})
                 return
-            for line in conn.makefile("rb"):
+            while line := reader.readline(MAX_REQUEST_BYTES):
+                if not line.endswith(b"\n") and len(line) == MAX_REQUEST_BYTES:
+                    # Where this request ends, and so where the next begins, is unknown
+                    # without reading on: answer and hang up instead.
+                    _send(conn, _too_long())
+                    return
                 if line.strip():
-                    with self._replied:
-                        self._in_flight += 1
-                    try:
-                        _send(conn, self._reply_to(line))
-                    finally:
-                        with self._replied:
-                            self._in_flight -= 1
-                            self._replied.notify_all()
+                    self._answer(conn, line)
+
+    def _answer(self, conn: socket.socket, line: bytes) -> None:
+        with self._replied:
+            self._in_flight += 1
+        try:
+            _send(conn, self._reply_to(line))
+        finally:
+            with self._replied:
+                self._in_flight -= 1
+                self._replied.notify_all()
 
     def _reply_to(self, line: bytes) -> dict:
         try:
@@ -210,6 +223,8 @@ class ControlServer:
                 raise ValueError("expected an object with a 'command' string")
         except ValueError as error:
             return {"ok": False, "error": f"malformed request: {error}"}
+        except RecursionError:  # e.g. 60,000 nested brackets: no request is nested at all
+            return {"ok": False, "error": "malformed request: nested too deeply"}
         try:
             return self.handle(request)
         except Exception as error:  # a bad command must never kill the run
@@ -241,6 +256,14 @@ def _remove_stale_socket(path: Path) -> None:
         if dir_fd is not None:
             os.close(dir_fd)
     raise SocketInUse(f"{path} is served by a live process; not removing it")
+
+
+def _too_long() -> dict:
+    return {
+        "ok": False,
+        "error": f"malformed request: longer than {MAX_REQUEST_BYTES} bytes without a newline; "
+        "a request is one JSON object on one line",
+    }
 
 
 def _send(conn: socket.socket, reply: dict) -> None:

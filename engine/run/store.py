@@ -9,8 +9,10 @@ heartbeat's age only tells a working owner from a hung one.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 from engine.run import lock
+from engine.run.checkpoint_files import CHECKPOINTS_DIR
 from engine.run.events import EVENTS_FILE, STEP_LINE_PREFIX, iter_complete_lines, parse_line
 
 if TYPE_CHECKING:
@@ -61,28 +64,48 @@ def create_run_dir(config: RunConfig, home: Path | None = None, run_id: str | No
 
     ``run_id`` names it exactly (the queue records an entry's id before the
     directory exists); by default a fresh id is drawn.
+
+    Raises:
+        ConfigError: the runs directory cannot be made or written (one line
+            naming it); nothing half-made is left behind.
     """
     root = runs_root(home)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if run_id is not None:
-        run_dir = root / run_id
-        run_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(run_dir, 0o700)
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir = _new_run_dir(root, config.name, run_id)
+    except OSError as error:
+        raise _unwritable(root, error) from None
+    try:
+        os.chmod(run_dir, 0o700)  # mkdir's mode is masked by the umask
+        (run_dir / CHECKPOINTS_DIR).mkdir(exist_ok=True)
         write_config(run_dir, config)
-        return run_dir
-    run_id = new_run_id(config.name)
+    except OSError as error:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run without its config is no run
+        raise _unwritable(run_dir, error) from None
+    return run_dir
+
+
+def _new_run_dir(root: Path, preset: str, run_id: str | None = None) -> Path:
+    if run_id is not None:
+        # The queue's recorded id: made now, or already made by a runner that died after mkdir.
+        (root / run_id).mkdir(mode=0o700, exist_ok=True)
+        return root / run_id
+    run_id = new_run_id(preset)
     for attempt in range(1, 1000):
         run_dir = root / (run_id if attempt == 1 else f"{run_id}{attempt}")
         try:
             run_dir.mkdir(mode=0o700)
-            break
+            return run_dir
         except FileExistsError:
             continue  # two runs of one preset in the same second drew the same tail
-    os.chmod(run_dir, 0o700)  # mkdir's mode is masked by the umask
-    (run_dir / "checkpoints").mkdir()
-    write_config(run_dir, config)
-    return run_dir
+    raise FileExistsError(errno.EEXIST, "no free run id", str(root / run_id))
+
+
+def _unwritable(directory: Path, error: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot create a run in {directory}: {error.strerror or error}; make it writable, "
+        "or set CONVDECK_HOME to a directory you can write"
+    )
 
 
 def write_config(run_dir: Path, config: RunConfig, history: list[dict] | None = None) -> None:
@@ -100,12 +123,31 @@ def write_config(run_dir: Path, config: RunConfig, history: list[dict] | None = 
 
 
 def read_config(run_dir: Path) -> RunConfig:
-    """The run's current config; ConfigError with one line when unreadable."""
-    from engine.config import validate_config
+    """The run's current config; ConfigError with one line when unreadable, empty or cut short."""
+    from engine.config import validate_run_config
 
+    _check_whole_lines(run_dir / CONFIG_FILE)
     data = _load_config_toml(run_dir)
     data.pop("revisions", None)
-    return validate_config(data, source=str(run_dir / CONFIG_FILE))
+    return validate_run_config(data, source=str(run_dir / CONFIG_FILE))
+
+
+def _check_whole_lines(path: Path) -> None:
+    """write_config ends every line; a last line without its end was cut (``epochs = 1`` of 10)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return  # empty: validate_run_config says so
+            handle.seek(size - 1)
+            last = handle.read(1)
+    except OSError:
+        return  # the read that follows says what is wrong, in one line
+    if last != b"\n":
+        raise ConfigError(
+            f"{path}: cut short: its last line has no end, so its last value may be cut too; "
+            "restore the file (or end its last line, if you edited it) to go on"
+        )
 
 
 def read_config_revisions(run_dir: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The worker process: ``python -m engine.train.worker RUN_DIR [--resume]``.
+"""The worker process: ``python -m engine.train.worker RUN_DIR [--resume [--from-scratch]]``.
 
 It trains what RUN_DIR/config.toml describes, appends events, serves
 control.sock, and keeps its pid and a heartbeat in the run directory so
@@ -75,15 +75,22 @@ class Worker:
             only its holder may open the events or replace the control socket.
         resume: continue from the newest checkpoint.
         remedy: a remedy to apply first.
+        from_scratch: start again from step 0, moving the old checkpoints aside.
     """
 
     def __init__(
-        self, run_dir: Path, run_lock: RunLock, resume: bool = False, remedy: str | None = None
+        self,
+        run_dir: Path,
+        run_lock: RunLock,
+        resume: bool = False,
+        remedy: str | None = None,
+        from_scratch: bool = False,
     ) -> None:
         self.run_dir = run_dir
         self.run_lock = run_lock
         self.resume = resume
         self.remedy = remedy
+        self.from_scratch = from_scratch
         self.progress_from: str | None = None
         self.restart_with: str | None = None
         self.events = EventWriter(run_dir / EVENTS_FILE)
@@ -135,6 +142,12 @@ class Worker:
         # NVML's free memory before TensorFlow starts on the GPU and takes some.
         free_before = free_gpu_bytes()
 
+        if self.from_scratch:
+            self._set_checkpoints_aside_for_scratch()
+        elif self.resume:
+            from engine.train.checkpoints import recover_checkpoints
+
+            recover_checkpoints(self.run_dir, self.events)  # before anything reads checkpoints/
         if self.remedy:
             self._apply_remedy(self.remedy)
         config = read_config(self.run_dir)
@@ -269,6 +282,14 @@ class Worker:
         )
         self.resume = True
 
+    def _set_checkpoints_aside_for_scratch(self) -> None:
+        from engine.run.checkpoint_files import set_aside_for_scratch
+
+        aside = set_aside_for_scratch(self.run_dir)
+        kept = f"; the old checkpoints are in {aside}" if aside else ""
+        self.events.emit("log", level="warning", message=f"starting again from step 0{kept}")
+        self.resume = False
+
     def _fail(self, error: BaseException) -> int:
         path = self.run_dir / TRACEBACK_FILE
         path.write_text(traceback.format_exc())
@@ -330,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--remedy", help="apply this remedy before resuming")
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="with --resume: start from step 0, checkpoints set aside"
+    )
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
     try:
@@ -339,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ALREADY_RUNNING
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # checkpoint saves log at INFO per shard
-    worker = Worker(run_dir, run_lock, resume=args.resume, remedy=args.remedy)
+    worker = Worker(run_dir, run_lock, resume=args.resume, remedy=args.remedy, from_scratch=args.from_scratch)
     return worker.run(stop_already_asked=bool(early_stop))
 
 

@@ -77,9 +77,17 @@ def run(
     is_flag=True,
     help="End a hung worker first (it holds the run but stopped touching its heartbeat).",
 )
-def resume(run_ref: str, remedy: str | None, detach: bool, json_lines: bool, force: bool) -> int:
-    """Continue a stopped, failed or crashed RUN from its last checkpoint."""
-    handle = client.resume_run_sync(run_ref, remedy=remedy, force=force)
+@click.option(
+    "--from-scratch",
+    is_flag=True,
+    help="Start again from step 0 with the same config (when no checkpoint can be used); "
+    "the old checkpoints are moved aside, not deleted.",
+)
+def resume(
+    run_ref: str, remedy: str | None, detach: bool, json_lines: bool, force: bool, from_scratch: bool
+) -> int:
+    """Continue a stopped, failed or crashed RUN from its newest intact checkpoint."""
+    handle = client.resume_run_sync(run_ref, remedy=remedy, force=force, from_scratch=from_scratch)
     return _detach_or_follow(handle, detach, json_lines)
 
 
