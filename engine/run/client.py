@@ -36,6 +36,7 @@ from engine.run.store import (
     LIVE_STATUSES,
     LOCK_FILE,
     SOCKET_FILE,
+    WORKER_LOG,
     RunSummary,
     create_run_dir,
     find_run_dir,
@@ -48,7 +49,6 @@ from engine.run.store import (
 )
 from engine.run.store import list_runs as _list_runs
 
-WORKER_LOG = "worker.log"
 CONTROL_COMMANDS = COMMANDS  # the worker's own lists, so front ends check what it accepts
 # History is read in chunks so a viewer draws the first part of a long run
 # before the last part is parsed, and the event loop stays responsive.

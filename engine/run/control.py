@@ -28,7 +28,9 @@ log = logging.getLogger("convdeck.control")
 
 MAX_REQUEST_BYTES = 64 * 1024
 """The longest request line the socket takes, its newline included; a real one is under 100 bytes."""
-COMMANDS = ("pause", "resume", "stop", "checkpoint", "remedy", "status")
+COMMANDS = ("pause", "resume", "stop", "checkpoint", "remedy", "status", "stacks", "eval")
+STOP_REASONS = ("stopped", "pruned")
+"""Why a ``stop`` ends a run: a person's request, or a sweep's pruner (``stop`` with name ``pruned``)."""
 
 
 class ControlState:
@@ -39,7 +41,9 @@ class ControlState:
         self._wake = threading.Condition(self._lock)
         self.paused = False
         self.stop_requested = False
+        self.stop_reason = "stopped"
         self.checkpoint_requested = False
+        self.eval_requested = False
         self.remedy: str | None = None
         self.waiting_for_remedy = False
         self.status: dict = {"state": "starting"}
@@ -62,7 +66,12 @@ class ControlState:
         elif command == "resume":
             self.paused = False
         elif command == "stop":
+            if name is not None and name not in STOP_REASONS:
+                return {"ok": False, "error": f"stop {name!r}: expected no reason or one of {', '.join(STOP_REASONS)}"}
             self.stop_requested = True
+            self.stop_reason = name or "stopped"
+        elif command == "eval":
+            self.eval_requested = True
         elif command == "checkpoint":
             self.checkpoint_requested = True
         elif command == "remedy":
@@ -85,6 +94,11 @@ class ControlState:
     def take_checkpoint_request(self) -> bool:
         with self._lock:
             asked, self.checkpoint_requested = self.checkpoint_requested, False
+            return asked
+
+    def take_eval_request(self) -> bool:
+        with self._lock:
+            asked, self.eval_requested = self.eval_requested, False
             return asked
 
     def take_remedy(self) -> str | None:

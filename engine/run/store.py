@@ -31,6 +31,7 @@ LOCK_FILE = "worker.lock"
 PID_FILE = "worker.pid"
 HEARTBEAT_FILE = "heartbeat"
 SOCKET_FILE = "control.sock"
+WORKER_LOG = "worker.log"
 # The worker touches its heartbeat every few seconds; a step can take long
 # on a big model, so only a much older heartbeat counts as a hung worker.
 HEARTBEAT_STALE_SECONDS = 120.0

@@ -36,6 +36,7 @@ from engine.run.lock import EXIT_ALREADY_RUNNING, AlreadyRunning, RunLock  # noq
 from engine.run.store import (  # noqa: E402
     HEARTBEAT_FILE,
     SOCKET_FILE,
+    WORKER_LOG,
     claim_run,
     read_config,
     read_config_revisions,
@@ -109,6 +110,8 @@ class Worker:
         return blocker(name, config, replicas)
 
     def handle_command(self, request: dict) -> dict:
+        if request["command"] == "stacks":
+            return {"ok": True, "stacks": dump_stacks(self.run_dir)}
         reply = self.control.request(request["command"], request.get("name"))
         if reply.get("ok") and request["command"] not in ("status",):
             self.events.emit("log", level="info", message=f"command: {_describe(request)}")
@@ -334,6 +337,24 @@ def _set_checkpoints_aside(run_dir: Path, revision: int) -> str | None:
     os.replace(old, aside)
     old.mkdir()
     return latest.replace(str(old), str(aside)) if latest else None
+
+
+def dump_stacks(run_dir: Path) -> str:
+    """Every thread's Python stack, appended to worker.log and returned: where a stalled run waits.
+
+    faulthandler writes from C without taking the GIL's usual paths, so it
+    answers even while the training thread is stuck inside TensorFlow.
+    """
+    import faulthandler
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as scratch:
+        faulthandler.dump_traceback(file=scratch, all_threads=True)
+        scratch.seek(0)
+        text = scratch.read()
+    with open(run_dir / WORKER_LOG, "a") as log:
+        log.write(f"--- stacks at {time.strftime('%Y-%m-%d %H:%M:%S')} (convdeck ctl stacks) ---\n{text}")
+    return text
 
 
 def _describe(request: dict) -> str:

@@ -51,6 +51,11 @@ def ctl(run_ref: str, command: str, argument: str | None) -> int:
             )
         )
     reply = handle.command_sync(command, **args)
+    if command == "stacks" and reply.get("ok"):
+        # Where each thread is, as Python prints a traceback: read by a person, not a script.
+        click.echo(reply["stacks"].rstrip())
+        click.echo(f"(also appended to {handle.log_path})", err=True)
+        return EXIT_DONE
     click.echo(json.dumps(reply))
     if reply.get("ok"):
         return EXIT_DONE
