@@ -204,7 +204,7 @@ def choose_mode(faults: str | None = None, source: Any = None) -> Mode:
         faults = os.environ.get("CONVDECK_FAULTS", "")
     simulated = [rule.strip() for rule in faults.split(",") if rule.strip().startswith("oom:")]
     if simulated:
-        return Mode(MEMORY, f"CONVDECK_FAULTS simulates a memory limit ({', '.join(simulated)})", True)
+        return Mode(MEMORY, f"CONVDECK_FAULTS simulates a memory limit: {', '.join(simulated)}", True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.split(",")[0].strip() in ("", "-1"):
         return Mode(THROUGHPUT, f"no GPU: CUDA_VISIBLE_DEVICES={visible!r} hides them")
