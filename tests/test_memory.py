@@ -1,15 +1,13 @@
-"""Prevention: the memory estimate, the check against NVML, and ``convdeck fit-batch``.
+"""Prevention: the memory estimate and the check against NVML (fit-batch: test_fitbatch.py).
 
 The estimate is checked against what Keras and TensorFlow say of two real
 models (LeNet-5 and ResNet-18 at 32x32): the parameter count, and the size
 of every layer's output tensor from an actual forward pass. The GPU side is
-driven by recorded NVML samples; fit-batch's search by a fake trial, and
-end to end against an injected limit (``oom:batch_size>N``).
+driven by recorded NVML samples.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,9 +15,7 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli
 
-from engine import fitbatch
 from engine.config import ModelConfig, RunConfig
 from engine.gpu import GpuDevice, GpuSample, RecordedSource
 from engine.models import build_model
@@ -256,135 +252,3 @@ def test_worker_hook_reads_a_real_trainer(tmp_path):
 
 def test_nice_batch():
     assert [nice_batch(b) for b in (1, 7, 63, 64, 71, 1000)] == [1, 7, 63, 64, 64, 1000]
-
-
-# ----- fit-batch: the search ---------------------------------------------------------------------
-
-
-def limit_at(largest: int, examples: int | None = None):
-    """A fake trial: batches up to ``largest`` fit; records what was tried."""
-    tried: list[int] = []
-
-    def trial(batch: int) -> fitbatch.Trial:
-        tried.append(batch)
-        return fitbatch.Trial(batch, fits=batch <= largest, train_examples=examples)
-
-    return trial, tried
-
-
-def test_search_doubles_then_bisects():
-    trial, tried = limit_at(100)
-    result = fitbatch.search(trial, start=32, cap=4096)
-    assert tried[:3] == [32, 64, 128]
-    assert result.first_failure is not None and result.first_failure - result.largest <= 6
-    assert 94 <= result.largest <= 100
-    assert result.suggested == nice_batch(int(result.largest * 0.9))
-    assert len(tried) <= 8
-
-
-def test_search_halves_when_the_start_fails():
-    trial, tried = limit_at(20)
-    result = fitbatch.search(trial, start=128, cap=4096)
-    assert tried[:4] == [128, 64, 32, 16]
-    assert result.largest == 20 and result.first_failure == 21
-    assert result.suggested == 18
-
-
-def test_search_stops_at_the_cap_without_a_margin():
-    trial, tried = limit_at(10_000)
-    result = fitbatch.search(trial, start=100, cap=300)
-    assert tried == [100, 200, 300]
-    assert result.largest == 300 and not result.limited_by_memory and result.suggested == 300
-
-
-def test_search_caps_at_the_training_set():
-    trial, tried = limit_at(10_000, examples=1437)
-    result = fitbatch.search(trial, start=512, cap=4096)
-    assert tried == [512, 1024, 1437]
-    assert result.cap == 1437 and result.suggested == 1437
-
-
-def test_search_when_nothing_fits():
-    trial, tried = limit_at(0)
-    result = fitbatch.search(trial, start=4, cap=64)
-    assert tried == [4, 2, 1]
-    assert result.largest == 0 and result.suggested == 0
-
-
-def test_search_stops_at_an_error_that_is_not_memory():
-    def trial(batch):
-        return fitbatch.Trial(batch, fits=False, error=batch > 8, detail="ValueError: boom")
-
-    result = fitbatch.search(trial, start=8, cap=64)
-    assert [t.batch_size for t in result.trials] == [8, 4, 2, 1]
-    result = fitbatch.search(lambda b: trial(b) if b > 8 else fitbatch.Trial(b, True), 8, 64)
-    assert result.error is not None and result.error.batch_size == 16 and result.largest == 8
-
-
-def test_safe_batch():
-    assert fitbatch.safe_batch(1) == 1
-    assert fitbatch.safe_batch(40) == 36
-    assert fitbatch.safe_batch(1000) == 896  # 900, rounded down to a multiple of 8
-    assert fitbatch.safe_batch(512, limited_by_memory=False) == 512
-
-
-def test_read_trial_tells_memory_from_other_failures():
-    said = fitbatch.RESULT_PREFIX + json.dumps({"detail": "OOM when allocating"})
-    assert not fitbatch.read_trial(8, 3, said, "", 1.0).fits
-    assert not fitbatch.read_trial(8, 3, said, "", 1.0).error
-    killed = fitbatch.read_trial(8, -9, "", "", 1.0)
-    assert not killed.fits and not killed.error and "SIGKILL" in killed.detail
-    cudnn = fitbatch.read_trial(8, 1, "", "... CUDNN_STATUS_ALLOC_FAILED\n", 1.0)
-    assert not cudnn.fits and not cudnn.error
-    bug = fitbatch.read_trial(8, 1, "", "Traceback...\nKeyError: 'x'\n", 1.0)
-    assert bug.error and not bug.user_error and bug.detail == "KeyError: 'x'"
-    user = fitbatch.read_trial(8, 2, fitbatch.RESULT_PREFIX + '{"detail": "bad field"}', "", 1.0)
-    assert user.error and user.user_error and user.detail == "bad field"
-
-
-# ----- fit-batch: the command, against an injected limit --------------------------------------
-
-FIT = ["fit-batch", "lenet5-digits", "--set", "data.image_size=[28, 28]", "--steps", "1"]
-
-
-def test_fit_batch_halves_below_an_injected_limit(convdeck_home, monkeypatch):
-    monkeypatch.setenv("CONVDECK_FAULTS", "oom:batch_size>1")
-    result = run_cli(*FIT, "--set", "train.batch_size=2", timeout=240)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert any(line.split()[:3] == ["batch", "2", "out"] for line in lines), result.stdout
-    assert any(line.split()[:3] == ["batch", "1", "fits"] for line in lines), result.stdout
-    assert "largest batch that ran: 1 (batch 2 ran out of memory)" in result.stdout
-    assert "suggested: train.batch_size = 1" in result.stdout
-
-
-@pytest.mark.slow
-def test_fit_batch_doubles_and_bisects_to_an_injected_limit(convdeck_home, monkeypatch):
-    monkeypatch.setenv("CONVDECK_FAULTS", "oom:batch_size>6")
-    result = run_cli(*FIT, "--set", "train.batch_size=4", "--max", "64", "--json", timeout=400)
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    tried = [(line["trial"]["batch_size"], line["trial"]["fits"]) for line in lines[:-1]]
-    assert tried == [(4, True), (8, False), (6, True), (7, False)]
-    answer = lines[-1]["result"]
-    assert answer["largest"] == 6 and answer["first_failure"] == 7 and answer["suggested"] == 5
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--max", "0"], "--max: got 0"),
-        (["--steps", "0"], "--steps: got 0"),
-        (["--set", "train.batch_size=-1"], "train.batch_size"),
-    ],
-)
-def test_fit_batch_user_errors_exit_2(convdeck_home, args, message):
-    from conftest import one_line_error
-
-    assert message in one_line_error(run_cli("fit-batch", "lenet5-digits", *args))
-
-
-def test_fit_batch_unknown_preset_exits_2(convdeck_home):
-    from conftest import one_line_error
-
-    assert "no-such-preset" in one_line_error(run_cli("fit-batch", "no-such-preset"))
