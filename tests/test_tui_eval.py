@@ -406,11 +406,10 @@ def test_the_renderer_is_chosen_by_convdeck_images_or_the_terminal():
 def test_loading_the_picture_widgets_asks_the_terminal_nothing():
     """textual-image questions a tty on import; inside Textual the answer would arrive as keys."""
     code = (
-        "from tui.widgets.term_image import image_widget_class; "
-        "print(image_widget_class('auto').__name__, flush=True)"
+        "from tui.widgets.term_image import image_widget_class; print(image_widget_class('auto').__name__, flush=True)"
     )
-    env = {**os.environ, "TERM": "xterm-256color", "TMUX": "", "STY": ""}
-    env.pop("CONVDECK_IMAGES")
+    env = {name: os.environ[name] for name in ("PATH", "PYTHONPATH", "HOME") if name in os.environ}
+    env["TERM"] = "xterm-256color"  # a terminal known for nothing: half-blocks
     primary, secondary = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-c", code], stdin=secondary, stdout=secondary, stderr=subprocess.PIPE, env=env

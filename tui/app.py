@@ -150,9 +150,7 @@ class ConvdeckApp(ChartKeys, App[int]):
             id="save-preset",
         ),
         Binding("o", "runs", "Runs", tooltip="List runs, open one, overlay two", id="runs"),
-        Binding(
-            "e", "eval", "Eval", show=False, tooltip="Confusion matrix, per-class figures, mistakes", id="eval"
-        ),
+        Binding("e", "eval", "Eval", show=False, tooltip="Confusion matrix, per-class figures, mistakes", id="eval"),
         *chart_bindings("chart", show=False),
     ]
 

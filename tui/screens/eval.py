@@ -114,9 +114,7 @@ class EvalScreen(Screen[None]):
             tooltip="Per-class precision, recall, F1 and support, worst first",
             id="eval.classes",
         ),
-        Binding(
-            "p", "show_view('pictures')", "Mistakes", tooltip="The most confident mistakes", id="eval.pictures"
-        ),
+        Binding("p", "show_view('pictures')", "Mistakes", tooltip="The most confident mistakes", id="eval.pictures"),
         Binding("c", "compare", "Compare", tooltip="Per-class F1 beside another evaluated run", id="eval.compare"),
         Binding(
             "e",
@@ -213,9 +211,7 @@ class EvalScreen(Screen[None]):
         report = self.report = loaded.report
         self._title()
         self.query_one(ConfusionGrid).show(loaded.confusion)
-        classes = [
-            ((c.index, c.name), c.precision, c.recall, c.f1, c.support) for c in report.worst_classes()
-        ]
+        classes = [((c.index, c.name), c.precision, c.recall, c.f1, c.support) for c in report.worst_classes()]
         self.query_one("#eval-class-table", SortableTable).set_records(classes, sort_by="f1")
         for gallery in self.query(MistakeGallery):
             gallery.show(loaded.run_dir, report, loaded.image_class)

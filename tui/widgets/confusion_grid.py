@@ -19,7 +19,6 @@ from rich.style import Style
 from textual import events
 from textual.binding import Binding
 from textual.color import Color
-from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -40,18 +39,23 @@ class Confusion:
         counts: (n, n) counts, rows true classes, columns predicted.
         shares: each count over its row's total (0 for a class with no examples).
         names: the class names.
+        count_width: characters of the widest count (as :func:`compact_count` writes it).
+        name_width: characters of the longest name.
     """
 
     counts: np.ndarray
     shares: np.ndarray
     names: list[str]
+    count_width: int
+    name_width: int
 
     @classmethod
     def from_counts(cls, counts: list[list[int]] | np.ndarray, names: list[str]) -> Confusion:
         matrix = np.asarray(counts, dtype=np.int64)
         totals = matrix.sum(axis=1, keepdims=True)
         shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float32), where=totals > 0)
-        return cls(matrix, shares.astype(np.float32), list(names))
+        widest = len(compact_count(int(matrix.max()))) if matrix.size else 1
+        return cls(matrix, shares.astype(np.float32), list(names), widest, max(map(len, names), default=1))
 
     @property
     def classes(self) -> int:
@@ -96,9 +100,7 @@ class ConfusionGrid(Widget, can_focus=True):
         Binding("left", "move(0, -1)", "Left", show=False, tooltip="Previous prediction", id="grid.left"),
         Binding("right", "move(0, 1)", "Right", show=False, tooltip="Next prediction", id="grid.right"),
         Binding("pageup", "page(-1, 0)", "Rows up", show=False, tooltip="A page of rows up", id="grid.page-up"),
-        Binding(
-            "pagedown", "page(1, 0)", "Rows down", show=False, tooltip="A page of rows down", id="grid.page-down"
-        ),
+        Binding("pagedown", "page(1, 0)", "Rows down", show=False, tooltip="A page of rows down", id="grid.page-down"),
         Binding(
             "left_square_bracket",
             "page(0, -1)",
@@ -139,8 +141,7 @@ class ConfusionGrid(Widget, can_focus=True):
     @property
     def label_width(self) -> int:
         """The row labels' column, with a space after it."""
-        names = self.confusion.names if self.confusion else []
-        return min(LABEL_MAX, max((len(n) for n in names), default=1)) + 1
+        return min(LABEL_MAX, self.confusion.name_width if self.confusion else 1) + 1
 
     @property
     def cell_width(self) -> int:
@@ -152,8 +153,7 @@ class ConfusionGrid(Widget, can_focus=True):
         confusion = self.confusion
         if confusion is None or not confusion.classes:
             return 2
-        digits = len(compact_count(int(confusion.counts.max())))
-        name = min(HEADER_NAME, max(len(n) for n in confusion.names))
+        digits, name = confusion.count_width, min(HEADER_NAME, confusion.name_width)
         room = self.size.width - self.label_width
         for shown in range(name, 0, -1):
             if confusion.classes * (max(digits, shown) + 1) <= room:
@@ -167,14 +167,6 @@ class ConfusionGrid(Widget, can_focus=True):
         columns = max(1, (self.size.width - self.label_width) // self.cell_width)
         classes = self.confusion.classes if self.confusion else 0
         return min(rows, classes) or 1, min(columns, classes) or 1
-
-    def get_content_width(self, container: Size, viewport: Size) -> int:
-        classes = self.confusion.classes if self.confusion else 0
-        return self.label_width + classes * self.cell_width
-
-    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        classes = self.confusion.classes if self.confusion else 0
-        return HEADER_LINES + classes + STATUS_LINES
 
     # ----------------------------------------------------------------- moves
 
