@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 EVAL_FILE = "eval.json"
+MISTAKES_DIR = "mistakes"
+"""The run's worst mistakes as PNG files, one per entry of ``EvalReport.mistakes``, in its order."""
 TOP_K = 5
 WORST_MISTAKES = 16
 
@@ -145,6 +147,11 @@ def _worst_mistakes(labels: np.ndarray, predicted: np.ndarray, probabilities: np
     return [
         Mistake(int(i), int(labels[i]), int(predicted[i]), float(probabilities[i, predicted[i]])) for i in order
     ]
+
+
+def mistake_image_path(run_dir: Path, rank: int, mistake: Mistake) -> Path:
+    """Where the picture of the report's ``rank``-th mistake is (``mistakes/NN-true-T-pred-P.png``)."""
+    return run_dir / MISTAKES_DIR / f"{rank:02d}-true-{mistake.true}-pred-{mistake.predicted}.png"
 
 
 def write_report(run_dir: Path, report: EvalReport) -> Path:

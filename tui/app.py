@@ -72,6 +72,7 @@ MAIN_SCREEN_ACTIONS = frozenset(
         "filter",
         "save_preset",
         "runs",
+        "eval",
         "smoothing",
         "log_scale",
         "x_axis",
@@ -149,6 +150,7 @@ class ConvdeckApp(ChartKeys, App[int]):
             id="save-preset",
         ),
         Binding("o", "runs", "Runs", tooltip="List runs, open one, overlay two", id="runs"),
+        Binding("e", "eval", "Eval", show=False, tooltip="Confusion matrix, per-class figures, mistakes", id="eval"),
         *chart_bindings("chart", show=False),
     ]
 
@@ -735,6 +737,15 @@ class ConvdeckApp(ChartKeys, App[int]):
                 self._attach(run_id)
 
         self.push_screen(RunsScreen(self.engine), opened)
+
+    def action_eval(self) -> None:
+        """Show the Eval view of the run on screen (it offers to evaluate a run that has none)."""
+        from tui.screens.eval import EvalScreen
+
+        if self.run_link is None:
+            self.notify("No run on screen: open one (o) or start one first.", severity="warning")
+            return
+        self.push_screen(EvalScreen(self.engine, self.run_link.run_id, self.run_link.run_dir))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Command palette entries: the app's actions, then Textual's own."""

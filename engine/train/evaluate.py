@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from engine.config import RunConfig
 from engine.errors import ConfigError
-from engine.evaluation import EvalReport, evaluate_outputs
+from engine.evaluation import MISTAKES_DIR, EvalReport, evaluate_outputs, mistake_image_path
 from engine.train.data import (
     apply_cache_setting,
     normalization_stats,
@@ -27,7 +27,6 @@ from engine.train.data import (
 
 SPLITS = ("validation", "train")
 WEIGHTS = ("last", "best")
-MISTAKES_DIR = "mistakes"
 BEST_CHECKPOINT_DIR = "best"
 
 
@@ -99,7 +98,7 @@ def save_mistake_images(run_dir: Path, report: EvalReport, images: np.ndarray, m
         pixels = images[mistake.example] * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
         # Sources give images in [0, 1] (engine.datasets.sources); undo the normalisation, then scale.
         pixels = np.clip(pixels * 255.0, 0, 255).round().astype(np.uint8)
-        path = folder / f"{rank:02d}-true-{mistake.true}-pred-{mistake.predicted}.png"
+        path = mistake_image_path(run_dir, rank, mistake)
         path.write_bytes(tf.io.encode_png(pixels).numpy())
         written.append(path)
     return written

@@ -38,6 +38,7 @@ class RunsScreen(Screen[str | None]):
             tooltip="Overlay the loss curves of the marked runs",
             id="runs.compare",
         ),
+        Binding("e", "eval", "Eval", tooltip="The Eval view of this run", id="runs.eval"),
         Binding("f5", "reload", "Reload", tooltip="Read the run list again", id="runs.reload"),
         Binding("escape,o", "close", "Back", tooltip="Back to the main screen", id="runs.close"),
     ]
@@ -136,6 +137,13 @@ class RunsScreen(Screen[str | None]):
             self.notify("Mark two runs with space, then press c.", severity="warning")
             return
         self.app.push_screen(CompareScreen(self.engine, chosen[:2]))
+
+    def action_eval(self) -> None:
+        from tui.screens.eval import EvalScreen
+
+        run_id = self._current()
+        if run_id:
+            self.app.push_screen(EvalScreen(self.engine, run_id))
 
     def action_close(self) -> None:
         self.dismiss(None)
