@@ -24,6 +24,7 @@ from engine.train.data import (
     open_raw,
     validation_batches,
 )
+from engine.train.strategy import configure_devices
 
 SPLITS = ("validation", "train")
 WEIGHTS = ("last", "best")
@@ -40,6 +41,8 @@ def evaluate_run(run_dir: Path, config: RunConfig, weights: str = "last", split:
         raise ConfigError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
     if weights not in WEIGHTS:
         raise ConfigError(f"--weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
+    # Memory growth: beside a live run on the same GPU, take only what evaluating needs.
+    configure_devices(config.train)
     raw = apply_cache_setting(open_raw(config.data), config.data)
     mean, std = normalization_stats(raw, config.data)
     source = raw.val if split == "validation" else raw.train
