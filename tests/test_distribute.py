@@ -120,6 +120,26 @@ def test_mirrored_over_two_cpus_trains_like_one_device(convdeck_home: Path) -> N
     assert (two_dir / "model.keras").exists()
 
 
+def test_mirrored_epoch_metrics_are_one_devices_with_a_short_batch(convdeck_home: Path) -> None:
+    """A batch larger than the split: every step is one short batch of all 1,437 examples,
+    split 719 + 718 over two replicas. Each replica divides its summed loss by the global
+    batch's real size, so the epoch's loss and accuracy are one device's."""
+    overrides = [*SMALL, "train.epochs=2", "train.batch_size=2048"]
+    one_dir, one = start_worker(convdeck_home, [*overrides, "train.strategy=one_device"])
+    two_dir, two = start_worker(
+        convdeck_home, [*overrides, "train.strategy=mirrored", "train.virtual_cpus=2"]
+    )
+    single, mirrored = of_type(finish(one, one_dir), "epoch_end"), of_type(finish(two, two_dir), "epoch_end")
+    assert len(single) == len(mirrored) == 2
+    for a, b in zip(single, mirrored, strict=True):
+        assert a["train_examples"] == b["train_examples"] == 1437
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        # Float rounding may flip one borderline prediction in 1,437.
+        assert b["accuracy"] == pytest.approx(a["accuracy"], abs=1.5 / 1437)
+    # A mean over the examples (about ln 10 from fresh weights), not a sum over 2,048.
+    assert single[0]["loss"] > 1.5, single
+
+
 @pytest.mark.slow
 def test_halve_batch_halves_the_global_batch_under_mirrored(convdeck_home: Path) -> None:
     """An OOM on a replica (per-replica batch 32 > 16) halves the global batch 64 -> 32."""

@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -33,13 +34,28 @@ def as_list(outputs):
     return outputs if isinstance(outputs, (list, tuple)) else [outputs]
 
 
-# lr 3e-4: AlexNet (no BatchNorm, two dropout layers) overshoots at 1e-3 on
-# a 4-image batch often enough to make this check flaky; BN nets don't care.
-def train_losses(model, input_shape, num_classes, steps=3, batch=4, learning_rate=3e-4):
-    """Losses of a few Adam steps on one fixed batch (aux outputs weighted 0.3)."""
+FALLS_TO = 0.75
+"""Trains: the mean of the last 3 losses on one fixed batch is below 75% of the first.
+
+Single steps are noisy (Adam's first updates move every weight by about the
+rate whatever its gradient, BatchNorm over 4 images, dropout), so one step
+may go up: the loss after 3 steps was above the first in a run that trained
+well. Over seeds 0-6 (0-9 for AlexNet, DenseNet and the user's model),
+every case below ends at 0.00-0.54 of its first loss; a network that does
+not learn stays near 1.
+"""
+
+
+def train_losses(model, input_shape, num_classes, learning_rate, steps, batch=4):
+    """Losses of Adam steps on one fixed batch (aux outputs weighted 0.3).
+
+    Each class has its own brightness on top of the noise, so even a network
+    that pools everything early (the user's tiny one) can tell them apart.
+    """
     keras.utils.set_random_seed(0)
-    images = np.random.default_rng(0).normal(size=(batch, *input_shape)).astype("float32")
     labels = np.arange(batch) % num_classes
+    images = np.random.default_rng(0).normal(size=(batch, *input_shape)).astype("float32")
+    images += (labels - labels.mean()).reshape(-1, 1, 1, 1).astype("float32")
     optimizer = keras.optimizers.Adam(learning_rate)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     losses = []
@@ -65,41 +81,52 @@ def user_models_importable(monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS_DIR))
 
 
+class TrainCase(NamedTuple):
+    fields: dict
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    name: str
+    learning_rate: float = 1e-3
+    steps: int = 10
+
+
 # Small variants of each family: fast on a CPU, same code paths as the big ones.
 TRAIN_CASES = {
-    "lenet5-28": (dict(arch="lenet5"), (28, 28, 1), 10, "lenet5"),
-    "lenet5-32-dropout": (dict(arch="lenet5", dropout=0.2), (32, 32, 1), 10, "lenet5"),
-    "alexnet-small": (dict(arch="alexnet"), (32, 32, 3), 10, "alexnet_small"),
-    "vgg11-bn": (dict(arch="vgg", depth=11), (32, 32, 3), 10, "vgg11_bn"),
-    "googlenet-aux": (dict(arch="googlenet", aux_heads=True), (32, 32, 3), 5, "googlenet_small"),
-    "resnet-basic": (dict(arch="resnet", blocks=[1, 1]), (32, 32, 1), 10, "resnet6"),
-    "resnet-bottleneck": (
-        dict(arch="resnet", blocks=[1, 1], block_type="bottleneck"),
-        (32, 32, 3),
-        10,
-        "resnet8",
+    "lenet5-28": TrainCase(dict(arch="lenet5"), (28, 28, 1), 10, "lenet5"),
+    "lenet5-32-dropout": TrainCase(dict(arch="lenet5", dropout=0.2), (32, 32, 1), 10, "lenet5"),
+    # No BatchNorm, and two dropout layers (0.5) over 4 images make its loss jump
+    # from step to step: a slow rate and 20 steps.
+    "alexnet-small": TrainCase(dict(arch="alexnet"), (32, 32, 3), 10, "alexnet_small", 1e-4, 20),
+    "vgg11-bn": TrainCase(dict(arch="vgg", depth=11), (32, 32, 3), 10, "vgg11_bn"),
+    # Learns the batch within 3 steps; each step costs more than any other case's.
+    "googlenet-aux": TrainCase(
+        dict(arch="googlenet", aux_heads=True), (32, 32, 3), 5, "googlenet_small", steps=6
     ),
-    "densenet": (
-        dict(arch="densenet", growth_rate=8, block_config=[2, 2]),
-        (32, 32, 3),
-        10,
-        "densenet11_k8",
+    "resnet-basic": TrainCase(dict(arch="resnet", blocks=[1, 1]), (32, 32, 1), 10, "resnet6"),
+    "resnet-bottleneck": TrainCase(
+        dict(arch="resnet", blocks=[1, 1], block_type="bottleneck"), (32, 32, 3), 10, "resnet8"
     ),
-    "mobilenetv2-1ch": (dict(arch="mobilenetv2", alpha=0.35), (32, 32, 1), 10, "mobilenetv2_0.35"),
-    "user": (dict(arch="user_models:tiny_cnn", kwargs={"width": 4}), (32, 32, 3), 3, "tiny_cnn"),
+    # Tiny (growth 8): learns steadily but slowly, so 15 steps.
+    "densenet": TrainCase(
+        dict(arch="densenet", growth_rate=8, block_config=[2, 2]), (32, 32, 3), 10, "densenet11_k8", steps=15
+    ),
+    "mobilenetv2-1ch": TrainCase(dict(arch="mobilenetv2", alpha=0.35), (32, 32, 1), 10, "mobilenetv2_0.35"),
+    # Four filters pooled to four numbers: learns slowly at 1e-3, so 1e-2 and 15 steps.
+    "user": TrainCase(
+        dict(arch="user_models:tiny_cnn", kwargs={"width": 4}), (32, 32, 3), 3, "tiny_cnn", 1e-2, 15
+    ),
 }
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES.values(), ids=TRAIN_CASES.keys())
 def test_every_family_emits_float32_logits_and_trains(case, user_models_importable):
-    fields, input_shape, num_classes, name = case
-    model = build_model(cfg(**fields), input_shape, num_classes)
-    assert model.name == name
-    for output in as_list(model(np.zeros((2, *input_shape), "float32"))):
-        assert tuple(output.shape) == (2, num_classes)
+    model = build_model(cfg(**case.fields), case.input_shape, case.num_classes)
+    assert model.name == case.name
+    for output in as_list(model(np.zeros((2, *case.input_shape), "float32"))):
+        assert tuple(output.shape) == (2, case.num_classes)
         assert output.dtype == tf.float32
-    losses = train_losses(model, input_shape, num_classes)
-    assert losses[-1] < losses[0], losses
+    losses = train_losses(model, case.input_shape, case.num_classes, case.learning_rate, case.steps)
+    assert np.mean(losses[-3:]) < FALLS_TO * losses[0], losses
 
 
 # Default configs build at CIFAR size, with readable names (symbolic shapes only).
@@ -121,43 +148,70 @@ def test_default_config_builds_at_cifar_size(arch):
     assert [tuple(output.shape) for output in model.outputs] == [(None, 10)]
 
 
-# ImageNet-scale references (224x224x3, 1000 classes). Trainable parameters:
-# torchvision's counts, which leave out BatchNorm's moving statistics as
-# trainable_weights does; totals, where given, are keras.applications'
-# count_params(). GoogLeNet: torchvision's 6,624,904 has a 3x3 conv where the
-# paper has 5x5; the true 5x5 adds 16 * sum(5x5 reduce * 5x5) = 380,928; the
-# two aux heads add torchvision's 6,379,984.
-REFERENCE_COUNTS = {
-    "alexnet": (dict(arch="alexnet", stem="imagenet"), 61_100_840),
-    "vgg16": (dict(arch="vgg", depth=16, batch_norm=False, stem="imagenet"), 138_357_544),
-    "googlenet": (dict(arch="googlenet", stem="imagenet"), 6_624_904 + 380_928),
-    "googlenet-aux": (
-        dict(arch="googlenet", stem="imagenet", aux_heads=True),
-        6_624_904 + 380_928 + 6_379_984,
+class Published(NamedTuple):
+    """A network as published, and its parameter counts.
+
+    ``trainable`` leaves BatchNorm's moving statistics out, as torchvision's
+    counts do (buffers there, not parameters); ``total`` is ``count_params()``,
+    as keras.applications counts. ``about``: a figure the paper rounds, which
+    the trainable count must be within 5% of.
+    """
+
+    fields: dict
+    trainable: int | None = None
+    total: int | None = None
+    about: int | None = None
+    input_shape: tuple[int, int, int] = (224, 224, 3)
+    num_classes: int = 1000
+
+
+# Every family against its published counts: ImageNet scale (224x224x3, 1000
+# classes, ImageNet stems), LeNet-5 at its 32x32x1 with 10 classes.
+PUBLISHED_COUNTS = {
+    # Valid convolutions on 32x32: the count usually quoted for LeNet-5.
+    "lenet5": Published(dict(arch="lenet5"), 61_706, 61_706, input_shape=(32, 32, 1), num_classes=10),
+    # MNIST's 28x28, padded to 32x32 as the paper did: the same network.
+    "lenet5-28": Published(dict(arch="lenet5"), 61_706, 61_706, input_shape=(28, 28, 1), num_classes=10),
+    # torchvision's single-tower widths (64, 192, 384, 256, 256).
+    "alexnet": Published(dict(arch="alexnet", stem="imagenet"), 61_100_840, 61_100_840),
+    "vgg16": Published(dict(arch="vgg", depth=16, batch_norm=False, stem="imagenet"), 138_357_544, 138_357_544),
+    # The paper's "about 6.8M". Exactly: torchvision's 6,624,904 (whose 5x5 branch
+    # is a 3x3) plus the true 5x5's 16 * sum(5x5 reduce * 5x5) = 380,928 ...
+    "googlenet": Published(dict(arch="googlenet", stem="imagenet"), 6_624_904 + 380_928, about=6_800_000),
+    # ... and the two auxiliary heads torchvision's 6,379,984.
+    "googlenet-aux": Published(
+        dict(arch="googlenet", stem="imagenet", aux_heads=True), 6_624_904 + 380_928 + 6_379_984
     ),
-    "resnet18": (dict(arch="resnet", blocks=[2, 2, 2, 2], stem="imagenet"), 11_689_512),
-    "resnet34": (dict(arch="resnet", blocks=[3, 4, 6, 3], stem="imagenet"), 21_797_672),
-    "resnet50": (
-        dict(arch="resnet", blocks=[3, 4, 6, 3], block_type="bottleneck", stem="imagenet"),
-        25_557_032,
+    "resnet18": Published(dict(arch="resnet", blocks=[2, 2, 2, 2], stem="imagenet"), 11_689_512),
+    "resnet34": Published(dict(arch="resnet", blocks=[3, 4, 6, 3], stem="imagenet"), 21_797_672),
+    "resnet50": Published(
+        dict(arch="resnet", blocks=[3, 4, 6, 3], block_type="bottleneck", stem="imagenet"), 25_557_032
     ),
-    "densenet121": (dict(arch="densenet", stem="imagenet"), 7_978_856, 8_062_504),
-    "mobilenetv2": (dict(arch="mobilenetv2"), 3_504_872, 3_538_984),
+    "densenet121": Published(dict(arch="densenet", stem="imagenet"), 7_978_856, 8_062_504),
+    "mobilenetv2": Published(dict(arch="mobilenetv2"), 3_504_872, 3_538_984),
 }
 
 
-@pytest.mark.parametrize("case", REFERENCE_COUNTS.values(), ids=REFERENCE_COUNTS.keys())
-def test_parameter_counts_match_references(case):
-    fields, trainable, *total = case
-    model = build_model(cfg(**fields), (224, 224, 3), 1000)
-    assert trainable_params(model) == trainable
-    assert total in ([], [model.count_params()])
-    assert tuple(as_list(model.outputs)[0].shape) == (None, 1000)
+@pytest.mark.parametrize("published", PUBLISHED_COUNTS.values(), ids=PUBLISHED_COUNTS.keys())
+def test_parameter_counts_are_the_published_ones(published):
+    model = build_model(cfg(**published.fields), published.input_shape, published.num_classes)
+    counts = {"trainable": trainable_params(model), "total": model.count_params()}
+    expected = {"trainable": published.trainable, "total": published.total}
+    assert {k: v for k, v in counts.items() if expected[k] is not None} == {
+        k: v for k, v in expected.items() if v is not None
+    }
+    if published.about is not None:
+        assert counts["trainable"] == pytest.approx(published.about, rel=0.05)
+    assert tuple(as_list(model.outputs)[0].shape) == (None, published.num_classes)
 
 
-def test_lenet5_has_the_classic_61706_parameters():
+def test_lenet5_uses_valid_convolutions_on_32x32():
     model = build_model(cfg(arch="lenet5"), (28, 28, 1), 10)
-    assert model.count_params() == 61_706
+    assert model.get_layer("pad").output.shape[1:3] == (32, 32)
+    assert model.get_layer("conv1").output.shape[1:] == (28, 28, 6)
+    assert model.get_layer("pool2").output.shape[1:] == (5, 5, 16)
+    unpadded = build_model(cfg(arch="lenet5"), (32, 32, 1), 10)
+    assert "pad" not in [layer.name for layer in unpadded.layers]
 
 
 @pytest.fixture

@@ -271,7 +271,8 @@ def test_tensorboard_summaries_are_written(reference):
     for path in files:
         for record in tf.compat.v1.train.summary_iterator(str(path)):
             tags.update(value.tag for value in record.summary.value)
-    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy"} <= tags
+    epoch_tags = {"train/epoch_loss", "train/epoch_accuracy", "val/loss", "val/accuracy"}
+    assert {"train/loss", "train/accuracy", *epoch_tags} <= tags
 
 
 def test_final_model_is_saved_as_model_keras(reference):

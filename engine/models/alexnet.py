@@ -1,7 +1,10 @@
 """AlexNet (Krizhevsky et al., 2012), at ImageNet scale or CIFAR scale.
 
-The ImageNet variant is torchvision's single-tower layout (61.1M parameters at
-224x224 with 1000 classes; no local response normalisation). The small variant,
+The ImageNet variant is torchvision's single-tower layout: convolutions 64,
+192, 384, 256 and 256 wide, no local response normalisation, 61,100,840
+parameters at 224x224 with 1000 classes. (The paper split 96, 256, 384, 384
+and 256 filters over two GPUs, with local response normalisation: about 60M
+parameters.) The small variant,
 chosen by ``cfg.stem`` ("auto": images of 64 px or less), keeps the five
 convolutions and their widths but uses 3x3 kernels at stride 1 and 1024-wide fc
 layers: an 11x11/4 kernel would reduce a 32x32 image to 6x6 at once, and the

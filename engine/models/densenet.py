@@ -5,8 +5,10 @@ channels are concatenated onto its input; transitions halve the channels
 (compression 0.5) and the image (2x2 average pooling). The defaults,
 ``growth_rate = 32`` and ``block_config = [6, 12, 24, 16]``, are DenseNet-121
 (7,978,856 trainable parameters with 1000 classes, as torchvision and
-keras.applications). The stem has 2k filters: 7x7/2 conv and 3x3/2 max pooling
-for ImageNet, one 3x3 conv for small images (``cfg.stem``; "auto": 64 px or less).
+keras.applications; 8,062,504 with BatchNorm's moving statistics). The stem
+has 2k filters: 7x7/2 conv and 3x3/2 max pooling for ImageNet, as the paper;
+for small images (``cfg.stem``; "auto": 64 px or less) one 3x3 conv and no
+pooling, the common CIFAR form.
 """
 
 from __future__ import annotations

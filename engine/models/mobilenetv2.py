@@ -2,7 +2,8 @@
 
 The network comes from ``keras.applications.MobileNetV2`` (width ``cfg.alpha``);
 the head is global average pooling, ``cfg.dropout`` and a float32 Dense layer,
-so the output is logits for any number of classes and any image size. With
+so the output is logits for any number of classes and any image size (at
+224x224 with 1000 classes, Keras' own 3,538,984 parameters). With
 ``weights = "imagenet"`` the convolutions start from ImageNet training, and
 Keras' own 1000-class classifier is kept only when it fits: ``include_top``,
 1000 classes and a square 96-224 px RGB image. Otherwise (e.g. ``include_top =

@@ -51,10 +51,10 @@ def _densenet_min(cfg: ModelConfig) -> int:
 
 
 FAMILIES: dict[str, Family] = {
-    # 28: MNIST's size, where the second pooling leaves the 5x5x16 map that
-    # LeNet-5's fc120 was designed on (the paper fed 32x32 to a valid conv1;
-    # conv1 here pads "same" so 28x28 gives the same geometry). It would
-    # compute down to 12 px, but then conv2 sees a 6x6 map: not LeNet-5.
+    # 28: MNIST's size, which LeNet-5 pads to its 32x32 input as the paper
+    # did, leaving the 5x5x16 map fc120 was designed on. Padding would take
+    # smaller images too, but a digit lost in a wide border is not what the
+    # network was made for: upsample those (data.image_size = [32, 32]).
     "lenet5": Family("lenet5", lambda cfg: 28),
     # small: CIFAR scale, three stride-2 poolings leave 4x4. imagenet: the
     # 11x11/4 conv and three valid 3x3/2 poolings need 63 px to leave 1x1.

@@ -11,7 +11,9 @@ Stage ``i`` has ``64 * 2**i`` filters (times 4 at a bottleneck's output) and
 every stage after the first halves the image. Bottleneck blocks stride on
 their 3x3 convolution (ResNet v1.5, as torchvision). Parameter counts match
 torchvision's; keras.applications' ResNet50 also has conv biases before its
-BatchNorms, which do nothing and are left out here.
+BatchNorms, which do nothing and are left out here. For images of 64 px or
+less the stem is one 3x3 convolution and no pooling (the common CIFAR
+ResNet-18), not the paper's 7x7/2 convolution and 3x3/2 max pooling.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """VGG (Simonyan and Zisserman, 2014): configurations A, B, D, E = VGG-11/13/16/19.
 
-``cfg.batch_norm`` adds BatchNorm after every convolution (and drops the conv
-bias it makes redundant). The ImageNet variant keeps the two 4096-wide fc
+``cfg.batch_norm`` (on by default, which the paper predates: plain VGG-16
+barely trains from scratch) adds BatchNorm after every convolution and drops
+the conv bias it makes redundant. The ImageNet variant keeps the two 4096-wide fc
 layers (VGG-16 without BN: 138,357,544 parameters at 224x224, as
 keras.applications.VGG16). The small variant (``cfg.stem``; "auto": images of
 64 px or less) ends in global average pooling and the classifier, the common

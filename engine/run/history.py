@@ -198,6 +198,9 @@ class RunHistory:
         self.series = {name: BucketSeries(capacity, axes=len(AXES)) for name in METRICS}
         self.val_loss = BucketSeries(capacity, axes=len(AXES))
         self.val_accuracy = BucketSeries(capacity, axes=len(AXES))
+        # Each epoch's training loss and accuracy: the means over its examples.
+        self.epoch_loss = BucketSeries(capacity, axes=len(AXES))
+        self.epoch_accuracy = BucketSeries(capacity, axes=len(AXES))
         self.markers: deque[Marker] = deque(maxlen=max_markers)
         self.start_time: float | None = None
         self.steps_per_epoch: int | None = None
@@ -263,10 +266,15 @@ class RunHistory:
 
     def _ingest_epoch_end(self, event: dict) -> None:
         x = (float(self.step), float(event.get("epoch", self.epoch)) + 1.0, self._elapsed(event))
-        if event.get("val_loss") is not None:
-            self.val_loss.add(x, float(event["val_loss"]))
-        if event.get("val_accuracy") is not None:
-            self.val_accuracy.add(x, float(event["val_accuracy"]))
+        by_field = {
+            "val_loss": self.val_loss,
+            "val_accuracy": self.val_accuracy,
+            "loss": self.epoch_loss,
+            "accuracy": self.epoch_accuracy,
+        }
+        for name, series in by_field.items():
+            if event.get(name) is not None:
+                series.add(x, float(event[name]))
 
     def position(self, event: dict) -> tuple[float, float, float]:
         """Where an event sits on each x axis (step, epoch, seconds)."""

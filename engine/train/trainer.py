@@ -7,6 +7,10 @@ yet one event per step. The number of steps a call is picked from the
 measured step time so that pause and stop still answer within a fraction of
 a second. Between calls the loop checks the control flags, checkpoints, and
 handles out-of-memory and NaN.
+
+Metrics follow Keras: a step's loss and accuracy are its batch's means (the
+summed losses over the batch's real size, also for a short last batch and
+across replicas); an epoch's are the means over its examples.
 """
 
 from __future__ import annotations
@@ -75,12 +79,53 @@ class StopTraining(Exception):
 
 @dataclass
 class CallResult:
-    """What one call of the multi-step train function produced."""
+    """What one call of the multi-step train function produced, one entry a step."""
 
     losses: np.ndarray
     accuracies: np.ndarray
     learning_rates: np.ndarray
+    examples: np.ndarray
     seconds: float
+
+
+class EpochMeans:
+    """An epoch's loss and accuracy so far: means over its examples, as Keras reports them.
+
+    A step counts by its real batch size, so a short last batch weighs what
+    its examples do. Steps are kept one by one (a few numbers each) so that a
+    NaN rewind, which goes back to a checkpoint inside the epoch, drops
+    exactly the steps it undoes. A worker that resumes inside an epoch
+    starts with none: its means cover the examples it trained itself.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[int, float, float, float]] = []  # step, examples, loss sum, correct
+
+    def add(self, step: int, examples: float, loss: float, accuracy: float) -> None:
+        """Record one step: its batch's real size and its mean loss and accuracy."""
+        self._steps.append((step, examples, loss * examples, accuracy * examples))
+
+    def drop_after(self, step: int) -> None:
+        """Forget the steps after ``step`` (the weights went back to it)."""
+        self._steps = [s for s in self._steps if s[0] <= step]
+
+    def clear(self) -> None:
+        self._steps.clear()
+
+    @property
+    def examples(self) -> int:
+        return int(round(sum(s[1] for s in self._steps)))
+
+    def means(self) -> dict:
+        """``loss``, ``accuracy`` and ``train_examples`` (what they are means over); {} for none."""
+        examples = sum(s[1] for s in self._steps)
+        if not examples:
+            return {}
+        return {
+            "loss": sum(s[2] for s in self._steps) / examples,
+            "accuracy": sum(s[3] for s in self._steps) / examples,
+            "train_examples": self.examples,
+        }
 
 
 class Trainer:
@@ -114,6 +159,7 @@ class Trainer:
         self.examples_in_epoch = 0
         self.steps_per_call = config.train.steps_per_call or 1
         self.last_metrics: dict = {}
+        self.epoch_means = EpochMeans()
         self.best_val_accuracy: float | None = None
         self.weights_tainted = False
         self._saved_step: int | None = None
@@ -235,11 +281,14 @@ class Trainer:
         self._train_calls = tf.function(self._train_loop, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_dataset)
 
-    def _loss_and_accuracy(self, outputs, labels, global_batch=None):
-        """Loss and accuracy of a batch; with ``global_batch``, this replica's share of them.
+    def _loss_and_accuracy(self, outputs, labels, examples=None):
+        """Loss and accuracy of a batch; with ``examples``, this replica's share of an update's.
 
-        Each replica divides by the global batch, so summing over replicas
-        gives the mean, and the gradients all-reduced by the optimizer too.
+        Summed over the batch's examples, then divided by ``examples``: the
+        real number of examples in the whole update, on every replica and in
+        every micro-batch. Summing the shares over replicas and micro-batches
+        gives the update's means, and the gradients the optimizer all-reduces
+        (a sum) are those of the mean loss. Without it, the batch's own size.
         """
         aux_outputs = []
         if isinstance(outputs, (list, tuple)):
@@ -249,7 +298,7 @@ class Trainer:
             loss += AUX_LOSS_WEIGHT * self._crossentropy_sum(aux, labels)
         predicted = tf.argmax(outputs, axis=-1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(predicted == tf.cast(labels, tf.int32), tf.float32))
-        count = tf.cast(tf.shape(labels)[0], tf.float32) if global_batch is None else float(global_batch)
+        count = tf.cast(tf.shape(labels)[0], tf.float32) if examples is None else examples
         return loss / count, correct / count
 
     def _crossentropy_sum(self, logits, labels):
@@ -266,11 +315,11 @@ class Trainer:
             )
         return tf.reduce_sum(per_example)
 
-    def _replica_step(self, images, labels, poison):
-        """Loss, accuracy and gradients of one micro-batch (changes no weight)."""
+    def _replica_step(self, images, labels, poison, examples):
+        """Loss and accuracy shares and gradients of one micro-batch (changes no weight)."""
         with tf.GradientTape() as tape:
             outputs = self.model(images, training=True)
-            loss, accuracy = self._loss_and_accuracy(outputs, labels, self.config.train.batch_size)
+            loss, accuracy = self._loss_and_accuracy(outputs, labels, examples)
             if self._nan_faults:
                 # nan:step=N fault: a NaN loss that also poisons the gradients, as a real
                 # one would. A multiplier, not tf.where: where's gradient flows through
@@ -282,40 +331,62 @@ class Trainer:
 
     def _replica_update(self, batches, poison):
         """On one replica: gradients of its micro-batches, summed, then one update."""
+        local, examples = self._update_examples(batches)
         total_loss, total_accuracy, summed = 0.0, 0.0, None
         for images, labels in batches:  # unrolled: accumulation is fixed per config
-            loss, accuracy, grads = self._replica_step_fn(images, labels, poison)
+            loss, accuracy, grads = self._replica_step_fn(images, labels, poison, examples)
             total_loss += loss
             total_accuracy += accuracy
             summed = grads if summed is None else [a + b for a, b in zip(summed, grads)]  # noqa: B905 (autograph converts zip; strict= is not passed through)
-        if len(batches) > 1:
-            summed = [g / len(batches) for g in summed]
         self.optimizer.apply_gradients(zip(summed, self.model.trainable_variables))  # noqa: B905
-        return total_loss / len(batches), total_accuracy / len(batches)
+        return total_loss, total_accuracy, local
+
+    def _update_examples(self, batches):
+        """This replica's examples in an update, and every replica's: what the sums divide by.
+
+        Full batches have a static size, known when the step is traced: then
+        the update holds the configured global batch times the accumulation
+        steps. A short batch (a training split smaller than one batch, or
+        data fed by hand) is counted, and the counts summed over the replicas
+        with one all-reduce: the global batch's real size, which dividing by
+        the configured size would overstate.
+        """
+        local = tf.add_n([tf.cast(tf.shape(labels)[0], tf.float32) for _, labels in batches])
+        if all(labels.shape[0] == self.per_replica_batch for _, labels in batches):
+            return local, tf.constant(float(self.images_per_step))
+        if self.dist.replicas == 1:
+            return local, local
+        return local, tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, local)
 
     def _one_update(self, iterator, poison):
-        """One optimizer update from ``accumulation_steps`` micro-batches, on every replica."""
+        """One optimizer update from ``accumulation_steps`` micro-batches, on every replica.
+
+        Returns:
+            The update's mean loss and accuracy, and its number of examples.
+        """
         batches = tuple(next(iterator) for _ in range(self.config.train.accumulation_steps))
         strategy = self.dist.strategy
-        loss, accuracy = strategy.run(self._replica_update, args=(batches, poison))
+        shares = strategy.run(self._replica_update, args=(batches, poison))
         self.step_var.assign_add(1)
         total = tf.distribute.ReduceOp.SUM
-        return strategy.reduce(total, loss, axis=None), strategy.reduce(total, accuracy, axis=None)
+        return tuple(strategy.reduce(total, share, axis=None) for share in shares)
 
     def _train_loop(self, iterator, steps, nan_step):
-        """Run ``steps`` updates; per-step loss, accuracy and learning rate come back together."""
+        """Run ``steps`` updates; per-step loss, accuracy, learning rate and examples come back together."""
         losses = tf.TensorArray(tf.float32, size=steps)
         accuracies = tf.TensorArray(tf.float32, size=steps)
         rates = tf.TensorArray(tf.float32, size=steps)
+        examples = tf.TensorArray(tf.float32, size=steps)
         for i in tf.range(steps):
             poison = self.step_var + 1 == nan_step
             # The rate this update uses: read before the update advances the schedule.
             rate = current_learning_rate(self.optimizer)
-            loss, accuracy = self._one_update(iterator, poison)
+            loss, accuracy, count = self._one_update(iterator, poison)
             losses = losses.write(i, tf.cast(loss, tf.float32))
             accuracies = accuracies.write(i, accuracy)
             rates = rates.write(i, rate)
-        return losses.stack(), accuracies.stack(), rates.stack()
+            examples = examples.write(i, count)
+        return losses.stack(), accuracies.stack(), rates.stack(), examples.stack()
 
     def _evaluate_dataset(self, dataset):
         total_loss, correct, count = 0.0, 0.0, 0.0
@@ -387,6 +458,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.epoch_means.drop_after(self.step)  # after a NaN rewind: the steps it undid
         iterator = self._iterator_at(epoch, self.examples_in_epoch)
         done = self.examples_in_epoch // self.images_per_step
         epoch_end = self.step + max(0, self.steps_per_epoch - done)
@@ -442,10 +514,8 @@ class Trainer:
         nan_step = min(self.faults.pending_nan_steps(), default=-1)
         started = time.perf_counter()
         try:
-            losses, accuracies, rates = self._train_calls(
-                iterator, tf.constant(steps), tf.constant(nan_step, tf.int64)
-            )
-            result = CallResult(losses.numpy(), accuracies.numpy(), rates.numpy(), 0.0)
+            outputs = self._train_calls(iterator, tf.constant(steps), tf.constant(nan_step, tf.int64))
+            result = CallResult(*(tensor.numpy() for tensor in outputs), seconds=0.0)
         except tf.errors.ResourceExhaustedError as error:
             self._after_oom(str(error))
         result.seconds = time.perf_counter() - started
@@ -491,6 +561,7 @@ class Trainer:
                 self._on_nan(self.step + 1)  # raises: the rest of this call is poisoned too
             self.step += 1
             self.examples_in_epoch += images
+            self.epoch_means.add(self.step, float(result.examples[i]), loss, float(result.accuracies[i]))
             self.events.emit(
                 "step",
                 step=self.step,
@@ -527,26 +598,41 @@ class Trainer:
         raise _Rewind()
 
     def _write_summaries(self, result: CallResult) -> None:
+        """The call's means over its examples (a point every call, not every step)."""
         with self.tensorboard.as_default(step=self.step):
-            tf.summary.scalar("train/loss", float(np.mean(result.losses)))
-            tf.summary.scalar("train/accuracy", float(np.mean(result.accuracies)))
+            tf.summary.scalar("train/loss", float(np.average(result.losses, weights=result.examples)))
+            tf.summary.scalar(
+                "train/accuracy", float(np.average(result.accuracies, weights=result.examples))
+            )
             tf.summary.scalar("train/learning_rate", float(result.learning_rates[-1]))
 
     def _end_epoch(self, epoch: int) -> None:
-        metrics = dict(self.last_metrics)
+        metrics = self.epoch_means.means()  # none when a resume found the epoch's steps all done
         if self.data.val is not None:
             val_loss, val_accuracy = (float(v) for v in self._evaluate(self.data.val))
             metrics.update(val_loss=val_loss, val_accuracy=val_accuracy)
             best = self.best_val_accuracy
             self.best_val_accuracy = val_accuracy if best is None else max(best, val_accuracy)
-            with self.tensorboard.as_default(step=self.step):
-                tf.summary.scalar("val/loss", val_loss)
-                tf.summary.scalar("val/accuracy", val_accuracy)
-        self.last_metrics = metrics
+        self._write_epoch_summaries(metrics)
+        self.last_metrics.update({k: v for k, v in metrics.items() if k != "train_examples"})
         self.epoch, self.examples_in_epoch = epoch + 1, 0
+        self.epoch_means.clear()
         self.events.emit("epoch_end", epoch=epoch + 1, step=self.step, **_rounded(metrics))
         self._saved_step = None  # the same step, but now at the start of the next epoch
         self.save_checkpoint()
+
+    def _write_epoch_summaries(self, metrics: dict) -> None:
+        """An epoch's means beside its validation figures, at the epoch's last step."""
+        tags = {
+            "loss": "train/epoch_loss",
+            "accuracy": "train/epoch_accuracy",
+            "val_loss": "val/loss",
+            "val_accuracy": "val/accuracy",
+        }
+        with self.tensorboard.as_default(step=self.step):
+            for name, tag in tags.items():
+                if name in metrics:
+                    tf.summary.scalar(tag, metrics[name])
 
     # ----- controls ----------------------------------------------------------
 

@@ -32,7 +32,7 @@ VIEWS = {
 SMOOTHINGS = (0.0, 0.6, 0.9, 0.97)
 X_LABELS = {"step": "step", "epoch": "epoch", "time": "minutes"}
 
-RAW_COLOR, SMOOTH_COLOR, VAL_COLOR = 8, 14, 11
+RAW_COLOR, SMOOTH_COLOR, VAL_COLOR, EPOCH_COLOR = 8, 14, 11, 15
 OVERLAY_COLORS = (13, 10, 12, 9)
 MARKER_COLORS = {
     "oom": 9,
@@ -248,9 +248,9 @@ class LossChart(DiffedWidget, can_focus=True):
         for index, (_, history) in enumerate(runs):
             colors = (OVERLAY_COLORS[index % len(OVERLAY_COLORS)],) * 2 if overlaid else None
             self._plot_series(figure, history.series[self.view], axis, colors, overlaid)
-            validation = self._validation(history)
-            if validation is not None and validation.count and not overlaid:
-                self._plot_points(figure, validation, axis)
+            for points, marker, color in self._epoch_points(history):
+                if points.count and not overlaid:
+                    self._plot_points(figure, points, axis, marker, color)
         x_limits = self._set_axes(figure, runs, axis, width)
         if not overlaid and self.history is not None and x_limits is not None:
             self._plot_markers(figure, self.history, axis, x_limits)
@@ -271,9 +271,9 @@ class LossChart(DiffedWidget, can_focus=True):
             if series.count:
                 xs += self._xs(series, axis)
                 ys += series.mean()
-            validation = self._validation(history)
-            if validation is not None and validation.count and len(runs) == 1:
-                ys += validation.mean()
+            for points, _, _ in self._epoch_points(history):
+                if points.count and len(runs) == 1:
+                    ys += points.mean()
         if not xs:
             return None
         x_low = 0.0 if min(xs) >= 0 else min(xs)
@@ -289,6 +289,20 @@ class LossChart(DiffedWidget, can_focus=True):
 
     def _validation(self, history: RunHistory) -> BucketSeries | None:
         return {"loss": history.val_loss, "accuracy": history.val_accuracy}.get(self.view)
+
+    def _epoch_means(self, history: RunHistory) -> BucketSeries | None:
+        """The epochs' training means, shown on the epoch axis, where a point stands for an epoch."""
+        if self.x_axis != "epoch":
+            return None
+        return {"loss": history.epoch_loss, "accuracy": history.epoch_accuracy}.get(self.view)
+
+    def _epoch_points(self, history: RunHistory) -> list[tuple[BucketSeries, str, int]]:
+        """The per-epoch point series to draw, with their marker and colour."""
+        found = [
+            (self._validation(history), "●", VAL_COLOR),
+            (self._epoch_means(history), "◆", EPOCH_COLOR),
+        ]
+        return [(series, marker, color) for series, marker, color in found if series is not None]
 
     def _xs(self, series: BucketSeries, axis: int) -> list[float]:
         xs = series.x(axis)
@@ -316,9 +330,9 @@ class LossChart(DiffedWidget, can_focus=True):
         signal.lines()
         figure.draw(signal)
 
-    def _plot_points(self, figure: Any, series: BucketSeries, axis: int) -> None:
+    def _plot_points(self, figure: Any, series: BucketSeries, axis: int, symbol: str, color: int) -> None:
         plotext = plotext_module()
-        marker = plotext.marker("●", plotext.pixel(foreground=VAL_COLOR))
+        marker = plotext.marker(symbol, plotext.pixel(foreground=color))
         figure.draw(figure.signal(self._xs(series, axis), self._ys(series.mean()), marker=marker))
 
     def _plot_markers(
@@ -344,6 +358,8 @@ class LossChart(DiffedWidget, can_focus=True):
                 legend.append(f"━ smoothed {self.smoothing:g}  ", f"color({SMOOTH_COLOR})")
             if self.view in ("loss", "accuracy"):
                 legend.append("● val  ", f"color({VAL_COLOR})")
+                if self.x_axis == "epoch":
+                    legend.append("◆ epoch mean  ", f"color({EPOCH_COLOR})")
             kinds = {m.kind for m in self.history.markers} if self.history else set()
             for kind in MARKER_COLORS:
                 if kind in kinds:
