@@ -17,7 +17,7 @@ computes) through:
                drives it: ``setup()``, ``run()``, with a run directory, an
                events file, checkpoints and TensorBoard summaries
   engine FILE  with ``--trainer FILE``: the Trainer of a copy of
-               engine/trainer.py, to measure a proposed change beside it
+               engine/train/trainer.py, to measure a proposed change beside it
 
 How speed is measured, the same way for all of them: a run trains
 ``1 + --epochs`` epochs. The first is warm-up (tracing, graph optimisation,
@@ -258,7 +258,7 @@ def child(
 
 
 def load_trainer_class(path: str):
-    """``Trainer`` of a copy of engine/trainer.py: a proposed change, measured beside it."""
+    """``Trainer`` of a copy of engine/train/trainer.py: a proposed change, measured beside it."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("proposed_trainer", path)
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         action="append",
         default=[],
-        help="also measure the Trainer of this copy of engine/trainer.py (a change); repeatable",
+        help="also measure the Trainer of this copy of engine/train/trainer.py (a change); repeatable",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

@@ -9,7 +9,7 @@ The engine gets its epoch's iterator as ``_train_epoch`` does, outside the
 clock. Prints the median and lower quartile per step and the ratio.
 
 Usage: python benchmarks/step_call_vs_keras.py [--rounds 25] [TRAINER_COPY.py ...]
-(a copy of engine/trainer.py given as an argument is measured beside it).
+(a copy of engine/train/trainer.py given as an argument is measured beside it).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def load_trainer(path: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("trainers", nargs="*", help="copies of engine/trainer.py to compare")
+    parser.add_argument("trainers", nargs="*", help="copies of engine/train/trainer.py to compare")
     args = parser.parse_args()
 
     import keras
