@@ -49,14 +49,12 @@ class QueueView:
         paused: no new run starts.
         runner_pid: the runner working the queue, else None.
         etas: seconds left of each live entry's run (by run id), None when unknown.
-        exists: False when this home has no queue file yet.
     """
 
     entries: list[Entry] = field(default_factory=list)
     paused: bool = False
     runner_pid: int | None = None
     etas: dict[str, float | None] = field(default_factory=dict)
-    exists: bool = True
 
     @property
     def waiting(self) -> list[Entry]:
@@ -117,7 +115,7 @@ class QueueLink:
         from engine.run.queue_runner import runner_pid
 
         if not queue_path(self.home).exists():
-            return QueueView(exists=False)
+            return QueueView()
         store = RunQueue(self.home)
         try:
             view = QueueView(entries=store.entries(), paused=store.paused())
