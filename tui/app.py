@@ -38,6 +38,7 @@ from tui.messages import (
     RunTailEnded,
     StartRequested,
 )
+from tui.queue_link import QueueLink
 from tui.run_state import RunState
 from tui.widgets.config_pane import ConfigPane
 from tui.widgets.gpu_panel import GpuPanel
@@ -45,6 +46,7 @@ from tui.widgets.header import RunHeader
 from tui.widgets.log_pane import LogPane
 from tui.widgets.loss_chart import SMOOTHINGS, VIEWS, LossChart
 from tui.widgets.preset_list import DEFAULT_PRESET, PresetList
+from tui.widgets.queue_badge import QueueBadge
 from tui.widgets.remedy_bar import RemedyBar, remedy_bindings, remedy_title
 
 if TYPE_CHECKING:  # pydantic costs ~0.1 s: the first frame does not wait for it
@@ -73,6 +75,8 @@ MAIN_SCREEN_ACTIONS = frozenset(
         "save_preset",
         "runs",
         "eval",
+        "queue_preset",
+        "queue",
         "smoothing",
         "log_scale",
         "x_axis",
@@ -151,6 +155,21 @@ class ConvdeckApp(ChartKeys, App[int]):
         ),
         Binding("o", "runs", "Runs", tooltip="List runs, open one, overlay two", id="runs"),
         Binding("e", "eval", "Eval", show=False, tooltip="Confusion matrix, per-class figures, mistakes", id="eval"),
+        Binding(
+            "Q",
+            "queue_preset",
+            "Queue",
+            tooltip="Queue the chosen preset with the config pane's values",
+            id="queue-preset",
+        ),
+        Binding(
+            "u",
+            "queue",
+            "Queue list",
+            show=False,  # the footer has no room at 80 columns; help, the palette and Q's notice say it
+            tooltip="The run queue: reorder, remove, pause",
+            id="queue",
+        ),
         *chart_bindings("chart", show=False),
     ]
 
@@ -179,6 +198,8 @@ class ConvdeckApp(ChartKeys, App[int]):
         self.chart_data_interval = chart_data_interval
         self.liveness_interval = liveness_interval
         self.run_link: RunLink | None = None
+        self.queue_link = QueueLink()
+        """The run queue (tests swap in one with a fake runner start)."""
         self.state: RunState | None = None
         self.config_error: str | None = "no preset chosen yet"
         self.presets_loaded = False
@@ -200,7 +221,9 @@ class ConvdeckApp(ChartKeys, App[int]):
         # The list has the keys from the first frame, before the presets are read: Tab's
         # order is the same whenever a person starts typing. (Only this screen's focus.)
         self.screen.AUTO_FOCUS = "#preset-options"
-        yield RunHeader(id="header")
+        with Horizontal(id="top"):
+            yield RunHeader(id="header")
+            yield QueueBadge(id="queue-badge")
         with Horizontal(id="main"):
             with Vertical(id="side"):
                 yield PresetList(id="presets")
@@ -323,7 +346,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         if action == "remedy":
             # A remedy restarts the worker: not while it is already restarting.
             return live and self.state.status != "restarting"
-        if action == "start":
+        if action in ("start", "queue_preset"):
             return not live
         if action == "filter":
             return not live and not isinstance(self.focused, Input)
@@ -747,6 +770,37 @@ class ConvdeckApp(ChartKeys, App[int]):
             return
         self.push_screen(EvalScreen(self.engine, self.run_link.run_id, self.run_link.run_dir))
 
+    def action_queue_preset(self) -> None:
+        """Queue the chosen preset; the config pane's changes to it go as ``--set`` overrides."""
+        from tui.queue_link import overrides_between
+
+        pane = self.query_one(ConfigPane)
+        config = pane.validate() if pane.preset is not None and not self._live() else None
+        if config is None:
+            self.notify(f"Not queued: {pane.error or 'no preset chosen yet'}", severity="error")
+            return
+        self._queue_preset(pane.preset.name, overrides_between(pane.preset.config, config))
+
+    @work(thread=True, group="queue", exit_on_error=False)
+    def _queue_preset(self, preset: str, overrides: list[str]) -> None:
+        try:
+            entry, _ = self.queue_link.add(preset, overrides)
+        except Exception as error:  # noqa: BLE001 - a ConfigError above all: one line
+            self.call_from_thread(self.notify, f"Not queued: {error}", severity="error")
+            return
+        settings = f" with {' '.join(overrides)}" if overrides else ""
+        self.call_from_thread(self.notify, f"Queued {preset}{settings} as entry {entry.id} (u lists the queue)")
+
+    def action_queue(self) -> None:
+        """Show the queue screen; a run opened there is watched."""
+        from tui.screens.queue import QueueScreen
+
+        def opened(run_id: str | None) -> None:
+            if run_id and (self.state is None or run_id != self.state.run_id):
+                self._attach(run_id)
+
+        self.push_screen(QueueScreen(self.queue_link), opened)
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Command palette entries: the app's actions, then Textual's own."""
         entries = [
@@ -755,6 +809,13 @@ class ConvdeckApp(ChartKeys, App[int]):
             ("Stop run", "Checkpoint and stop the run", "stop", self.action_stop),
             ("Detach", "Stop watching; the run keeps going", "detach", self.action_detach),
             ("Runs", "List runs, open one, overlay two", "runs", self.action_runs),
+            (
+                "Queue preset",
+                "Queue the chosen preset with the config pane's values",
+                "queue_preset",
+                self.action_queue_preset,
+            ),
+            ("Queue", "The run queue: reorder, remove, pause", "queue", self.action_queue),
             (
                 "Save preset",
                 "Save the config pane as a user preset",
