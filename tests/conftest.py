@@ -27,6 +27,11 @@ from engine.config import RunConfig, config_to_toml
 TESTS_DIR = Path(__file__).parent
 CLI_TIMEOUT = 120.0
 
+# No test reads or writes the user's own ~/.convdeck (runs, the queue, convdeck.toml): tests
+# that touch runs take the convdeck_home fixture; every other one lands in this scratch home.
+_SCRATCH_HOME = Path(tempfile.mkdtemp(prefix="cdk-session-", dir="/tmp"))
+os.environ["CONVDECK_HOME"] = str(_SCRATCH_HOME)
+
 
 @pytest.fixture
 def convdeck_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
