@@ -188,10 +188,11 @@ async def follow_like_the_tui(
     After reaching the live tail it keeps following for ``follow_seconds`` and
     records how late each live step is folded in (appended -> folded).
     """
+    from tui.run_state import RunState
+
     from engine.run.client import RunHandle
     from engine.run.events import last_event_of
     from tui.app import INGEST_CHUNK
-    from tui.run_state import RunState
 
     handle = RunHandle(run_dir)
     state = RunState(run_id=handle.run_id)
@@ -252,10 +253,11 @@ async def follow_like_the_tui(
 def child(mode: str, run_dir: Path) -> dict:
     import tracemalloc
 
+    import tui.run_state  # noqa: F401
+
     # Everything the measured code imports, before the baseline.
     import engine.run.client  # noqa: F401
     import tui.app  # noqa: F401
-    import tui.run_state  # noqa: F401
     from engine.run.client import RunHandle, run_metrics
     from tui.app import HISTORY_STEPS
 

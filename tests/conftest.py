@@ -161,7 +161,7 @@ def started(step: int = 0, **fields) -> dict:
         "run_id": "x",
         "pid": 1,
         "devices": ["CPU:0"],
-        "config": {"name": "lenet5-digits"},
+        "config": {"name": "lenet5-digits", "model": {"arch": "lenet5"}},
         "steps_per_epoch": 10,
         "epochs": 2,
         "resumed_from_step": step or None,

@@ -552,13 +552,12 @@ def test_lost_workers_message() -> None:
 
 
 def test_the_header_shows_the_strategy_and_replicas() -> None:
-    from tui.run_state import RunState
+    from engine.run.facts import RunFacts
+    from engine.run.protocol import RunStarted
     from tui.widgets.header import distribution
 
     def header_for(**started) -> str:
-        state = RunState("r")
-        state.apply([{"type": "run_started", "time": 0.0, **started}])
-        return distribution(state)
+        return distribution(RunFacts("r").apply([RunStarted(time=0.0, **started)]))
 
     assert header_for(strategy="mirrored", replicas=2, workers=1) == "mirrored ×2"
     assert header_for(strategy="multi_worker", replicas=4, workers=2) == (

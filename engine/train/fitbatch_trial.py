@@ -86,13 +86,13 @@ def _train(config: RunConfig, steps: int) -> dict:
                 trainer.data.val = trainer.data.val.take(1)
             trainer.run()
             trainer.tensorboard.close()
-        steps_seen = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+        steps_seen = [e for e in read_events(run_dir / "events.jsonl") if e.type == "step"]
     outcome: dict = {
         "detail": f"{len(steps_seen)} steps",
         "train_examples": int(trainer.data.train_examples),
     }
     if len(steps_seen) > 1:  # the first step's time includes tracing the step function
-        outcome["images_per_sec"] = steps_seen[-1].get("images_per_sec")
+        outcome["images_per_sec"] = steps_seen[-1].last().images_per_sec
     gpus = tf.config.list_logical_devices("GPU")
     if gpus:
         try:
