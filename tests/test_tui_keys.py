@@ -710,3 +710,38 @@ async def test_until_quiet_announces_the_first_pause_and_loses_no_batch():
 
     seen = [batch async for batch in _until_quiet(stream(), quiet=0.03)]
     assert seen == [[1], [2], None, [3], [4]]
+
+
+async def test_attach_shows_the_runs_own_figures_at_once_and_never_the_preset_keys():
+    import asyncio
+    import threading
+
+    run = _existing_run("run-5", 850)  # into epoch 9 of ten 100-step epochs
+    engine = FakeEngine(runs=[run])
+    found, history_read = threading.Event(), asyncio.Event()
+    find_run, follow = engine.find_run, run.events
+
+    def slow_find_run(ref):
+        found.wait(10)
+        return find_run(ref)
+
+    async def slow_events(**kwargs):
+        await history_read.wait()
+        async for batch in follow(**kwargs):
+            yield batch
+
+    engine.find_run, run.events = slow_find_run, slow_events
+    app = make_app(engine, attach="run-5")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.1)
+        # Looking the run up: the preset screen's keys do not apply, and the header says why.
+        assert "attaching to run-5" in str(app.query_one("#header").render())
+        assert not any(app.check_action(a, ()) for a in ("start", "filter", "save_preset"))
+        found.set()
+        await until(pilot, lambda: app.state is not None)
+        header = str(app.query_one("#header").render())
+        assert "running" in header and "epoch 9/10" in header and "step 850" in header
+        assert app.check_action("pause_resume", ()) and not app.check_action("start", ())
+        history_read.set()  # the history comes in behind it, for the chart
+        await until(pilot, lambda: app.history.step == 850 and app.state.step == 850)
+        assert "epoch 9/10" in str(app.query_one("#header").render())

@@ -396,6 +396,11 @@ def to_dict(event: Event) -> dict:
     return {"type": data.pop("type"), "time": data.pop("time"), **data}
 
 
+def to_json_line(event: Event) -> str:
+    """The event as EventWriter writes it: one JSON line (``type`` first, NaN as NaN)."""
+    return json.dumps(to_dict(event)) + "\n"
+
+
 def field_names(type: str) -> tuple[str, ...]:
     """The fields an event type declares (besides ``type``)."""
     return EVENT_TYPES[type].__struct_fields__
