@@ -148,6 +148,15 @@ def _record_pid(run_dir: Path, pid: int) -> None:
     (run_dir / "worker.pid").write_text(f"{pid} {psutil.Process(pid).create_time()}")
 
 
+def event_dicts(path: Path) -> list[dict]:
+    """The readable events of a file as plain dicts with every declared field, for tests
+    that look fields up by name (engine code reads the typed events)."""
+    from engine.run.events import read_events
+    from engine.run.protocol import to_dict
+
+    return [to_dict(event, defaults=True) for event in read_events(path)]
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     process = subprocess.Popen(["true"])

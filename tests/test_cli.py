@@ -232,7 +232,9 @@ def test_ctl_prints_the_workers_reply(convdeck_home, control_server):
     server = control_server(run_dir, lambda r: {"ok": True, "state": "running", "step": 3})
     result = run_cli("ctl", "r1", "status")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"ok": True, "state": "running", "step": 3}
+    reply = json.loads(result.stdout)
+    assert reply.pop("run") == runs_json()[0]  # the run's facts, as `runs --json` has them
+    assert reply == {"ok": True, "state": "running", "step": 3}
     assert run_cli("ctl", "r1", "remedy", "halve-batch").returncode == 0
     assert server.requests[-1] == {"command": "remedy", "name": "halve-batch"}
 

@@ -33,6 +33,7 @@ import pytest
 from conftest import (
     cli_command,
     dead_pid,
+    event_dicts,
     make_run,
     one_line_error,
     run_cli,
@@ -42,7 +43,6 @@ from conftest import (
 )
 
 from engine.run.client import RunHandle
-from engine.run.events import read_events
 
 # Small and quick: 1,437 digits at batch 32 are 44 steps an epoch. A checkpoint
 # every 20 steps lands inside epochs (20, 40, 60, 80...) as well as at their ends.
@@ -68,7 +68,7 @@ SLOW_TIMEOUT = 900
 
 
 def events_of(run_dir: Path) -> list[dict]:
-    return read_events(run_dir / "events.jsonl")
+    return event_dicts(run_dir / "events.jsonl")
 
 
 def steps_of(events: list[dict]) -> list[int]:

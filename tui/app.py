@@ -466,7 +466,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         log.clear()
         log.start_time = None
         self.query_one(RemedyBar).close()
-        self.query_one(GpuPanel).pids = ()
+        self.query_one(GpuPanel).pids = (self.state.pid,) if self.state.pid else ()
         self._show_state()
         self._tail(run)
         self.query_one(LossChart).focus()

@@ -416,8 +416,12 @@ class RunFacts:
             "unreadable_lines": self.unreadable_lines,
         })
 
-    def metrics_json(self) -> dict:
-        """The figures `convdeck show --json` prints under ``metrics``."""
+    def metrics_json(self, strict: bool = True) -> dict:
+        """The figures `convdeck show --json` prints under ``metrics``.
+
+        Args:
+            strict: NaN and infinities as null, so strict JSON parsers read it.
+        """
         last_step = {
             "step": self.step,
             "epoch": self.epoch,
@@ -430,8 +434,7 @@ class RunFacts:
         if self.best_val_accuracy is not None:
             best = {"val_accuracy": self.best_val_accuracy, "epoch": self.best_epoch}
         failure = self.failure
-        return _strict_json(
-            {
+        figures = {
                 "last_step": _present(last_step) if self.last_loss is not None else None,
                 "last_epoch": _event_fields(self.last_epoch),
                 "best": best,
@@ -444,7 +447,7 @@ class RunFacts:
                 "revision": self.revision,
                 "unreadable_lines": self.unreadable_lines,
             }
-        )
+        return _strict_json(figures) if strict else figures
 
 
 _HANDLERS: dict[type, Any] = {
@@ -493,14 +496,14 @@ class LogFolder:
         others = [i for i, line in enumerate(lines) if not line.startswith(STEP_LINE_PREFIX)]
         first = 0
         for index in others:
-            self._steps_until(lines, first, index)
+            self._keep_last_steps(lines, first, index)
             if lines[index].strip():
                 self._fold_pending()
                 self._fold_line(lines[index])
             first = index + 1
-        self._steps_until(lines, first, len(lines))
+        self._keep_last_steps(lines, first, len(lines))
 
-    def _steps_until(self, lines: list[bytes], first: int, end: int) -> None:
+    def _keep_last_steps(self, lines: list[bytes], first: int, end: int) -> None:
         """``lines[first:end]`` are step lines: keep the last two of them, unparsed."""
         if end - first >= 2:
             self._before, self._pending = lines[end - 2], lines[end - 1]

@@ -390,9 +390,16 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def to_dict(event: Event) -> dict:
-    """The event as plain JSON data, ``type`` first; fields at their default are left out."""
+def to_dict(event: Event, defaults: bool = False) -> dict:
+    """The event as plain JSON data, ``type`` first.
+
+    Args:
+        event: the event.
+        defaults: keep the fields at their default too (every declared field).
+    """
     data = msgspec.to_builtins(event)
+    if defaults:
+        data.update(msgspec.to_builtins(msgspec.structs.asdict(event)))
     return {"type": data.pop("type"), "time": data.pop("time"), **data}
 
 

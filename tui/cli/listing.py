@@ -153,7 +153,7 @@ def _progress(facts: RunFacts) -> str:
 
 
 def _metric_rows(facts: RunFacts) -> list[tuple[str, str]]:
-    metrics = facts.metrics_json()
+    metrics = facts.metrics_json(strict=False)  # for people: an infinite loss says inf
     rows = []
     if metrics["last_step"]:
         rows.append(("last step", _figures(metrics["last_step"])))

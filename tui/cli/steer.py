@@ -36,10 +36,12 @@ def ctl(run_ref: str, command: str, argument: str | None) -> int:
 
     COMMAND is one of pause, resume, stop, checkpoint, status, or remedy NAME
     with NAME one of halve-batch, halve-accumulate, mixed-precision, resnet18.
+    The reply to status carries the run's facts under "run" (as `runs --json`).
     """
     args = _control_args(command, argument)
     handle = client.find_run(run_ref)
-    status = handle.summary().status
+    facts = handle.summary()
+    status = facts.status
     if status not in client.LIVE_STATUSES:
         raise ConfigError(
             f"run {handle.run_id} is {status}: no worker to take {command!r}"
@@ -50,6 +52,8 @@ def ctl(run_ref: str, command: str, argument: str | None) -> int:
             )
         )
     reply = handle.command_sync(command, **args)
+    if command == "status" and reply.get("ok"):
+        reply = {**reply, "run": facts.as_json()}
     click.echo(json.dumps(reply))
     if reply.get("ok"):
         return EXIT_DONE
