@@ -260,7 +260,7 @@ class FakeRun:
             name=name,
             revision=1,
             step=self._last_step(),
-            changes={field: (old, new) for field, (old, new) in changes.items()},
+            changes=changes,
         )
 
 

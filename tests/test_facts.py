@@ -78,7 +78,7 @@ offers = st.lists(
 )
 changes = st.dictionaries(
     st.sampled_from(["train.batch_size", "train.steps_per_epoch", "model.arch", "mixed_precision"]),
-    st.tuples(st.integers(1, 64), st.integers(1, 64) | archs),
+    st.tuples(st.integers(1, 64), st.integers(1, 64) | archs).map(list),
     max_size=3,
 )
 other_events = st.one_of(
@@ -220,13 +220,13 @@ def test_the_model_and_steps_per_epoch_follow_the_remedies():
                 time=105.0,
                 name="halve-batch",
                 revision=1,
-                changes={"train.batch_size": (64, 32), "train.steps_per_epoch": (10, 20)},
+                changes={"train.batch_size": [64, 32], "train.steps_per_epoch": [10, 20]},
             ),
         ]
     )
     assert facts.steps_per_epoch == 20  # under the key the worker writes
     assert facts.config["train"]["batch_size"] == 32 and facts.revision == 1
-    facts.fold(RemedyApplied(time=106.0, name="resnet18", revision=2, changes={"model.arch": ("lenet5", "resnet")}))
+    facts.fold(RemedyApplied(time=106.0, name="resnet18", revision=2, changes={"model.arch": ["lenet5", "resnet"]}))
     assert facts.model == "resnet [2,2,2,2]" and facts.preset == "lenet5-digits"
     assert facts.remedies == ["halve-batch", "resnet18"] and facts.phase == "restarting"
 

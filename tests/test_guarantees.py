@@ -42,6 +42,7 @@ from conftest import (
     step,
 )
 
+from engine.run import protocol
 from engine.run.client import RunHandle
 
 # Small and quick: 1,437 digits at batch 32 are 44 steps an epoch. A checkpoint
@@ -405,11 +406,13 @@ async def test_viewers_attached_at_once_each_see_every_event_in_order(convdeck_h
     truth = events_of(run_dir)
     assert_trained_to_the_end(truth, epochs)
     assert_steps_consecutive(steps_of(truth), 1, epochs * STEPS_PER_EPOCH)
+    # Each as plain data with every declared field, as events_of gives the truth.
     for name, seen in (
-        ("A (convdeck run --json)", json_lines(out_a)),
+        ("A (convdeck run --json)", [protocol.from_dict(line) for line in json_lines(out_a)]),
         ("B", seen_b),
         ("C", seen_c),
     ):
+        seen = [protocol.to_dict(event, defaults=True) for event in seen]
         assert_steps_consecutive(steps_of(seen), 1, epochs * STEPS_PER_EPOCH)
         assert seen == truth, f"viewer {name} saw other events than events.jsonl holds"
 
@@ -577,11 +580,11 @@ def test_show_of_garbled_events_skips_the_bad_lines_and_says_how_many(bad_runs):
     # binary junk, a JSON array, an object without "type", and the torn last line
     assert shown["metrics"]["unreadable_lines"] == 4
     text = run_cli("show", "20250104").stdout
-    assert len([line for line in text.splitlines() if "torn or garbage" in line]) == 1
+    assert len([line for line in text.splitlines() if "torn, garbage" in line]) == 1
     assert snapshot(bad_runs) == before
 
 
 async def test_a_viewer_skips_garbage_lines_and_keeps_following(bad_runs):
     run_dir = bad_runs / "runs" / "20250104-000000-garbled-dddd"
     seen = [e async for batch in RunHandle(run_dir).events(until_done=True) for e in batch]
-    assert [e["type"] for e in seen] == ["run_started", "step"]
+    assert [e.type for e in seen] == ["run_started", "step"]

@@ -129,7 +129,7 @@ async def test_an_automatic_remedy_closes_the_bar_without_a_key():
         run.feed(
             oom_event(21),
             RemedyApplied(
-                time=run.now, name="halve-batch", changes={"train.batch_size": (256, 128)}
+                time=run.now, name="halve-batch", changes={"train.batch_size": [256, 128]}
             ),
         )
         await until(pilot, lambda: "remedy halve-batch" in _log(app))

@@ -579,7 +579,7 @@ def _section(config: dict, name: str) -> dict:
     return section if isinstance(section, dict) else {}
 
 
-def _with_changes(config: dict, changes: dict[str, tuple[Any, Any]]) -> dict:
+def _with_changes(config: dict, changes: dict[str, list[Any]]) -> dict:
     """``config`` with a remedy's changes (``{"model.arch": [old, new]}``) applied, as a copy."""
     updated = {key: dict(value) if isinstance(value, dict) else value for key, value in config.items()}
     for dotted, (_, new) in changes.items():

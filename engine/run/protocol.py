@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import msgspec
 
@@ -188,7 +188,7 @@ class RemedyApplied(Event, tag="remedy_applied"):
     name: str = ""
     revision: int | None = None
     step: int | None = None
-    changes: dict[str, tuple[Any, Any]] = {}
+    changes: dict[str, Annotated[list[Any], msgspec.Meta(min_length=2, max_length=2)]] = {}
     fresh_model: bool = False
 
 
