@@ -5,19 +5,21 @@ step events (with run_started, an epoch_end every 1,000 steps and a
 checkpoint every 200), marks each run live (this process's pid and a fresh
 heartbeat), and measures in a fresh child process per figure:
 
-- ``tui``: the TUI's own path (tui/app.py ``_tail``): ``RunHandle.events(
-  history_steps=HISTORY_STEPS)`` folded into ``RunState`` (and so into
-  engine.run.history's ``RunHistory``) in ``INGEST_CHUNK`` slices, yielding to
-  the event loop between slices. A thread appends a live step line every
-  0.1 s from the moment following begins; "live tail" is the time until the
-  first of those is folded in.
+- ``tui``: the TUI's own path (tui/app.py ``_attach`` and ``_tail``): the run's
+  facts read whole at once (``RunHandle.summary()``: what the header shows
+  before the history is in; "snapshot s"), then ``RunHandle.events(
+  history_steps=HISTORY_STEPS)`` folded into ``RunFacts`` and engine.run.history's
+  ``RunHistory`` in ``INGEST_CHUNK`` slices, yielding to the event loop between
+  slices. A thread appends a live step line every 0.1 s from the moment
+  following begins; "live tail" is the time until the first of those is folded in.
 - ``full``: the same without thinning (``history_steps=None``): every step
   line parsed and folded in. The baseline the thinning saves.
 - ``tui+poll``: ``tui`` with the app's liveness check every 2 s in a thread
   (``tui.app._liveness``: the worker's pid, and a summary only once it is
   gone; ``RunHandle.summary()`` where the app has no such function).
-- ``summary``: ``RunHandle.summary()`` (engine.run.store.summarize_run), which
-  ``convdeck runs`` calls for every run; and ``run_metrics`` (``convdeck show``).
+- ``summary``: ``RunHandle.summary()`` (engine.run.store.summarize_run: the one
+  fold, engine.run.facts), which ``convdeck runs`` calls for every run; and
+  ``convdeck show``'s figures (the same fold, and ``metrics_json``).
 
 Memory: the peak of Python's heap under tracemalloc while following (a
 second child, as tracemalloc slows the code it watches), and the growth of
@@ -125,11 +127,16 @@ def _rss() -> int:
 
 
 class LiveWorker:
-    """Appends a step line every LIVE_EVERY seconds, as the run's worker would."""
+    """Appends a step line every LIVE_EVERY seconds, as the run's worker would.
+
+    ``appended`` maps each live step to when it was written (perf_counter).
+    """
 
     def __init__(self, run_dir: Path, first_step: int) -> None:
         self.path = run_dir / "events.jsonl"
+        self.first_step = first_step
         self.step = first_step
+        self.appended: dict[int, float] = {}
         self.started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._append, daemon=True)
@@ -140,8 +147,8 @@ class LiveWorker:
         try:
             while not self._stop.wait(LIVE_EVERY):
                 line = json.dumps({"type": "step", "time": round(time.time(), 3), "step": self.step,
-                                   "epoch": 1, "loss": 0.1, "live": True,
-                                   "appended": time.perf_counter()})  # fmt: skip
+                                   "epoch": 1, "loss": 0.1})  # fmt: skip
+                self.appended[self.step] = time.perf_counter()
                 os.write(fd, (line + "\n").encode())
                 self.step += 1
         finally:
@@ -183,35 +190,46 @@ class LivenessPoller:
 async def follow_like_the_tui(
     run_dir: Path, history_steps: int | None, follow_seconds: float = 0.0, poll: bool = False
 ) -> dict:
-    """tui/app.py ``_tail``: events in batches, folded into RunState in INGEST_CHUNK slices.
+    """tui/app.py ``_attach`` and ``_tail``: the run's facts at once, then events in
+    batches, folded into RunFacts and RunHistory in INGEST_CHUNK slices.
 
     After reaching the live tail it keeps following for ``follow_seconds`` and
     records how late each live step is folded in (appended -> folded).
     """
     from engine.run.client import RunHandle
     from engine.run.events import last_event_of
+    from engine.run.facts import RunFacts
+    from engine.run.history import RunHistory
+    from engine.run.protocol import Step
     from tui.app import INGEST_CHUNK
-    from tui.run_state import RunState
 
     handle = RunHandle(run_dir)
-    state = RunState(run_id=handle.run_id)
+    facts, history = RunFacts(run_id=handle.run_id), RunHistory()
     figures: dict = {"events_folded": 0}
     lags: list[float] = []
     t0 = time.perf_counter()
     live_since, cpu_since = float("inf"), 0.0
     last = last_event_of(handle.events_path, ("step",))
-    live = LiveWorker(run_dir, first_step=(last or {}).get("step", 0) + 1)
+    live = LiveWorker(run_dir, first_step=(last.step if last else 0) + 1)
     poller = LivenessPoller(handle) if poll else None
     until = None
     try:
+        snapshot = handle.summary()  # what the header shows at once (tui/app.py _attach)
+        figures["snapshot_s"] = time.perf_counter() - t0
+        figures["snapshot_step"] = snapshot.step
         async for batch in handle.events(from_start=True, history_steps=history_steps):
             figures.setdefault("first_batch_s", time.perf_counter() - t0)
             for start in range(0, len(batch), INGEST_CHUNK):
                 chunk = batch[start : start + INGEST_CHUNK]
-                state.apply(chunk)
+                facts.apply(chunk)
+                history.ingest(chunk)
                 figures["events_folded"] += len(chunk)
                 now = time.perf_counter()
-                folded = [(e["appended"], now) for e in chunk if e.get("live")]
+                folded = [
+                    (live.appended[e.step], now)
+                    for e in chunk
+                    if isinstance(e, Step) and isinstance(e.step, int) and e.step in live.appended
+                ]
                 if folded and "live_tail_s" not in figures:
                     figures["live_tail_s"] = now - t0
                     until = now + follow_seconds
@@ -230,7 +248,7 @@ async def follow_like_the_tui(
         figures.update(
             live_lag_p50_s=lags[len(lags) // 2],
             live_lag_max_s=lags[-1],
-            live_steps_appended=live.step - (last or {}).get("step", 0) - 1,
+            live_steps_appended=live.step - live.first_step,
             live_steps_measured=len(lags),
             # CPU of this process (all threads) per second of following live.
             cpu_share=(time.process_time() - cpu_since) / (time.perf_counter() - live_since),
@@ -239,12 +257,11 @@ async def follow_like_the_tui(
         figures["liveness_check"] = poller.how
         figures["summary_calls"] = len(poller.durations)
         figures["summary_call_s"] = poller.durations
-    history = state.history
     figures.update(
         chart_points=history.series["loss"].count,
         chart_buckets=len(history.series["loss"]),
         bucket_size=history.series["loss"].bucket_size,
-        step_reached=state.step,
+        step_reached=facts.step,
     )
     return figures
 
@@ -254,9 +271,9 @@ def child(mode: str, run_dir: Path) -> dict:
 
     # Everything the measured code imports, before the baseline.
     import engine.run.client  # noqa: F401
+    import engine.run.facts  # noqa: F401
     import tui.app  # noqa: F401
-    import tui.run_state  # noqa: F401
-    from engine.run.client import RunHandle, run_metrics
+    from engine.run.client import RunHandle
     from tui.app import HISTORY_STEPS
 
     traced = mode.endswith("-mem")
@@ -269,7 +286,7 @@ def child(mode: str, run_dir: Path) -> dict:
         summary = RunHandle(run_dir).summary()
         figures = {"summary_s": time.perf_counter() - t0, "status": summary.status}
         t0 = time.perf_counter()
-        run_metrics(run_dir)
+        RunHandle(run_dir).summary().metrics_json()
         figures["show_metrics_s"] = time.perf_counter() - t0
     else:
         history_steps = None if mode == "full" else HISTORY_STEPS
@@ -352,11 +369,12 @@ def print_table(rows: list[dict]) -> None:
     print()
     print(
         "1) attach to a live run: the TUI's path "
-        "(thinned history -> RunState/RunHistory, then live)"
+        "(the run's facts at once, thinned history -> RunFacts/RunHistory, then live)"
     )
     print("   against a full replay of every event")
     header = (
-        f"{'steps':>10} {'file MiB':>8} | {'first batch s':>13} {'live tail s':>11} "
+        f"{'steps':>10} {'file MiB':>8} | {'snapshot s':>10} {'first batch s':>13} "
+        f"{'live tail s':>11} "
         f"{'events folded':>13} {'heap peak MiB':>13} {'RSS +MiB':>8} | "
         f"{'full replay s':>13} {'heap peak MiB':>13} {'RSS +MiB':>8}"
     )
@@ -365,7 +383,8 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         tui, tui_mem, full, full_mem = (row[k] for k in ("tui", "tui-mem", "full", "full-mem"))
         print(
-            f"{row['steps']:>10,} {row['mib']:>8.0f} | {cell(tui.get('first_batch_s'), '13.3f')} "
+            f"{row['steps']:>10,} {row['mib']:>8.0f} | {cell(tui.get('snapshot_s'), '10.3f')} "
+            f"{cell(tui.get('first_batch_s'), '13.3f')} "
             f"{cell(tui.get('live_tail_s'), '11.3f')} {tui['events_folded']:>13,} "
             f"{tui_mem['tracemalloc_peak_mb']:>13.1f} {tui['rss_growth_mb']:>8.1f} | "
             f"{cell(full.get('live_tail_s'), '13.3f')} {full_mem['tracemalloc_peak_mb']:>13.1f} "
@@ -409,8 +428,9 @@ def print_table(rows: list[dict]) -> None:
     print(
         "RSS +MiB: the child's peak RSS over its RSS after imports. summary s: RunHandle.summary()"
     )
-    print("(engine.run.store.summarize_run: `convdeck runs` per run; the TUI once its worker is gone);")
-    print("show s: run_metrics (`convdeck show`). lag: append -> folded, for steps appended after")
+    print("(engine.run.store.summarize_run: `convdeck runs` per run; the TUI's snapshot on attach);")
+    print("show s: that fold and its figures (`convdeck show`). lag: append -> folded, for steps")
+    print("appended after")
     print("the live tail was reached; CPU: the viewer's CPU time per second while following live.")
     if len(rows) >= 2:
         small, large = rows[0], rows[-1]

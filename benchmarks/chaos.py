@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import ConfigError  # noqa: E402
 from engine.run.events import parse_line  # noqa: E402
+from engine.run.protocol import to_dict  # noqa: E402
 from engine.run.store import read_config, summarize_run  # noqa: E402
 
 STEPS_PER_EPOCH = 44  # 1,437 training digits at batch 32
@@ -139,7 +140,7 @@ class Run:
             if event is None:
                 bad.append(number)
             else:
-                events.append(event)
+                events.append(to_dict(event))  # plain data: this script reads fields by name
         return events, bad
 
     def worker_pid(self) -> int | None:

@@ -210,9 +210,9 @@ def child(
             trainer.run()
             events.close()
             own = [
-                e["images_per_sec"]
+                e.images_per_sec
                 for e in read_events(run_dir / "events.jsonl")
-                if e["type"] == "step" and e["epoch"] > 1
+                if e.type == "step" and e.epoch > 1
             ]
         timed_wall = sum(wall for _, wall, _ in trainer.bench_records[1:])
         return {

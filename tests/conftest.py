@@ -153,6 +153,15 @@ def _record_pid(run_dir: Path, pid: int) -> None:
     (run_dir / "worker.pid").write_text(f"{pid} {psutil.Process(pid).create_time()}")
 
 
+def event_dicts(path: Path) -> list[dict]:
+    """The readable events of a file as plain dicts with every declared field, for tests
+    that look fields up by name (engine code reads the typed events)."""
+    from engine.run.events import read_events
+    from engine.run.protocol import to_dict
+
+    return [to_dict(event, defaults=True) for event in read_events(path)]
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     process = subprocess.Popen(["true"])
@@ -166,7 +175,7 @@ def started(step: int = 0, **fields) -> dict:
         "run_id": "x",
         "pid": 1,
         "devices": ["CPU:0"],
-        "config": {"name": "lenet5-digits"},
+        "config": {"name": "lenet5-digits", "model": {"arch": "lenet5"}},
         "steps_per_epoch": 10,
         "epochs": 2,
         "resumed_from_step": step or None,

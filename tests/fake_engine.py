@@ -5,18 +5,44 @@ record every command and emit the events a real worker would reply with
 (``pause`` gives ``paused``; ``remedy`` gives the restart a worker goes
 through: a ``log`` line, ``remedy_applied``, then a resumed ``run_started``).
 Tests push further events with :meth:`FakeRun.feed`.
+
+Every event is built from the declarations of :mod:`engine.run.protocol`,
+as the worker's are, and what a test feeds as a plain dict or a raw line is
+read through the protocol as a reader of events.jsonl reads it: a line that
+does not fit is skipped and counted, never handed to the app.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from engine.config import ConfigError, RunConfig, validate_config
 from engine.remedies import applicable_remedies, apply_remedy
+from engine.run import protocol
+from engine.run.facts import RunFacts
+from engine.run.protocol import (
+    EpochEnd,
+    Event,
+    Finished,
+    Log,
+    Oom,
+    Paused,
+    RemedyApplied,
+    RemedyOffer,
+    Resumed,
+    RunStarted,
+    Step,
+)
+from engine.run.store import Liveness
+
+LIVE = ("running", "paused", "waiting")
 
 
 @dataclass
@@ -76,20 +102,6 @@ def default_presets() -> list[FakePreset]:
     ]
 
 
-@dataclass
-class FakeSummary:
-    """Shaped like ``engine.run.client.RunSummary``."""
-
-    run_id: str
-    preset: str
-    status: str
-    epoch: int = 0
-    step: int = 0
-    last_loss: float | None = None
-    started: float = 0.0
-    run_dir: Path = Path("/nonexistent")
-
-
 class FakeRun:
     """A run that records commands and plays scripted events.
 
@@ -105,46 +117,75 @@ class FakeRun:
         self,
         run_id: str,
         config: RunConfig,
-        history: list[dict] | None = None,
+        history: list[Event] | None = None,
         reply_events: bool = True,
         now: float = 1_700_000_000.0,
     ) -> None:
         self.run_id = run_id
         self.run_dir = Path(f"/tmp/convdeck-fake/{run_id}")
         self._config = config
-        self.history = list(history or [])
+        self.history: list[Event] = list(history or [])
         self.reply_events = reply_events
         self.now = now
         self.commands: list[tuple[str, dict]] = []
         self.status = "running"
         self.command_error: str | None = None
         self.events_error: Exception | None = None
-        self._queue: asyncio.Queue[list[dict]] | None = None
-        self._pending: list[list[dict]] = []
+        self.unreadable_lines = 0
+        self.log_tail = ""
+        self._queue: asyncio.Queue[list[Event]] | None = None
+        self._pending: list[list[Event]] = []
 
     def config(self) -> RunConfig:
         return self._config
 
-    def summary(self) -> FakeSummary:
-        return FakeSummary(self.run_id, self._config.name, self.status)
+    def summary(self) -> RunFacts:
+        """The run's facts from its whole history, and whether it is live (``RunHandle.summary``)."""
+        facts = RunFacts(run_id=self.run_id, run_dir=self.run_dir).apply(self.history)
+        facts.unreadable_lines = self.unreadable_lines
+        facts.liveness = Liveness(self.pid())
+        facts.preset = facts.preset if facts.config else self._config.name
+        return facts
 
     def pid(self) -> int | None:
         """4242 while the run is live, like ``RunHandle.pid``."""
-        return 4242 if self.status in ("running", "paused", "waiting") else None
+        return 4242 if self.status in LIVE else None
 
-    def feed(self, *events: dict) -> None:
-        """Append events to the run, seen by whoever follows it."""
-        batch = [{"time": self.now, **event} for event in events]
+    def last_log_line(self) -> str:
+        return self.log_tail
+
+    def feed(self, *events: Event | dict | str) -> None:
+        """Append events to the run, seen by whoever follows it.
+
+        An :class:`Event` goes as it is; a dict (``time`` added when missing)
+        or a string is read as a line of events.jsonl: one that does not fit
+        the protocol is skipped and counted in ``unreadable_lines``.
+        """
+        batch = []
+        for item in events:
+            event = item if isinstance(item, Event) else self._read(item)
+            if event is None:
+                self.unreadable_lines += 1
+            else:
+                batch.append(event)
         self.history.extend(batch)
         if self._queue is None:
             self._pending.append(batch)
         else:
             self._queue.put_nowait(batch)
 
+    def _read(self, item: dict | str) -> Event | None:
+        line = item if isinstance(item, str) else json.dumps({"time": self.now, **item})
+        return protocol.parse(line)
+
     async def events(
-        self, from_start: bool = True, poll_interval: float = 0.2
-    ) -> AsyncIterator[list[dict]]:
-        """The history in chunks, then whatever is fed, forever."""
+        self,
+        from_start: bool = True,
+        poll_interval: float = 0.2,
+        *,
+        history_steps: int | None = None,
+    ) -> AsyncIterator[list[Event]]:
+        """The history in chunks (never thinned), then whatever is fed, forever."""
         if self.events_error is not None:
             raise self.events_error
         self._queue = asyncio.Queue()
@@ -164,43 +205,51 @@ class FakeRun:
         return {"ok": True}
 
     def _reply(self, command: str, args: dict) -> None:
+        step = self._last_step()
         if command == "pause":
             self.status = "paused"
-            self.feed({"type": "paused"})
+            self.feed(Paused(time=self.now, step=step))
         elif command == "resume":
             self.status = "running"
-            self.feed({"type": "resumed"})
+            self.feed(Resumed(time=self.now, step=step))
         elif command == "stop":
             self.status = "stopped"
-            self.feed({"type": "finished", "reason": "stopped"})
+            self.feed(Finished(time=self.now, reason="stopped", steps=step))
         elif command == "remedy":
             name = args.get("name", "")
             applied = self._remedy_event(name)
             self.feed(
-                {
-                    "type": "log",
-                    "level": "info",
-                    "message": f"applying remedy {name}: restarting",
-                    "restarting": name,
-                },
+                Log(
+                    time=self.now,
+                    message=f"applying remedy {name}: restarting the worker",
+                    restarting=name,
+                ),
                 applied,
-                self._restarted(applied["changes"]),
+                self._restarted(applied.changes),
             )
 
-    def _restarted(self, changes: dict) -> dict:
+    def _last_step(self) -> int:
+        steps = [e.last().step for e in self.history if isinstance(e, Step)]
+        return max((s for s in steps if isinstance(s, int)), default=0)
+
+    def _restarted(self, changes: dict) -> RunStarted:
         """The ``run_started`` of the worker that takes over with a remedy applied."""
         config = self._config.model_dump(mode="json")
         for dotted, (_, new) in changes.items():
             section, _, key = dotted.partition(".")
             config[section][key] = new
-        steps = [e["step"] for e in self.history if e.get("type") == "step" and "step" in e]
-        event = run_started(self.run_id, self._config, now=self.now)
-        event.update(config=config, resumed_from_step=max(steps, default=0))
-        return event
+        started = run_started(self.run_id, self._config, now=self.now)
+        return msgspec.structs.replace(started, config=config, resumed_from_step=self._last_step())
 
-    def _remedy_event(self, name: str) -> dict:
+    def _remedy_event(self, name: str) -> RemedyApplied:
         _, changes = apply_remedy(name, self._config)  # what the worker would write
-        return {"type": "remedy_applied", "name": name, "changes": changes}
+        return RemedyApplied(
+            time=self.now,
+            name=name,
+            revision=1,
+            step=self._last_step(),
+            changes={field: list(change) for field, change in changes.items()},
+        )
 
 
 class FakeEngine:
@@ -217,7 +266,7 @@ class FakeEngine:
         self,
         presets: list[FakePreset] | None = None,
         runs: list[FakeRun] | None = None,
-        start_history: list[dict] | None = None,
+        start_history: list[Event] | None = None,
     ) -> None:
         self.presets = default_presets() if presets is None else presets
         self.runs = list(runs or [])
@@ -246,7 +295,7 @@ class FakeEngine:
         return run
 
     def find_run(self, ref: str | None) -> FakeRun:
-        live = [r for r in self.runs if r.status in ("running", "paused", "waiting")]
+        live = [r for r in self.runs if r.status in LIVE]
         if ref is None:
             if not live:
                 raise ConfigError("no live run to attach to; `convdeck runs` lists them all")
@@ -256,20 +305,22 @@ class FakeEngine:
             raise ConfigError(f"no run matches {ref!r}" if not matches else f"{ref!r} is ambiguous")
         return matches[0]
 
-    def list_runs(self) -> list[FakeSummary]:
+    def list_runs(self) -> list[RunFacts]:
         return [r.summary() for r in self.runs]
 
-    def read_events(self, run: FakeRun) -> list[dict]:
+    def read_events(self, run: FakeRun) -> list[Event]:
         return list(run.history)
 
 
 def run_started(
-    run_id: str, config: RunConfig, now: float = 1_700_000_000.0, steps_per_epoch: int = 100
-) -> dict:
-    """The first event of a run."""
-    return {
-        "type": "run_started",
-        "time": now,
+    run_id: str,
+    config: RunConfig,
+    now: float = 1_700_000_000.0,
+    steps_per_epoch: int = 100,
+    **fields: Any,
+) -> RunStarted:
+    """The first event of a run (``fields`` override or add to it)."""
+    values: dict[str, Any] = {
         "run_id": run_id,
         "pid": 4242,
         "config": config.model_dump(mode="json"),
@@ -278,7 +329,9 @@ def run_started(
         "replicas": 1,
         "steps_per_epoch": steps_per_epoch,
         "epochs": config.train.epochs,
+        "total_steps": steps_per_epoch * config.train.epochs,
     }
+    return RunStarted(time=now, **{**values, **fields})
 
 
 def training_events(
@@ -287,49 +340,53 @@ def training_events(
     steps_per_epoch: int = 100,
     now: float = 1_700_000_000.0,
     step_time: float = 0.05,
-) -> list[dict]:
-    """Deterministic step and epoch_end events with a falling, noisy loss."""
-    events = []
+) -> list[Event]:
+    """Deterministic step and epoch_end events with a falling, noisy loss.
+
+    Epochs count as the worker counts them: a step's ``epoch`` from 1, an
+    ``epoch_end``'s as the number of epochs ended.
+    """
+    events: list[Event] = []
     for step in range(start_step, start_step + steps):
-        epoch = (step - 1) // steps_per_epoch
+        epoch = (step - 1) // steps_per_epoch + 1
         noise = ((step * 7919) % 101) / 101 - 0.5
         loss = 2.3 * (0.985**step) + 0.05 + 0.15 * noise * (0.99**step + 0.2)
         events.append(
-            {
-                "type": "step",
-                "time": now + step * step_time,
-                "step": step,
-                "epoch": epoch,
-                "loss": round(loss, 5),
-                "accuracy": round(min(0.99, 1 - loss / 2.5), 4),
-                "learning_rate": 1e-3,
-                "images_per_sec": 1280.0,
-                "step_time": step_time,
-            }
+            Step(
+                time=now + step * step_time,
+                step=step,
+                epoch=epoch,
+                loss=round(loss, 5),
+                accuracy=round(min(0.99, 1 - loss / 2.5), 4),
+                learning_rate=1e-3,
+                images_per_sec=1280.0,
+                step_time=step_time,
+            )
         )
         if step % steps_per_epoch == 0:
             events.append(
-                {
-                    "type": "epoch_end",
-                    "time": now + step * step_time,
-                    "epoch": epoch,
-                    "val_loss": round(loss * 1.1, 5),
-                    "val_accuracy": round(1 - loss / 2.2, 4),
-                    "loss": round(loss, 5),
-                    "accuracy": round(1 - loss / 2.5, 4),
-                }
+                EpochEnd(
+                    time=now + step * step_time,
+                    epoch=epoch,
+                    step=step,
+                    val_loss=round(loss * 1.1, 5),
+                    val_accuracy=round(1 - loss / 2.2, 4),
+                    loss=round(loss, 5),
+                    accuracy=round(1 - loss / 2.5, 4),
+                )
             )
     return events
 
 
-def oom_event(step: int, batch_size: int = 256, now: float = 1_700_000_000.0) -> dict:
-    """An ``oom`` event offering what the worker would offer for LeNet-5 at ``batch_size``."""
+def oom_event(step: int, batch_size: int = 256, now: float = 1_700_000_000.0) -> Oom:
+    """An ``oom`` event offering what the worker would offer for LeNet-5 at ``batch_size``, waiting."""
     config = validate_config({"train": {"batch_size": batch_size}})
-    return {
-        "type": "oom",
-        "time": now,
-        "step": step,
-        "batch_size": batch_size,
-        "message": "OOM when allocating tensor with shape[256,64,112,112]",
-        "remedies": applicable_remedies(config),
-    }
+    return Oom(
+        time=now,
+        step=step,
+        batch_size=batch_size,
+        message="OOM when allocating tensor with shape[256,64,112,112]",
+        remedies=[RemedyOffer(**offer) for offer in applicable_remedies(config)],
+        policy="ask",
+        waiting=True,
+    )

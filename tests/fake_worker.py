@@ -4,7 +4,9 @@ Run as ``python -m fake_worker RUN_DIR [--resume] [--remedy NAME]`` (tests
 put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker).
 It keeps the worker's contract (the run's lock taken first, worker.pid,
 heartbeat, events, control.sock, exit codes) in under a second, so the CLI's following, Ctrl-C and exit
-codes are tested without TensorFlow. FAKE_WORKER_MODE picks the story:
+codes are tested without TensorFlow. Its events go through the worker's own
+writer (engine.run.events.EventWriter), so each is checked against its
+declaration in engine.run.protocol. FAKE_WORKER_MODE picks the story:
 
 - ``complete``: 2 epochs of 3 steps, then ``finished`` (exit 0)
 - ``fail``: ``failed`` with a traceback path (exit 1)
@@ -17,7 +19,6 @@ codes are tested without TensorFlow. FAKE_WORKER_MODE picks the story:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -27,7 +28,9 @@ from pathlib import Path
 
 from engine.remedies import REMEDIES, unknown_remedy
 from engine.run.control import ControlServer
+from engine.run.events import EventWriter, read_events
 from engine.run.lock import EXIT_ALREADY_RUNNING, AlreadyRunning
+from engine.run.protocol import Step
 from engine.run.store import claim_run
 
 
@@ -38,20 +41,14 @@ class FakeWorker:
         self.step = self._last_step() if resume else 0
         self.stop = threading.Event()
         self.paused = False
-        self.events = open(run_dir / "events.jsonl", "a")  # noqa: SIM115
+        self.events = EventWriter(run_dir / "events.jsonl", flush_interval=0.0)
 
     def emit(self, type: str, **fields) -> None:
-        self.events.write(json.dumps({"type": type, "time": time.time(), **fields}) + "\n")
-        self.events.flush()
+        self.events.emit(type, **fields)
 
     def _last_step(self) -> int:
-        steps = [0]
-        for line in (self.run_dir / "events.jsonl").read_text().splitlines():
-            try:
-                steps.append(json.loads(line).get("step", 0))
-            except ValueError:
-                pass
-        return max(steps)
+        events = read_events(self.run_dir / "events.jsonl")
+        return max((e.step for e in events if isinstance(e, Step) and e.step), default=0)
 
     def start(self) -> None:
         self.emit(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import cli_command, make_run, one_line_error, run_cli, started, step
+from conftest import cli_command, event_dicts, make_run, one_line_error, run_cli, started, step
 
 from engine.config import ConfigError
 from engine.run.checkpoint_files import (
@@ -29,7 +29,6 @@ from engine.run.checkpoint_files import (
     set_aside_for_scratch,
     unfinished_saves,
 )
-from engine.run.events import read_events
 
 SMALL = (
     "--set", "train.epochs=1",
@@ -84,11 +83,11 @@ def resume(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def resumed_events(run_dir: Path, before: int) -> list[dict]:
     """The events the resume added."""
-    return read_events(run_dir / "events.jsonl")[before:]
+    return event_dicts(run_dir / "events.jsonl")[before:]
 
 
 def event_count(run_dir: Path) -> int:
-    return len(read_events(run_dir / "events.jsonl"))
+    return len(event_dicts(run_dir / "events.jsonl"))
 
 
 def of(events: list[dict], kind: str) -> list[dict]:

@@ -30,6 +30,8 @@ from conftest import (
     wait_for,
 )
 
+from engine.run import protocol
+from engine.run.protocol import Step
 from engine.run.store import summarize_run
 from tui.progress import JsonLinesDisplay, PlainDisplay, make_display
 
@@ -126,9 +128,9 @@ def test_runs_tells_finished_crashed_running_and_failed_apart(convdeck_home):
     }
     assert statuses["bbbb"]["step"] == 7 and statuses["bbbb"]["last_loss"] == 0.345
     text = run_cli("runs").stdout.splitlines()
-    assert text[0].split()[:4] == ["ID", "PRESET", "STATUS", "EPOCH/STEP"]
+    assert text[0].split()[:5] == ["ID", "PRESET", "MODEL", "STATUS", "EPOCH/STEP"]
     crashed = next(row for row in text if "bbbb" in row).split()
-    assert crashed[1:5] == ["lenet5-digits", "crashed", "1/7", "0.3450"]
+    assert crashed[1:6] == ["lenet5-digits", "lenet5", "crashed", "1/7", "0.3450"]
 
 
 def test_show_prints_status_config_best_and_last_metrics(convdeck_home):
@@ -151,9 +153,8 @@ def test_show_of_a_crashed_run_with_a_torn_line(convdeck_home):
     assert shown["summary"]["status"] == "crashed"
     assert shown["metrics"]["last_step"]["loss"] == 0.345
     assert shown["metrics"]["unreadable_lines"] == 1
-    assert (
-        "1 torn or garbage lines in events.jsonl were skipped" in run_cli("show", "20250102").stdout
-    )
+    skipped = "1 torn, garbage or wrong-typed lines in events.jsonl were skipped"
+    assert skipped in run_cli("show", "20250102").stdout
     assert shown["config"]["name"] == "lenet5-digits"
 
 
@@ -231,7 +232,9 @@ def test_ctl_prints_the_workers_reply(convdeck_home, control_server):
     server = control_server(run_dir, lambda r: {"ok": True, "state": "running", "step": 3})
     result = run_cli("ctl", "r1", "status")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"ok": True, "state": "running", "step": 3}
+    reply = json.loads(result.stdout)
+    assert reply.pop("run") == runs_json()[0]  # the run's facts, as `runs --json` has them
+    assert reply == {"ok": True, "state": "running", "step": 3}
     assert run_cli("ctl", "r1", "remedy", "halve-batch").returncode == 0
     assert server.requests[-1] == {"command": "remedy", "name": "halve-batch"}
 
@@ -375,11 +378,16 @@ def test_detach_then_runs_ctl_and_resume(convdeck_home, fake_worker):
 # -- the progress display ------------------------------------------------------------------
 
 
+def as_events(*fields: dict) -> list:
+    """Events as a reader of events.jsonl gets them: through the protocol's declarations."""
+    return [protocol.from_dict({"time": 1.0, **event}) for event in fields]
+
+
 def test_plain_display_writes_epoch_lines_and_throttled_step_lines():
     stream = io.StringIO()
     display = PlainDisplay(stream, line_every=0.0)
-    display.handle([started(run_id="r1"), step(1, 1, 0.9)])
-    display.handle([step(2, 1, 0.8), epoch_end(1, 0.75), {"type": "paused", "step": 2}])
+    display.handle(as_events(started(run_id="r1"), step(1, 1, 0.9)))
+    display.handle(as_events(step(2, 1, 0.8), epoch_end(1, 0.75), {"type": "paused", "step": 2}))
     display.close()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "run r1 started on CPU:0"
@@ -398,7 +406,7 @@ def test_plain_display_says_how_to_answer_an_out_of_memory():
         "step": 7,
         "changes": {"train.batch_size": [128, 64]},
     }
-    PlainDisplay(stream).handle([started(run_id="r1"), oom, applied])
+    PlainDisplay(stream).handle(as_events(started(run_id="r1"), oom, applied))
     lines = stream.getvalue().splitlines()
     assert lines[1] == (
         "out of memory at step 7 with batch 128; remedies: halve-batch; "
@@ -411,14 +419,21 @@ def test_plain_display_keeps_quiet_between_step_lines():
     stream = io.StringIO()
     display = PlainDisplay(stream, line_every=60.0)
     for n in range(1, 100):
-        display.handle([step(n)])
+        display.handle(as_events(step(n)))
     assert stream.getvalue() == ""
 
 
 def test_json_display_writes_strict_json():
     stream = io.StringIO()
-    JsonLinesDisplay(stream).handle([{"type": "step", "loss": float("nan"), "steps": [1.0]}])
-    assert json.loads(stream.getvalue()) == {"type": "step", "loss": None, "steps": [1.0]}
+    step_line = Step(time=2.0, step=[1, 2], loss=[float("nan"), 0.5], accuracy=float("inf"))
+    JsonLinesDisplay(stream).handle([step_line])
+    assert json.loads(stream.getvalue()) == {
+        "type": "step",
+        "time": 2.0,
+        "step": [1, 2],
+        "loss": [None, 0.5],
+        "accuracy": None,
+    }
 
 
 def test_make_display_picks_plain_lines_for_a_pipe():

@@ -27,7 +27,7 @@ def line(event: dict) -> str:
     return json.dumps({"type": event["type"], "time": 1.0, **event}) + "\n"
 
 
-async def next_batch(events, timeout: float = 5.0) -> list[dict]:
+async def next_batch(events, timeout: float = 5.0) -> list:
     return await asyncio.wait_for(anext(events), timeout)
 
 
@@ -41,12 +41,12 @@ async def test_events_replay_history_then_follow_appended_lines(convdeck_home):
     handle = client.RunHandle(run_dir)
     events = handle.events(poll_interval=0.02)
     history = await next_batch(events)
-    assert [e["type"] for e in history] == ["run_started", "step", "step"]
+    assert [e.type for e in history] == ["run_started", "step", "step"]
 
     append(run_dir / "events.jsonl", line(step(3)) + line(step(4))[:20])  # 4 is half-written
-    assert [e["step"] for e in await next_batch(events)] == [3]
+    assert [e.step for e in await next_batch(events)] == [3]
     append(run_dir / "events.jsonl", line(step(4))[20:])
-    assert [e["step"] for e in await next_batch(events)] == [4]
+    assert [e.step for e in await next_batch(events)] == [4]
     await events.aclose()
 
 
@@ -55,7 +55,7 @@ async def test_events_history_of_a_long_run_comes_in_chunks(convdeck_home, monke
     run_dir = make_run(convdeck_home, "r1", [started()] + [step(n) for n in range(1, 501)])
     seen, batches = [], 0
     async for batch in client.RunHandle(run_dir).events(until_done=True):
-        seen += [e.get("step") for e in batch if e["type"] == "step"]
+        seen += [e.step for e in batch if e.type == "step"]
         batches += 1
     assert seen == list(range(1, 501))
     assert batches > 5
@@ -69,15 +69,15 @@ async def test_events_history_steps_thins_a_long_history_but_keeps_the_rest(conv
     run_dir = make_run(convdeck_home, "r1", history + ["garbage\n"], pid="self")
     events = client.RunHandle(run_dir).events(history_steps=100, poll_interval=0.02)
     replayed = await next_batch(events)
-    steps = [e["step"] for e in replayed if e["type"] == "step"]
+    steps = [e.step for e in replayed if e.type == "step"]
     assert 80 <= len(steps) <= 130 and steps == sorted(steps)
-    kinds = [e["type"] for e in replayed]
+    kinds = [e.type for e in replayed]
     assert kinds[0] == "run_started" and kinds.count("epoch_end") == 2
-    assert replayed[kinds.index("epoch_end") - 1]["step"] == 1000  # the step before it
+    assert replayed[kinds.index("epoch_end") - 1].step == 1000  # the step before it
     assert steps[-1] == 2000
 
     append(run_dir / "events.jsonl", "".join(line(step(n, 3)) for n in (2001, 2002, 2003)))
-    assert [e["step"] for e in await next_batch(events)] == [2001, 2002, 2003]  # never thinned
+    assert [e.step for e in await next_batch(events)] == [2001, 2002, 2003]  # never thinned
     await events.aclose()
 
 
@@ -87,7 +87,7 @@ async def test_events_from_end_skips_history(convdeck_home):
     waiting = asyncio.ensure_future(next_batch(events))
     await asyncio.sleep(0.1)
     append(run_dir / "events.jsonl", line(step(2)))
-    assert [e["step"] for e in await waiting] == [2]
+    assert [e.step for e in await waiting] == [2]
     await events.aclose()
 
 
@@ -95,13 +95,13 @@ async def test_events_until_done_ends_at_the_final_event(convdeck_home):
     finished = {"type": "finished", "reason": "completed"}
     run_dir = make_run(convdeck_home, "r1", [started(), step(1), finished], pid="self")
     batches = [b async for b in client.RunHandle(run_dir).events(until_done=True)]
-    assert batches[-1][-1]["type"] == "finished"
+    assert batches[-1][-1].type == "finished"
 
 
 async def test_events_until_done_ends_when_the_worker_is_dead(convdeck_home):
     run_dir = make_run(convdeck_home, "r1", [started(), step(1), '{"type": "st'], pid=dead_pid())
     batches = [b async for b in client.RunHandle(run_dir).events(until_done=True)]
-    assert [e["type"] for batch in batches for e in batch] == ["run_started", "step"]
+    assert [e.type for batch in batches for e in batch] == ["run_started", "step"]
 
 
 async def test_events_until_done_keeps_following_a_resumed_run(convdeck_home):
@@ -110,7 +110,7 @@ async def test_events_until_done_keeps_following_a_resumed_run(convdeck_home):
     events = client.RunHandle(run_dir).events(until_done=True, poll_interval=0.02)
     await next_batch(events)
     append(run_dir / "events.jsonl", line(step(2)))
-    assert [e["step"] for e in await next_batch(events)] == [2]
+    assert [e.step for e in await next_batch(events)] == [2]
     await events.aclose()
 
 
@@ -121,7 +121,7 @@ async def test_events_of_a_run_without_events_file_wait_for_it(convdeck_home):
     waiting = asyncio.ensure_future(next_batch(events))
     await asyncio.sleep(0.1)
     append(run_dir / "events.jsonl", line(started()))
-    assert (await waiting)[0]["type"] == "run_started"
+    assert (await waiting)[0].type == "run_started"
     await events.aclose()
 
 
@@ -235,7 +235,7 @@ def test_resume_refuses_an_unknown_remedy(convdeck_home):
         client.resume_run_sync("r1", remedy="halve")
 
 
-def test_run_metrics_fold_best_last_and_final(convdeck_home):
+def test_show_figures_fold_best_last_and_final(convdeck_home):
     events = [
         started(),
         step(1),
@@ -244,16 +244,26 @@ def test_run_metrics_fold_best_last_and_final(convdeck_home):
         epoch_end(2, 0.85),
         {"type": "checkpoint", "step": 2, "path": "ckpt-2"},
         {"type": "finished", "reason": "stopped", "loss": 0.3, "steps": 2},
-        started(2),
         {"type": "remedy_applied", "name": "halve-batch"},
+        started(2),
     ]
-    metrics = client.run_metrics(make_run(convdeck_home, "r1", events))
+    facts = client.RunHandle(make_run(convdeck_home, "r1", events)).summary()
+    metrics = facts.metrics_json()
     assert metrics["best"] == {"val_accuracy": 0.9, "epoch": 1}
     assert metrics["last_epoch"]["val_accuracy"] == 0.85
     assert metrics["last_step"]["step"] == 2
     assert metrics["checkpoint"] == {"step": 2, "path": "ckpt-2"}
-    assert metrics["final"]["reason"] == "stopped"
+    assert metrics["final"] is None  # the stop is over: a worker took the run up again
     assert metrics["resumes"] == 1 and metrics["remedies"] == ["halve-batch"]
+
+
+async def test_events_count_the_lines_they_skip(convdeck_home):
+    bad = ['{"type": "failed", "time": 1, "error": 5}\n', "garbage\n"]
+    run_dir = make_run(convdeck_home, "r1", [started(), *bad, step(1)], pid=dead_pid())
+    handle = client.RunHandle(run_dir)
+    seen = [e.type async for batch in handle.events(until_done=True) for e in batch]
+    assert seen == ["run_started", "step"]
+    assert handle.unreadable_lines == 2
 
 
 # -- starting a worker ------------------------------------------------------------------
@@ -263,7 +273,7 @@ async def test_start_run_spawns_a_detached_worker_and_follows_it(convdeck_home, 
     handle = await client.start_run(RunConfig(name="fake"))
     assert (handle.run_dir / "worker.pid").read_text().split()[0] == str(handle.process.pid)
     assert os.getsid(handle.process.pid) == handle.process.pid  # a session of its own
-    types = [e["type"] async for batch in handle.events(until_done=True) for e in batch]
+    types = [e.type async for batch in handle.events(until_done=True) for e in batch]
     assert types[0] == "run_started" and types[-1] == "finished"
     assert handle.wait_exit(10) and handle.exit_code() == 0
     assert handle.summary().status == "finished"
@@ -275,8 +285,8 @@ async def test_resume_spawns_with_resume_and_follows_only_new_events(convdeck_ho
     assert handle.wait_exit(10) and handle.exit_code() == 0
     assert handle.spawn_offset > 0
     follow = [e async for e in _flat(handle.events(offset=handle.spawn_offset, until_done=True))]
-    assert follow[0]["type"] == "run_started" and follow[0]["resumed_from_step"] == 2
-    assert follow[1]["step"] == 3
+    assert follow[0].type == "run_started" and follow[0].resumed_from_step == 2
+    assert follow[1].step == 3
     assert "--resume" in handle.process.args and "halve-batch" in handle.process.args
     assert (run_dir / "worker.log").exists()
 

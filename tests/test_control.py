@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, wait_for
+from conftest import event_dicts, run_cli, wait_for
 
 from engine.remedies import REMEDIES
 from engine.run import control
 from engine.run.control import ControlServer, ControlState, short_socket_path
-from engine.run.events import read_events
 
 # -- ControlState --------------------------------------------------------------
 
@@ -271,22 +270,17 @@ def test_close_removes_the_socket(tmp_path, serve):
 
 
 def test_close_ends_the_accept_thread(tmp_path):
-    def accept_threads() -> int:
-        return sum(t.name == "control-accept" and t.is_alive() for t in threading.enumerate())
-
-    before = accept_threads()
+    # This server's own thread: counting threads by name races with earlier tests' servers.
     server = ControlServer(tmp_path / "control.sock", echo_handler)
     server.start()
-    assert accept_threads() == before + 1
+    assert server.accept_thread.is_alive()
     client = Client(tmp_path / "control.sock")
     assert client.send({"command": "status"})["ok"]
     client.close()
     time.sleep(0.05)  # the accept thread is now blocked in accept() again
     server.close()
-    deadline = time.monotonic() + 1.0
-    while accept_threads() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert accept_threads() == before
+    server.accept_thread.join(1.0)
+    assert not server.accept_thread.is_alive()
 
 
 def test_long_socket_path_still_works(tmp_path, serve, connect):
@@ -461,7 +455,7 @@ def test_a_live_worker_trains_on_through_bad_requests(convdeck_home, fake_worker
     assert wait_for(socket_path.exists, 10)
 
     def steps() -> int:
-        return sum(1 for e in read_events(run_dir / "events.jsonl") if e["type"] == "step")
+        return sum(1 for e in event_dicts(run_dir / "events.jsonl") if e["type"] == "step")
 
     bad = [
         (b"x" * (200 << 20), f"longer than {MAX} bytes"),  # 200 MB, no newline

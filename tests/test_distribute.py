@@ -21,12 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli_command, one_line_error, run_cli, wait_for
+from conftest import cli_command, event_dicts, one_line_error, run_cli, wait_for
 
 from engine.config import ConfigError
 from engine.presets import load_preset
 from engine.remedies import applicable_remedies, apply_remedy
-from engine.run.events import read_events
 from engine.run.store import create_run_dir
 from engine.train import strategy
 
@@ -76,7 +75,7 @@ def finish(process: subprocess.Popen, run_dir: Path) -> list[dict]:
     except subprocess.TimeoutExpired:
         process.kill()
         raise
-    events = read_events(run_dir / "events.jsonl")
+    events = event_dicts(run_dir / "events.jsonl")
     assert code == 0, (code, events[-1:], (run_dir / "worker.log").read_text()[-3000:])
     return events
 
@@ -199,7 +198,7 @@ def runs_by_index(home: Path) -> dict[int, Path]:
     """Each worker's run directory, by the index its run_started event names."""
     found = {}
     for run_dir in (home / "runs").iterdir():
-        started = of_type(read_events(run_dir / "events.jsonl"), "run_started")
+        started = of_type(event_dicts(run_dir / "events.jsonl"), "run_started")
         if started:
             found[started[0]["worker_index"]] = run_dir
     return found
@@ -226,7 +225,7 @@ def test_two_workers_finish_and_only_the_chief_records(convdeck_home: Path, clus
         assert process.returncode == 0, (out, err)
 
     runs = runs_by_index(convdeck_home)
-    chief, other = read_events(runs[0] / "events.jsonl"), read_events(runs[1] / "events.jsonl")
+    chief, other = event_dicts(runs[0] / "events.jsonl"), event_dicts(runs[1] / "events.jsonl")
     started = of_type(chief, "run_started")[0]
     assert started["strategy"] == "multi_worker"
     assert started["workers"] == 2 and started["chief"] is True
@@ -260,7 +259,7 @@ def test_resume_after_killing_the_chief(convdeck_home: Path, cluster: str) -> No
     runs = runs_by_index(convdeck_home)
 
     def checkpoints() -> list[int]:
-        return [e["step"] for e in of_type(read_events(runs[0] / "events.jsonl"), "checkpoint")]
+        return [e["step"] for e in of_type(event_dicts(runs[0] / "events.jsonl"), "checkpoint")]
 
     assert wait_for(lambda: any(s >= 8 for s in checkpoints()), WORKER_WAIT, 0.2)
     chief_pid = int((runs[0] / "worker.pid").read_text().split()[0])
@@ -269,7 +268,7 @@ def test_resume_after_killing_the_chief(convdeck_home: Path, cluster: str) -> No
     assert last_saved >= 8
 
     def other_failed() -> dict | None:
-        failed = of_type(read_events(runs[1] / "events.jsonl"), "failed")
+        failed = of_type(event_dicts(runs[1] / "events.jsonl"), "failed")
         return failed[-1] if failed else None
 
     assert wait_for(lambda: other_failed() is not None, 60.0, 0.2)
@@ -283,7 +282,7 @@ def test_resume_after_killing_the_chief(convdeck_home: Path, cluster: str) -> No
         assert resumed.returncode == 0, resumed.stderr
 
     def resumed_start(index: int) -> dict | None:
-        started = of_type(read_events(runs[index] / "events.jsonl"), "run_started")
+        started = of_type(event_dicts(runs[index] / "events.jsonl"), "run_started")
         return started[-1] if len(started) == 2 else None
 
     assert wait_for(lambda: resumed_start(0) and resumed_start(1), WORKER_WAIT, 0.2)
@@ -291,7 +290,7 @@ def test_resume_after_killing_the_chief(convdeck_home: Path, cluster: str) -> No
     assert resumed_start(1)["resumed_from_step"] == last_saved  # the chief's state, broadcast
 
     def steps_since_resume() -> list[int]:
-        events = read_events(runs[0] / "events.jsonl")
+        events = event_dicts(runs[0] / "events.jsonl")
         starts = [i for i, e in enumerate(events) if e["type"] == "run_started"]
         return [e["step"] for e in of_type(events[starts[-1]:], "step")]
 
@@ -573,13 +572,12 @@ def test_lost_workers_message() -> None:
 
 
 def test_the_header_shows_the_strategy_and_replicas() -> None:
-    from tui.run_state import RunState
+    from engine.run.facts import RunFacts
+    from engine.run.protocol import RunStarted
     from tui.widgets.header import distribution
 
     def header_for(**started) -> str:
-        state = RunState("r")
-        state.apply([{"type": "run_started", "time": 0.0, **started}])
-        return distribution(state)
+        return distribution(RunFacts("r").apply([RunStarted(time=0.0, **started)]))
 
     assert header_for(strategy="mirrored", replicas=2, workers=1) == "mirrored ×2"
     assert header_for(strategy="multi_worker", replicas=4, workers=2) == (

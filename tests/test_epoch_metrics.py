@@ -14,9 +14,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import event_dicts
 
 from engine.presets import load_preset
-from engine.run.events import EventWriter, read_events
+from engine.run.events import EventWriter
 from engine.train.optimizers import make_optimizer
 from engine.train.trainer import EpochMeans, Trainer
 
@@ -79,7 +80,7 @@ def both(tmp_path_factory) -> dict:
     fit = keras_fit(trainer, trainer.model.get_weights(), batches)
     assert trainer.run() == "completed"
     writer.close()
-    return {"fit": fit, "events": read_events(run_dir / "events.jsonl"), "run_dir": run_dir}
+    return {"fit": fit, "events": event_dicts(run_dir / "events.jsonl"), "run_dir": run_dir}
 
 
 def of(events: list[dict], kind: str) -> list[dict]:

@@ -1,15 +1,19 @@
-"""engine.run.events: the writer's batching, and readers that survive torn and garbage lines."""
+"""engine.run.events: the writer's batching and checks, and readers that survive torn,
+garbage and wrong-typed lines."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import stat
 import time
 
 import pytest
 
 from engine.run.events import EventTail, EventWriter, last_event_of, parse_line, read_events
+from engine.run.protocol import EventError, Log, Step
 
 
 def lines_of(path) -> list[str]:
@@ -30,6 +34,7 @@ def test_writer_writes_one_json_object_per_line_with_type_and_time(tmp_path):
     assert events[0] == returned
     assert events[0]["config"] == {"name": "x"}
     assert events[1]["message"] == "two\nlines"
+    assert lines[0].startswith('{"type": "run_started", "time": ')
 
 
 def test_writer_creates_the_file_private(tmp_path):
@@ -44,7 +49,7 @@ def test_writer_appends_to_an_existing_file(tmp_path):
         writer.emit("run_started")
     with EventWriter(path) as writer:
         writer.emit("resumed")
-    assert [e["type"] for e in read_events(path)] == ["run_started", "resumed"]
+    assert types(read_events(path)) == ["run_started", "resumed"]
 
 
 def test_step_events_wait_for_a_non_step_event(tmp_path):
@@ -81,35 +86,84 @@ def test_close_flushes_and_is_safe_twice(tmp_path):
     assert [json.loads(line)["step"] for line in lines_of(path)] == [1]
 
 
-def test_writer_turns_numpy_like_and_paths_into_json(tmp_path):
-    class Scalar:
-        def item(self):
-            return 0.25
-
-    class Array:
-        def tolist(self):
-            return [1, 2]
+def test_writer_turns_numpy_and_paths_into_json(tmp_path):
+    import numpy as np
 
     path = tmp_path / "events.jsonl"
     with EventWriter(path) as writer:
-        writer.emit("checkpoint", loss=Scalar(), shape=Array(), path=tmp_path / "ckpt")
+        writer.emit("checkpoint", step=np.int64(7), path=tmp_path / "ckpt")
+        writer.emit("step", step=np.array([1, 2]), loss=np.float32(0.25), accuracy=np.float64(0.5))
+    checkpoint, step = read_events(path)
+    assert (checkpoint.step, checkpoint.path) == (7, str(tmp_path / "ckpt"))
+    assert (step.step, step.loss, step.accuracy) == ([1, 2], 0.25, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "says"),
+    [
+        ("stepp", {}, "unknown event type 'stepp'"),
+        ("step", {"losss": 1.0}, "event 'step' has no field 'losss'"),
+        ("failed", {"error": 5}, "Expected `str`, got `int` - at `$.error`"),
+        ("run_started", {"config": "notadict"}, "at `$.config`"),
+    ],
+)
+def test_writer_refuses_an_event_its_declaration_does_not_allow(tmp_path, kind, fields, says):
+    path = tmp_path / "events.jsonl"
+    with EventWriter(path) as writer:
+        with pytest.raises(EventError, match=re.escape(says)):
+            writer.emit(kind, **fields)
+    assert read_events(path) == []  # nothing reached the file
+
+
+def test_writer_writes_a_nan_loss_that_readers_read_back(tmp_path):
+    path = tmp_path / "events.jsonl"
+    with EventWriter(path) as writer:
+        writer.emit("epoch_end", epoch=1, val_loss=float("nan"), val_accuracy=float("inf"))
     (event,) = read_events(path)
-    assert event["loss"] == 0.25
-    assert event["shape"] == [1, 2]
-    assert event["path"] == str(tmp_path / "ckpt")
+    assert math.isnan(event.val_loss) and event.val_accuracy == math.inf
 
 
 @pytest.mark.parametrize(
     "line",
-    [b"", b"garbage", b'{"type": "st', b"[1, 2]", b'{"time": 1}', b'"step"', b"\xff\xfe{}"],
+    [
+        b"",
+        b"garbage",
+        b'{"type": "st',
+        b"[1, 2]",
+        b'{"time": 1}',
+        b'"step"',
+        b"\xff\xfe{}",
+        b'{"type": "log"}',  # every event has a time
+        b'{"type": "mystery", "time": 1}',
+        b'{"type": "run_started", "time": 1, "config": "notadict"}',
+        b'{"type": "failed", "time": 1, "error": 5}',
+        b'{"type": "step", "time": 1, "step": 1e400}',
+        b'{"type": "step", "time": 1, "loss": "abc"}',
+        b'{"type": "oom", "time": 1, "remedies": null}',
+        b'{"type": "remedy_applied", "time": 1, "changes": {"train.batch_size": [256]}}',
+    ],
 )
-def test_parse_line_rejects_torn_and_garbage_lines(line):
+def test_parse_line_rejects_torn_garbage_and_wrong_typed_lines(line):
     assert parse_line(line) is None
 
 
 def test_parse_line_accepts_bytes_and_text():
-    assert parse_line(b'{"type": "log", "time": 1}\n') == {"type": "log", "time": 1}
-    assert parse_line('{"type": "log"}') == {"type": "log"}
+    assert parse_line(b'{"type": "log", "time": 1}\n') == Log(time=1.0)
+    assert parse_line('{"type": "log", "time": 1, "message": "hi"}').message == "hi"
+
+
+@pytest.mark.parametrize(
+    ("text", "loss"), [("1e400", math.inf), ("-Infinity", -math.inf), ("NaN", math.nan)]
+)
+def test_numbers_json_cannot_hold_are_read_as_floats(text, loss):
+    event = parse_line(f'{{"type": "step", "time": 1, "step": 3, "loss": {text}}}')
+    assert isinstance(event, Step) and event.step == 3
+    assert event.loss == loss or (math.isnan(loss) and math.isnan(event.loss))
+
+
+def test_fields_a_reader_does_not_know_are_ignored():
+    event = parse_line('{"type": "checkpoint", "time": 1, "step": 4, "from_the_future": [1]}')
+    assert event.step == 4
 
 
 def write_raw(path, *chunks: str) -> None:
@@ -121,22 +175,33 @@ def event_line(kind: str, **fields) -> str:
     return json.dumps({"type": kind, "time": 1.0, **fields}) + "\n"
 
 
+def types(events) -> list[str]:
+    return [event.type for event in events]
+
+
 def test_read_events_skips_a_torn_last_line(tmp_path):
     path = tmp_path / "events.jsonl"
     write_raw(path, event_line("run_started"), event_line("step", step=1), '{"type": "step", "st')
-    assert [e["type"] for e in read_events(path)] == ["run_started", "step"]
+    assert types(read_events(path)) == ["run_started", "step"]
 
 
 def test_read_events_skips_a_garbage_middle_line(tmp_path):
     path = tmp_path / "events.jsonl"
-    write_raw(path, event_line("run_started"), "not json at all\n", "\n", event_line("finished"))
-    assert [e["type"] for e in read_events(path)] == ["run_started", "finished"]
+    write_raw(
+        path,
+        event_line("run_started"),
+        "not json at all\n",
+        "\n",
+        event_line("failed", error=5),
+        event_line("finished"),
+    )
+    assert types(read_events(path)) == ["run_started", "finished"]
 
 
 def test_read_events_takes_a_whole_unterminated_last_line(tmp_path):
     path = tmp_path / "events.jsonl"
     write_raw(path, event_line("run_started"), event_line("finished").rstrip("\n"))
-    assert [e["type"] for e in read_events(path)] == ["run_started", "finished"]
+    assert types(read_events(path)) == ["run_started", "finished"]
 
 
 def test_read_events_of_missing_or_empty_file(tmp_path):
@@ -151,7 +216,7 @@ def test_read_events_reads_a_file_larger_than_one_chunk(tmp_path):
     write_raw(path, *(event_line("step", step=i, pad=padding) for i in range(10_000)))
     assert os.path.getsize(path) > 8 << 20
     events = read_events(path)
-    assert [e["step"] for e in events] == list(range(10_000))
+    assert [e.step for e in events] == list(range(10_000))
 
 
 def test_tail_returns_only_complete_lines_and_completes_them_later(tmp_path):
@@ -159,24 +224,24 @@ def test_tail_returns_only_complete_lines_and_completes_them_later(tmp_path):
     tail = EventTail(path)
     assert tail.read_new() == []  # no file yet
     write_raw(path, event_line("run_started"), '{"type": "step", "step"')
-    assert [e["type"] for e in tail.read_new()] == ["run_started"]
+    assert types(tail.read_new()) == ["run_started"]
     assert not tail.at_end()
     assert tail.read_new() == []
     write_raw(path, ': 7, "time": 2.0}\n')
     (event,) = tail.read_new()
-    assert event == {"type": "step", "step": 7, "time": 2.0}
+    assert event == Step(time=2.0, step=7)
     assert tail.at_end()
     assert tail.read_new() == []
     write_raw(path, event_line("finished"))
-    assert [e["type"] for e in tail.read_new()] == ["finished"]
+    assert types(tail.read_new()) == ["finished"]
 
 
 def test_tail_counts_garbage_lines(tmp_path):
     path = tmp_path / "events.jsonl"
-    write_raw(path, "garbage\n", "\n", event_line("log"), "{broken\n")
+    write_raw(path, "garbage\n", "\n", event_line("log"), "{broken\n", event_line("log", level=3))
     tail = EventTail(path)
-    assert [e["type"] for e in tail.read_new()] == ["log"]
-    assert tail.skipped == 2
+    assert types(tail.read_new()) == ["log"]
+    assert tail.skipped == 3
 
 
 def test_tail_can_start_at_an_offset(tmp_path):
@@ -184,7 +249,7 @@ def test_tail_can_start_at_an_offset(tmp_path):
     first = event_line("run_started")
     write_raw(path, first, event_line("finished"))
     tail = EventTail(path, offset=len(first.encode()))
-    assert [e["type"] for e in tail.read_new()] == ["finished"]
+    assert types(tail.read_new()) == ["finished"]
 
 
 def test_tail_reads_at_most_max_bytes_of_whole_lines(tmp_path):
@@ -193,8 +258,8 @@ def test_tail_reads_at_most_max_bytes_of_whole_lines(tmp_path):
     write_raw(path, *lines)
     tail = EventTail(path)
     limit = len(lines[0].encode()) + 5
-    assert [e["step"] for e in tail.read_new(max_bytes=limit)] == [0]
-    assert [e["step"] for e in tail.read_new()] == [1, 2]
+    assert [e.step for e in tail.read_new(max_bytes=limit)] == [0]
+    assert [e.step for e in tail.read_new()] == [1, 2]
 
 
 def test_last_event_of(tmp_path):
@@ -207,8 +272,8 @@ def test_last_event_of(tmp_path):
         event_line("step", step=2),
         '{"type": "finished", "ti',
     )
-    assert last_event_of(path, ("step",))["step"] == 2
-    assert last_event_of(path, ("epoch_end", "run_started"))["type"] == "epoch_end"
+    assert last_event_of(path, ("step",)).step == 2
+    assert last_event_of(path, ("epoch_end", "run_started")).type == "epoch_end"
     assert last_event_of(path, ("finished", "failed")) is None
     assert last_event_of(tmp_path / "absent.jsonl", ("step",)) is None
 
@@ -218,5 +283,5 @@ def test_last_event_of_scans_past_the_window(tmp_path):
     write_raw(path, event_line("run_started", run_id="early"))
     write_raw(path, *(event_line("step", step=i) for i in range(200)))
     found = last_event_of(path, ("run_started",), window=256)
-    assert found is not None and found["run_id"] == "early"
-    assert last_event_of(path, ("step",), window=256)["step"] == 199
+    assert found is not None and found.run_id == "early"
+    assert last_event_of(path, ("step",), window=256).step == 199

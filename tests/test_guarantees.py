@@ -34,6 +34,7 @@ import pytest
 from conftest import (
     cli_command,
     dead_pid,
+    event_dicts,
     make_run,
     one_line_error,
     run_cli,
@@ -42,8 +43,8 @@ from conftest import (
     step,
 )
 
+from engine.run import protocol
 from engine.run.client import RunHandle
-from engine.run.events import read_events
 
 # Small and quick: 1,437 digits at batch 32 are 44 steps an epoch. A checkpoint
 # every 20 steps lands inside epochs (20, 40, 60, 80...) as well as at their ends.
@@ -69,7 +70,7 @@ SLOW_TIMEOUT = 900
 
 
 def events_of(run_dir: Path) -> list[dict]:
-    return read_events(run_dir / "events.jsonl")
+    return event_dicts(run_dir / "events.jsonl")
 
 
 def steps_of(events: list[dict]) -> list[int]:
@@ -409,11 +410,13 @@ async def test_viewers_attached_at_once_each_see_every_event_in_order(convdeck_h
     truth = events_of(run_dir)
     assert_trained_to_the_end(truth, epochs)
     assert_steps_consecutive(steps_of(truth), 1, epochs * STEPS_PER_EPOCH)
+    # Each as plain data with every declared field, as events_of gives the truth.
     for name, seen in (
-        ("A (convdeck run --json)", json_lines(out_a)),
+        ("A (convdeck run --json)", [protocol.from_dict(line) for line in json_lines(out_a)]),
         ("B", seen_b),
         ("C", seen_c),
     ):
+        seen = [protocol.to_dict(event, defaults=True) for event in seen]
         assert_steps_consecutive(steps_of(seen), 1, epochs * STEPS_PER_EPOCH)
         assert seen == truth, f"viewer {name} saw other events than events.jsonl holds"
 
@@ -581,11 +584,11 @@ def test_show_of_garbled_events_skips_the_bad_lines_and_says_how_many(bad_runs):
     # binary junk, a JSON array, an object without "type", and the torn last line
     assert shown["metrics"]["unreadable_lines"] == 4
     text = run_cli("show", "20250104").stdout
-    assert len([line for line in text.splitlines() if "torn or garbage" in line]) == 1
+    assert len([line for line in text.splitlines() if "torn, garbage" in line]) == 1
     assert snapshot(bad_runs) == before
 
 
 async def test_a_viewer_skips_garbage_lines_and_keeps_following(bad_runs):
     run_dir = bad_runs / "runs" / "20250104-000000-garbled-dddd"
     seen = [e async for batch in RunHandle(run_dir).events(until_done=True) for e in batch]
-    assert [e["type"] for e in seen] == ["run_started", "step"]
+    assert [e.type for e in seen] == ["run_started", "step"]

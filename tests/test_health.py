@@ -20,12 +20,11 @@ import numpy as np
 import psutil
 import pytest
 import tensorflow as tf
-from conftest import dead_pid, make_run, run_cli, started, step, wait_for
+from conftest import dead_pid, event_dicts, make_run, run_cli, started, step, wait_for
 from test_remedies import LiveRuns, start_selected, steps_of
 
 from engine.config import RunConfig
 from engine.run import client, supervisor
-from engine.run.events import read_events
 from engine.run.lock import EXIT_ALREADY_RUNNING, RunLock
 from engine.run.store import LOCK_FILE, summarize_run
 from engine.run.supervisor import Sample, Supervisor, diagnose
@@ -149,7 +148,7 @@ def test_worker_pid_names_the_worker_and_a_segfault_is_reported(convdeck_home, f
     os.kill(pid, signal.SIGSEGV)
     assert handle.wait_exit(30)
     assert handle.exit_code() == -signal.SIGSEGV  # the supervisor leaves as the worker did
-    (report,) = [e for e in read_events(handle.events_path) if e["type"] == "worker_exit"]
+    (report,) = [e for e in event_dicts(handle.events_path) if e["type"] == "worker_exit"]
     assert report["signal"] == "SIGSEGV" and report["pid"] == pid
     assert report["worker_rss_bytes"] > 0 and report["host_total_bytes"] > 0
     summary = handle.summary()
@@ -169,7 +168,7 @@ def test_supervisor_forwards_sigterm_and_ignores_sighup(convdeck_home, fake_work
 
     os.kill(supervisor_pid, signal.SIGTERM)  # means stop, as for the worker itself
     assert handle.wait_exit(30) and handle.exit_code() == 0
-    events = read_events(handle.events_path)
+    events = event_dicts(handle.events_path)
     assert events[-1]["type"] == "finished" and events[-1]["reason"] == "stopped"
     assert not any(e["type"] == "worker_exit" for e in events)
     assert handle.summary().status == "stopped"
@@ -199,7 +198,7 @@ def test_supervisor_reports_a_kill_while_host_memory_ran_out(tmp_path, monkeypat
     assert report["host_memory_low"] is True
     assert f"convdeck resume {tmp_path.name} --remedy halve-batch" in report["suggestion"]
     assert report["worker_peak_rss_bytes"] == 30 * GIB
-    assert read_events(tmp_path / "events.jsonl")[-1]["type"] == "worker_exit"
+    assert event_dicts(tmp_path / "events.jsonl")[-1]["type"] == "worker_exit"
 
 
 KILLS_ITSELF = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"

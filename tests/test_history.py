@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from engine.run.history import BucketSeries, DebiasedEma, RunHistory, debiased_ema
+from engine.run.protocol import EpochEnd, Finished, Oom, Paused, RemedyApplied, RunStarted, Step
 
 
 def test_few_points_are_kept_exactly():
@@ -86,52 +87,52 @@ def test_run_history_folds_events_and_markers():
     history = RunHistory(capacity=32)
     history.ingest(
         [
-            {"type": "run_started", "time": 100.0, "steps_per_epoch": 10},
+            RunStarted(time=100.0, steps_per_epoch=10),
             *(
-                {
-                    "type": "step",
-                    "time": 100.0 + s,
-                    "step": s,
-                    "epoch": (s - 1) // 10,
-                    "loss": 1.0 / s,
-                    "accuracy": 0.5,
-                    "learning_rate": 1e-3,
-                    "images_per_sec": 900.0,
-                }
+                Step(
+                    time=100.0 + s,
+                    step=s,
+                    epoch=(s - 1) // 10 + 1,  # as the worker counts: from 1
+                    loss=1.0 / s,
+                    accuracy=0.5,
+                    learning_rate=1e-3,
+                    images_per_sec=900.0,
+                )
                 for s in range(1, 31)
             ),
-            {"type": "epoch_end", "time": 110.0, "epoch": 0, "val_loss": 0.3, "val_accuracy": 0.8},
-            {"type": "oom", "time": 131.0, "step": 31, "batch_size": 256},
-            {"type": "remedy_applied", "time": 132.0, "name": "halve-batch", "changes": {}},
-            {"type": "paused", "time": 133.0},
+            EpochEnd(time=110.0, epoch=1, step=10, val_loss=0.3, val_accuracy=0.8),
+            Oom(time=131.0, step=31, batch_size=256),
+            RemedyApplied(time=132.0, name="halve-batch"),
+            Paused(time=133.0),
         ]
     )
     assert history.series["loss"].count == 30
     assert history.series["loss"].x(2)[-1] == pytest.approx(30.0)  # seconds since start
-    assert history.series["loss"].x(1)[-1] == pytest.approx(3.0)  # end of epoch 2 (0-based)
+    assert history.series["loss"].x(1)[-1] == pytest.approx(3.0)  # three epochs done
+    assert history.val_loss.x(1) == [1.0]  # the end of epoch 1 sits at one epoch done
     assert history.val_loss.mean() == [0.3]
     assert [m.kind for m in history.markers] == ["oom", "remedy_applied", "paused"]
 
 
-def test_batched_step_lines_and_garbage_events():
+def test_batched_step_lines_and_non_finite_values():
     history = RunHistory()
     history.ingest(
         [
-            {"type": "step", "time": 1.0, "step": 5, "epoch": 0, "loss": [0.5, 0.4, 0.3]},
-            {"type": "step", "loss": "not a number"},
-            {"type": "epoch_end", "epoch": "x"},
+            Step(time=1.0, step=5, epoch=1, loss=[0.5, 0.4, 0.3]),
+            Step(time=1.0, step=[6, 7], epoch=[1, 1], loss=[0.2, None], accuracy=[0.5, 0.6]),
+            Step(time=math.inf, step=8, epoch=1, loss=math.nan),
         ]
     )
-    assert history.series["loss"].count == 3
-    assert history.series["loss"].x(0) == [3.0, 4.0, 5.0]
-    assert history.bad_events == 2
+    assert history.series["loss"].count == 4
+    assert history.series["loss"].x(0) == [3.0, 4.0, 5.0, 6.0]
+    assert history.series["loss"].skipped == 1
+    assert history.series["accuracy"].count == 2
+    assert history.step == 8
 
 
 def test_a_million_steps_ingest_in_bounded_memory():
     history = RunHistory(capacity=512)
-    batch = [
-        {"type": "step", "step": s, "epoch": 0, "loss": 1.0, "time": s} for s in range(100_000)
-    ]
+    batch = [Step(step=s, epoch=1, loss=1.0, time=float(s)) for s in range(100_000)]
     for _ in range(3):
         history.ingest(batch)
     assert len(history.series["loss"]) <= 512
@@ -139,13 +140,12 @@ def test_a_million_steps_ingest_in_bounded_memory():
 
 def _steps(first, last, step_every=1):
     return [
-        {
-            "type": "step",
-            "time": float(s),
-            "step": s,
-            "epoch": s // 1000,
-            "loss": 2.0 / (1 + s / 500) + ((s * 7919) % 101) / 1000,
-        }
+        Step(
+            time=float(s),
+            step=s,
+            epoch=s // 1000 + 1,
+            loss=2.0 / (1 + s / 500) + ((s * 7919) % 101) / 1000,
+        )
         for s in range(first, last + 1, step_every)
     ]
 
@@ -162,7 +162,7 @@ def test_a_thinned_history_weighs_each_step_it_kept_by_the_steps_it_stands_for()
     # Every bucket spans about as many steps, replayed or live: the curve's density is even.
     assert all(0.75 * b.bucket_size <= n <= 1.3 * b.bucket_size for n in b.counts()[:-1])
     # Each bucket's mean is the mean of the raw steps it spans.
-    raw = {e["step"]: e["loss"] for e in _steps(1, 40_000)}
+    raw = {e.step: e.loss for e in _steps(1, 40_000)}
     for x, n, y in zip(b.x(), b.counts(), b.mean(), strict=True):
         spanned = [raw[s] for s in range(round(x - n / 2) + 1, round(x + n / 2) + 1) if s in raw]
         assert y == pytest.approx(sum(spanned) / len(spanned), rel=0.03)
@@ -189,13 +189,13 @@ def test_a_resumed_worker_marks_a_restart_unless_a_remedy_already_did():
     history = RunHistory()
     history.ingest(
         [
-            {"type": "run_started", "time": 0.0, "steps_per_epoch": 100},
+            RunStarted(time=0.0, steps_per_epoch=100),
             *_steps(1, 50),
-            {"type": "remedy_applied", "time": 51.0, "name": "halve-batch", "changes": {}},
-            {"type": "run_started", "time": 52.0, "steps_per_epoch": 200, "resumed_from_step": 50},
+            RemedyApplied(time=51.0, name="halve-batch"),
+            RunStarted(time=52.0, steps_per_epoch=200, resumed_from_step=50),
             *_steps(51, 80),
-            {"type": "finished", "time": 81.0, "reason": "stopped"},
-            {"type": "run_started", "time": 90.0, "steps_per_epoch": 200, "resumed_from_step": 80},
+            Finished(time=81.0, reason="stopped"),
+            RunStarted(time=90.0, steps_per_epoch=200, resumed_from_step=80),
         ]
     )
     assert [(m.kind, m.x[0]) for m in history.markers] == [

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import dead_pid, make_run, one_line_error, run_cli, start_cli, started, wait_for
+from conftest import dead_pid, event_dicts, make_run, one_line_error, run_cli, start_cli, started, wait_for
 
 from engine.config import RunConfig
 from engine.run import client, lock
 from engine.run.control import ControlServer, SocketInUse
-from engine.run.events import read_events
 from engine.run.lock import EXIT_ALREADY_RUNNING, RunLock
 from engine.run.store import (
     HEARTBEAT_STALE_ENV,
@@ -49,11 +48,11 @@ PARALLEL_RESUMES = 20
 
 
 def steps_of(run_dir: Path) -> list[int]:
-    return [e["step"] for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+    return [e["step"] for e in event_dicts(run_dir / "events.jsonl") if e["type"] == "step"]
 
 
 def kinds_of(run_dir: Path, *kinds: str) -> list[dict]:
-    return [e for e in read_events(run_dir / "events.jsonl") if e["type"] in kinds]
+    return [e for e in event_dicts(run_dir / "events.jsonl") if e["type"] in kinds]
 
 
 def crashed_run(fake_worker) -> Path:

@@ -15,11 +15,12 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pytest
+from conftest import event_dicts
 
 from engine.config import ModelConfig, RunConfig
 from engine.gpu import GpuDevice, GpuSample, RecordedSource
 from engine.models import build_model
-from engine.run.events import EventWriter, read_events
+from engine.run.events import EventWriter
 from engine.train.memory import (
     GIB,
     MIB,
@@ -220,7 +221,7 @@ def test_worker_hook_emits_memory_warning(tmp_path, resnet18):
     with EventWriter(tmp_path / "events.jsonl") as events:
         assert warn_if_memory_short(trainer, None, events) is None  # no GPU: nothing
         warning = warn_if_memory_short(trainer, 8 * GIB, events)
-    written = read_events(tmp_path / "events.jsonl")
+    written = event_dicts(tmp_path / "events.jsonl")
     assert [e["type"] for e in written] == ["memory_warning"]
     event = written[0]
     for name in ("estimate_bytes", "free_bytes", "batch_size", "suggested_batch_size"):
@@ -247,7 +248,7 @@ def test_worker_hook_reads_a_real_trainer(tmp_path):
     estimate = estimate_memory(trainer.model, 64)
     assert warning["estimate_bytes"] == estimate.total_bytes
     assert 0 < warning["suggested_batch_size"] < 64
-    assert read_events(tmp_path / "events.jsonl")[-1]["type"] == "memory_warning"
+    assert event_dicts(tmp_path / "events.jsonl")[-1]["type"] == "memory_warning"
 
 
 def test_nice_batch():

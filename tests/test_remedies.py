@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import _stop_workers, cli_command
+from conftest import _stop_workers, cli_command, event_dicts
 
 from engine.presets import load_preset
-from engine.run.events import read_events
 from engine.run.store import read_config, read_config_revisions, summarize_run, worker_alive
 
 PRESET = "lenet5-digits"
@@ -66,7 +65,7 @@ class LiveRuns:
         )
 
     def events(self, name: str) -> list[dict]:
-        return read_events(self.dirs[name] / "events.jsonl")
+        return event_dicts(self.dirs[name] / "events.jsonl")
 
     def of(self, name: str, kind: str) -> list[dict]:
         return [e for e in self.events(name) if e["type"] == kind]
@@ -343,7 +342,7 @@ def _continue(checkpoints: Path, config_toml: Path, run_dir: Path) -> dict[int, 
         trainer.setup(resume=True)
         trainer.run()
     return {
-        e["step"]: e["loss"] for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"
+        e["step"]: e["loss"] for e in event_dicts(run_dir / "events.jsonl") if e["type"] == "step"
     }
 
 

@@ -16,10 +16,10 @@ from engine import remedies
 from engine.config import ConfigError, validate_config
 from engine.remedies import REMEDIES, Remedy, applicable_remedies, apply_remedy, oom_policies
 from engine.run.control import ControlState
+from engine.run.facts import RunFacts
 from tests.fake_engine import oom_event
 from tui.app import ConvdeckApp
 from tui.cli.steer import _control_args
-from tui.run_state import RunState
 from tui.screens.help import help_text
 from tui.widgets.remedy_bar import remedy_bindings
 
@@ -193,7 +193,7 @@ def test_one_catalogue_entry_reaches_the_tui_keys_help_and_remedy_bar(quarter_ba
     assert (binding.key, binding.action, binding.description) == ("u", "remedy('quarter-batch')", "Quarter batch")
     assert "| `u` | remedy quarter-batch: quarter the batch size | a live run |" in help_text()
     oom = oom_event(5, batch_size=64)  # the test fake offers what the worker would
-    assert [r["name"] for r in oom["remedies"]][-1] == "quarter-batch"
-    state = RunState(run_id="r1")
-    state.pending_oom = oom
-    assert state.remedies()[-1]["key"] == "u"
+    assert [r.name for r in oom.remedies][-1] == "quarter-batch"
+    facts = RunFacts(run_id="r1")
+    facts.fold(oom)
+    assert facts.remedies_offered()[-1].key == "u"

@@ -18,12 +18,12 @@ from conftest import cli_command, one_line_error, run_cli
 from engine.config import ConfigError, RunConfig, config_to_toml, validate_config
 from engine.run import store as runs
 from engine.run.events import EVENTS_FILE
+from engine.run.facts import STATUSES
 from engine.run.store import (
     CONFIG_FILE,
     HEARTBEAT_FILE,
     HEARTBEAT_STALE_SECONDS,
     PID_FILE,
-    STATUSES,
     convdeck_home,
     create_run_dir,
     list_run_dirs,
@@ -241,7 +241,7 @@ def test_finished_run(home, dead_pid):
     assert summary.started == 1000.0
     assert summary.pid is None
     assert summary.as_json()["run_dir"] == str(run_dir)
-    json.dumps(summary.as_json())
+    json.dumps(summary.as_json(), allow_nan=False)
 
 
 def test_stopped_run(home):
@@ -249,7 +249,7 @@ def test_stopped_run(home):
     write_events(run_dir, started(), step(1, 2.0), {"type": "finished", "reason": "stopped"})
     summary = summarize_run(run_dir)
     assert summary.status == "stopped"
-    assert summary.reason == "stopped"
+    assert summary.reason == "stopped by request"
 
 
 def test_failed_run(home):
@@ -321,8 +321,9 @@ def test_stale_heartbeat_of_a_live_owner_means_hung(home):
     write_events(run_dir, started(), step(1, 2.0))
     mark_alive(run_dir, heartbeat_age=HEARTBEAT_STALE_SECONDS + 60)
     summary = summarize_run(run_dir)
-    assert summary.status == "hung"
+    assert summary.status == "hung" and not summary.live
     assert summary.pid == os.getpid()
+    assert "hung" in summary.reason
     assert worker_alive(run_dir) is None
 
 
@@ -408,6 +409,62 @@ def test_run_without_events(home):
     summary = summarize_run(run_dir)
     assert summary.status == "crashed"
     assert (summary.preset, summary.step, summary.last_loss) == ("?", 0, None)
+
+
+def test_a_resumed_running_run_is_running_with_no_old_reason_or_final_figures(home):
+    run_dir = make_run(home, "20240101-000000-a-0000")
+    write_events(
+        run_dir,
+        started(),
+        step(1, 2.0),
+        {"type": "finished", "reason": "stopped", "steps": 1, "best_val_accuracy": None},
+        {**started(), "resumed_from_step": 1},
+        step(2, 1.5),
+    )
+    mark_alive(run_dir)
+    facts = summarize_run(run_dir)
+    assert (facts.status, facts.reason, facts.final, facts.resumes) == ("running", "", None, 1)
+    assert facts.metrics_json()["final"] is None
+
+
+def test_a_remedy_that_switches_the_model_is_what_the_run_trains_now(home):
+    run_dir = make_run(home, "20240101-000000-a-0000")
+    config = {"name": "lenet5-digits", "model": {"arch": "lenet5", "blocks": [2, 2, 2, 2]}}
+    write_events(
+        run_dir,
+        {**started(), "config": config},
+        step(1, 2.0),
+        {
+            "type": "remedy_applied",
+            "name": "resnet18",
+            "revision": 1,
+            "changes": {"model.arch": ["lenet5", "resnet"]},
+        },
+    )
+    mark_alive(run_dir)
+    facts = summarize_run(run_dir)
+    assert (facts.preset, facts.model, facts.revision) == ("lenet5-digits", "resnet [2,2,2,2]", 1)
+    assert facts.phase == "restarting" and facts.status == "running"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "run_started", "config": "notadict"},
+        {"type": "failed", "error": 5},
+        {"type": "step", "step": 1e400, "loss": 1.0},
+        {"type": "epoch_end", "epoch": "x"},
+    ],
+)
+def test_a_wrong_typed_line_is_skipped_and_counted_not_fatal(home, bad, dead_pid):
+    run_dir = make_run(home, "20240101-000000-a-0000")
+    write_events(run_dir, started(), step(1, 2.0), bad, step(2, 1.5))
+    (run_dir / PID_FILE).write_text(f"{dead_pid} 0")
+    facts = summarize_run(run_dir)
+    assert (facts.status, facts.step, facts.preset) == ("crashed", 2, "lenet5-digits")
+    assert facts.unreadable_lines == 1
+    json.dumps(facts.as_json(), allow_nan=False)
+    json.dumps(facts.metrics_json(), allow_nan=False)
 
 
 def test_list_runs_summarizes_oldest_first(home):

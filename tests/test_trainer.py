@@ -253,7 +253,7 @@ def test_run_emits_one_step_event_per_update_and_the_lifecycle_events(reference)
     assert finished["steps"] == 30
     # The file holds what was emitted, in order.
     on_disk = read_events(reference.run_dir / "events.jsonl")
-    assert [e["type"] for e in on_disk] == [e["type"] for e in events]
+    assert [e.type for e in on_disk] == [e["type"] for e in events]
 
 
 def test_loss_falls_over_a_few_epochs_on_digits(reference):
@@ -377,7 +377,7 @@ def test_stop_checkpoints_the_current_step_and_resume_continues_from_it(tmp_path
         [got[s] for s in steps], [expected[s] for s in steps], rtol=1e-4, atol=1e-5
     )
     # Both runs' events share the file, in order.
-    types = [e["type"] for e in read_events(run_dir / "events.jsonl")]
+    types = [e.type for e in read_events(run_dir / "events.jsonl")]
     assert types.count("run_started") == 2 and types.count("finished") == 2
 
 
@@ -767,16 +767,16 @@ def test_worker_process_trains_and_reports_bad_config_as_a_user_error(convdeck_h
 
     assert workers[good].returncode == 0, output[good][-3000:]
     events = read_events(good / "events.jsonl")
-    assert events[0]["type"] == "run_started"
-    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3]
-    assert events[-1]["type"] == "finished" and events[-1]["reason"] == "completed"
+    assert events[0].type == "run_started"
+    assert [e.step for e in events if e.type == "step"] == [1, 2, 3]
+    assert events[-1].type == "finished" and events[-1].reason == "completed"
     assert (good / "model.keras").exists()
     assert tf.train.latest_checkpoint(str(good / "checkpoints")) is not None
     assert not (good / "control.sock").exists()  # closed on the way out
 
     assert workers[bad].returncode == 2, output[bad][-3000:]
     failed = read_events(bad / "events.jsonl")[-1]
-    assert failed["type"] == "failed"
-    assert failed["user_error"] is True
-    assert "batch_size" in failed["error"]
-    assert "Traceback" not in failed["error"]
+    assert failed.type == "failed"
+    assert failed.user_error is True
+    assert "batch_size" in failed.error
+    assert "Traceback" not in failed.error

@@ -8,6 +8,7 @@ from textual.widgets import Input, OptionList
 
 from engine.gpu import RecordedSource
 from engine.remedies import REMEDIES
+from engine.run.protocol import Failed, Finished, RemedyApplied, WorkerExit
 from tests.fake_engine import (
     FakeEngine,
     FakeRun,
@@ -67,7 +68,8 @@ async def test_enter_starts_the_default_preset_at_once():
         assert run.config().name == "lenet5-digits"
         assert app.screen.has_class("-watching")
         assert isinstance(app.focused, LossChart)
-        assert "running" in str(app.query_one("#header").render())
+        # The header redraws at a bounded rate: the first steps reach it a moment after the fold.
+        await until(pilot, lambda: "running" in str(app.query_one("#header").render()))
         assert app.query_one(ConfigPane).disabled
 
 
@@ -81,7 +83,7 @@ async def test_space_pauses_and_resumes():
         await pilot.press("space")
         await until(pilot, lambda: app.state.status == "running")
         assert [c for c, _ in run.commands] == ["pause", "resume"]
-        assert {m.kind for m in app.state.history.markers} == {"paused", "resumed"}
+        assert {m.kind for m in app.history.markers} == {"paused", "resumed"}
 
 
 async def test_x_asks_before_stopping():
@@ -125,11 +127,9 @@ async def test_an_automatic_remedy_closes_the_bar_without_a_key():
         run = await started(pilot, app, engine)
         run.feed(
             oom_event(21),
-            {
-                "type": "remedy_applied",
-                "name": "halve-batch",
-                "changes": {"train.batch_size": [256, 128]},
-            },
+            RemedyApplied(
+                time=run.now, name="halve-batch", changes={"train.batch_size": [256, 128]}
+            ),
         )
         await until(pilot, lambda: "remedy halve-batch" in _log(app))
         assert not app.query_one(RemedyBar).has_class("-open")
@@ -200,9 +200,11 @@ async def test_attach_replays_the_history_then_follows():
     run = _existing_run()
     app = make_app(FakeEngine(runs=[run]), attach="run-7")
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.state is not None and app.state.step == 300)
+        await until(pilot, lambda: app.state is not None)
+        # At once, from the run's facts: never "starting, epoch 0, step 0" while the history loads.
+        assert (app.state.step, app.state.epoch, app.state.status) == (300, 3, "running")
         assert app.state.preset == "resnet18-cifar10"
-        assert app.state.history.series["loss"].count == 300
+        await until(pilot, lambda: app.history.series["loss"].count == 300)
         run.feed(*training_events(10, start_step=301))
         await until(pilot, lambda: app.state.step == 310)
 
@@ -287,11 +289,11 @@ async def test_a_failed_run_shows_status_and_reason():
     async with app.run_test(size=(100, 30)) as pilot:
         run = await started(pilot, app, engine)
         run.feed(
-            {
-                "type": "failed",
-                "error": "CUDA error: an illegal memory access",
-                "traceback_path": "/runs/x/traceback.txt",
-            }
+            Failed(
+                time=run.now,
+                error="CUDA error: an illegal memory access",
+                traceback_path="/runs/x/traceback.txt",
+            )
         )
         await until(pilot, lambda: app.state.status == "failed")
         header = str(app.query_one("#header").render())
@@ -321,12 +323,17 @@ async def test_bad_events_never_crash_the_app():
             {"type": "oom", "remedies": None},
             {"type": "remedy_applied", "changes": "nonsense"},
             {"type": "epoch_end", "epoch": "x"},
+            {"type": "run_started", "config": "notadict"},
+            {"type": "failed", "error": 5},
             {"type": "mystery"},
+            '{"type": "step", "time": 1e400, "step": 21, "loss": 1e400}',
             {"type": "log", "message": "still fine", "level": "info"},
         )
         await until(pilot, lambda: "still fine" in _log(app))
         app.query_one(LossChart).redraw()
-        assert app.is_running
+        assert app.is_running and app.state.status == "running" and app.state.step == 21
+        assert app.state.unreadable_lines == 7
+        assert "7 torn, garbage or wrong-typed line(s) of events.jsonl skipped" in _log(app)
 
 
 async def test_a_broken_event_stream_is_reported():
@@ -507,11 +514,11 @@ async def test_a_remedy_mid_run_restarts_the_worker_and_the_chart_keeps_its_hist
     async with app.run_test(size=(100, 30)) as pilot:
         run = await started(pilot, app, engine, steps=30)
         await pilot.press("h")  # no OOM: remedies apply whenever a run is live
-        await until(pilot, lambda: app.state.restarts == 1 and app.state.status == "running")
+        await until(pilot, lambda: app.state.resumes == 1 and app.state.phase == "loading")
         assert run.commands == [("remedy", {"name": "halve-batch"})]
         run.feed(*training_events(10, start_step=31))
         await until(pilot, lambda: app.state.step == 40)
-        history = app.state.history
+        history = app.history
         assert history.series["loss"].count == 40  # before and after the switch
         assert [m.kind for m in history.markers] == ["remedy_applied"]  # one line marks it
         assert history.markers[0].x[0] == 30
@@ -533,15 +540,15 @@ async def test_between_the_reply_and_the_restart_the_header_says_restarting():
         run.feed(oom_event(21))
         await until(pilot, lambda: app.state.status == "waiting")
         await pilot.press("h")
-        await until(pilot, lambda: app.state.status == "restarting")
+        await until(pilot, lambda: app.state.phase == "restarting")
         assert not app.query_one(RemedyBar).has_class("-open")
         assert "restarting with halve-batch" in str(app.query_one("#header").render())
         assert app.check_action("remedy", ("halve-batch",)) is False  # no second restart
         await pilot.press("h")
         assert len(run.commands) == 1
         run._reply("remedy", {"name": "halve-batch"})  # now the worker's events arrive
-        await until(pilot, lambda: app.state.status == "running")
-        assert app.state.restarts == 1
+        await until(pilot, lambda: app.state.resumes == 1 and app.state.phase != "restarting")
+        assert app.state.status == "running"
 
 
 async def test_typing_a_filter_puts_the_best_match_under_the_cursor():
@@ -578,7 +585,7 @@ async def test_edits_in_the_config_pane_come_back_after_the_run():
         await pilot.press("enter")
         await until(pilot, lambda: engine.started and app.state and app.state.live)
         assert engine.started[0].config().train.epochs == 40
-        engine.started[0].feed({"type": "finished", "reason": "completed"})
+        engine.started[0].feed(Finished(time=0.0, reason="completed"))
         await until(pilot, lambda: app.state.status == "finished")
         await until(pilot, lambda: not app.query_one(ConfigPane).has_class("-live"))
         assert epochs.value == "40"  # not the preset's own 5
@@ -624,12 +631,12 @@ async def test_a_supervisor_report_marks_the_run_crashed_with_its_reason():
     async with app.run_test(size=(100, 30)) as pilot:
         run = await started(pilot, app, engine)
         run.feed(
-            {
-                "type": "worker_exit",
-                "final_event": False,
-                "signal": "SIGKILL",
-                "message": "killed by SIGKILL: host memory ran low",
-            }
+            WorkerExit(
+                time=run.now,
+                final_event=False,
+                signal="SIGKILL",
+                message="killed by SIGKILL: host memory ran low",
+            )
         )
         await until(pilot, lambda: app.state.status == "crashed")
         assert "host memory ran low" in str(app.query_one("#header").render())
@@ -643,13 +650,13 @@ async def test_a_long_history_updates_the_widgets_a_few_times_not_per_batch():
     messages = []
     app = make_app(FakeEngine(runs=[run]), attach="run-long")
     async with app.run_test(size=(100, 30), message_hook=messages.append) as pilot:
-        await until(pilot, lambda: app.state is not None and app.state.step == 30_000)
+        await until(pilot, lambda: app.history is not None and app.history.step == 30_000)
         await pilot.pause(0.3)
         updates = [m for m in messages if type(m).__name__ == "RunEvents"]
         chunks = len(history) // 2000  # what the tail folds in per turn of the event loop
         assert 1 <= len(updates) < chunks / 1.5  # at most one every UI_UPDATE_INTERVAL
         assert sum(m.steps for m in updates) == 30_000
-        assert "epoch 299 done" in _log(app)
+        assert "epoch 300 done" in _log(app)
 
 
 async def test_a_steady_run_repaints_only_the_tip_of_the_chart():
@@ -659,7 +666,7 @@ async def test_a_steady_run_repaints_only_the_tip_of_the_chart():
     run = FakeRun("run-8", config, history=history)
     app = make_app(FakeEngine(runs=[run]), attach="run-8")
     async with app.run_test(size=(120, 36)) as pilot:
-        await until(pilot, lambda: app.state is not None and app.state.step == 3_500)
+        await until(pilot, lambda: app.history is not None and app.history.step == 3_500)
         chart = app.query_one(LossChart)
         chart.redraw()
         await pilot.pause(0.05)
@@ -702,3 +709,38 @@ async def test_until_quiet_announces_the_first_pause_and_loses_no_batch():
 
     seen = [batch async for batch in _until_quiet(stream(), quiet=0.03)]
     assert seen == [[1], [2], None, [3], [4]]
+
+
+async def test_attach_shows_the_runs_own_figures_at_once_and_never_the_preset_keys():
+    import asyncio
+    import threading
+
+    run = _existing_run("run-5", 850)  # into epoch 9 of ten 100-step epochs
+    engine = FakeEngine(runs=[run])
+    found, history_read = threading.Event(), asyncio.Event()
+    find_run, follow = engine.find_run, run.events
+
+    def slow_find_run(ref):
+        found.wait(10)
+        return find_run(ref)
+
+    async def slow_events(**kwargs):
+        await history_read.wait()
+        async for batch in follow(**kwargs):
+            yield batch
+
+    engine.find_run, run.events = slow_find_run, slow_events
+    app = make_app(engine, attach="run-5")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.1)
+        # Looking the run up: the preset screen's keys do not apply, and the header says why.
+        assert "attaching to run-5" in str(app.query_one("#header").render())
+        assert not any(app.check_action(a, ()) for a in ("start", "filter", "save_preset"))
+        found.set()
+        await until(pilot, lambda: app.state is not None)
+        header = str(app.query_one("#header").render())
+        assert "running" in header and "epoch 9/10" in header and "step 850" in header
+        assert app.check_action("pause_resume", ()) and not app.check_action("start", ())
+        history_read.set()  # the history comes in behind it, for the chart
+        await until(pilot, lambda: app.history.step == 850 and app.state.step == 850)
+        assert "epoch 9/10" in str(app.query_one("#header").render())

@@ -25,6 +25,20 @@ from textual.widgets import Footer, Input, OptionList, Static
 
 from engine.gpu import GpuSource
 from engine.remedies import REMEDIES
+from engine.run.facts import RunFacts
+from engine.run.history import RunHistory
+from engine.run.protocol import (
+    Event,
+    Failed,
+    Finished,
+    Nan,
+    Oom,
+    RemedyApplied,
+    RunStarted,
+    Step,
+    WorkerExit,
+)
+from engine.run.store import Liveness
 from tui.chart_keys import ChartKeys, chart_bindings
 from tui.engine_link import Engine, RunLink
 from tui.messages import (
@@ -39,7 +53,6 @@ from tui.messages import (
     StartRequested,
 )
 from tui.queue_link import QueueLink
-from tui.run_state import RunState
 from tui.widgets.config_pane import ConfigPane
 from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.header import RunHeader
@@ -56,12 +69,10 @@ MIN_WIDTH, MIN_HEIGHT = 80, 24
 INGEST_CHUNK = 2000
 """Events folded in per turn of the event loop, so keys stay quick while a long run replays."""
 UI_UPDATE_INTERVAL = 0.25
+"""The least seconds between updates of the widgets from a run's events (see _queue_run_events)."""
 CAUGHT_UP_AFTER = 0.15
 """Seconds without a new batch after which the tail has read the history (see _until_quiet)."""
-"""The least seconds between updates of the widgets from a run's events (see _queue_run_events)."""
-URGENT_EVENTS = frozenset(
-    {"oom", "failed", "nan", "finished", "remedy_applied", "run_started", "worker_exit"}
-)
+URGENT_EVENTS = (Oom, Failed, Nan, Finished, RemedyApplied, RunStarted, WorkerExit)
 """Events shown at once, however soon after the last update."""
 
 MAIN_SCREEN_ACTIONS = frozenset(
@@ -200,7 +211,13 @@ class ConvdeckApp(ChartKeys, App[int]):
         self.run_link: RunLink | None = None
         self.queue_link = QueueLink()
         """The run queue (tests swap in one with a fake runner start)."""
-        self.state: RunState | None = None
+        self.state: RunFacts | None = None
+        """The watched run's facts, as shown (see watch_run: a snapshot until the history is in)."""
+        self.history: RunHistory | None = None
+        """The watched run's chart data."""
+        self._folding: RunFacts | None = None
+        """The facts the event tail folds; shown once the history is in."""
+        self._attaching = attach is not None
         self.config_error: str | None = "no preset chosen yet"
         self.presets_loaded = False
         self._liveness_in_flight = False
@@ -210,8 +227,9 @@ class ConvdeckApp(ChartKeys, App[int]):
         self._flush_timer: Any = None
         self._last_ui_update = 0.0
         self._worker_gone_polls = 0
+        self._unreadable_noted = False
         self._remedy_asked: tuple[str, int] | None = None
-        """The remedy last asked for, and the run's restart count then."""
+        """The remedy last asked for, and the run's count of worker starts then."""
 
     # ----------------------------------------------------------------- layout
 
@@ -237,7 +255,8 @@ class ConvdeckApp(ChartKeys, App[int]):
         yield Footer(id="footer")
 
     def on_mount(self) -> None:
-        self.query_one(RunHeader).show_idle("reading presets…")
+        reading = f"attaching to {self.attach_ref or 'the newest live run'}…"
+        self.query_one(RunHeader).show_idle(reading if self._attaching else "reading presets…")
         self._check_size(self.size.width, self.size.height)  # the too-small message
         # Reading presets imports pydantic (~0.1 s of the GIL): after the first frame.
         self.call_after_refresh(self._load_presets)
@@ -297,7 +316,7 @@ class ConvdeckApp(ChartKeys, App[int]):
                 f"{len(broken)} preset(s) did not load: {', '.join(p.name for p in broken)}",
                 "yellow",
             )
-        if self.state is None:
+        if self.state is None and not self._attaching:
             self.query_one(RunHeader).show_idle()
             self.query_one("#preset-options", OptionList).focus()
         if presets.highlighted is not None:
@@ -345,13 +364,15 @@ class ConvdeckApp(ChartKeys, App[int]):
             return live
         if action == "remedy":
             # A remedy restarts the worker: not while it is already restarting.
-            return live and self.state.status != "restarting"
+            return live and self.state.phase != "restarting"
+        # While a run to attach to is looked up, the preset screen's keys do not apply yet.
+        preset_keys = not live and not self._attaching
         if action in ("start", "queue_preset"):
-            return not live
+            return preset_keys
         if action == "filter":
-            return not live and not isinstance(self.focused, Input)
+            return preset_keys and not isinstance(self.focused, Input)
         if action == "save_preset":
-            return not live and self.config_error is None
+            return preset_keys and self.config_error is None
         if action == "detach":
             return self.state is not None
         return True
@@ -386,21 +407,42 @@ class ConvdeckApp(ChartKeys, App[int]):
     def _attach(self, ref: str | None) -> None:
         try:
             run = self.engine.find_run(ref)
+            # The run's facts from its whole file (a fraction of a second for a million
+            # steps): shown at once, while the tail replays the history for the chart.
+            snapshot = run.summary()
         except Exception as error:  # noqa: BLE001 - say it and stay on the preset list
-            self.call_from_thread(self.notify, str(error), severity="error", timeout=8)
-            self.call_from_thread(self.query_one(LogPane).note, f"attach: {error}", "red")
+            self.call_from_thread(self._attach_failed, str(error))
             return
-        self.call_from_thread(self.watch_run, run)
+        self.call_from_thread(self.watch_run, run, snapshot=snapshot)
 
-    def watch_run(self, run: RunLink, preset: str = "") -> None:
-        """Show ``run``: its history first, then follow it live."""
+    def _attach_failed(self, error: str) -> None:
+        self._attaching = False
+        self.notify(error, severity="error", timeout=8)
+        self.query_one(LogPane).note(f"attach: {error}", "red")
+        if self.state is None:
+            self.query_one(RunHeader).show_idle()
+        self._refresh_footer()
+
+    def watch_run(self, run: RunLink, preset: str = "", snapshot: RunFacts | None = None) -> None:
+        """Show ``run``: its history first, then follow it live.
+
+        Args:
+            run: the run.
+            preset: its preset, for a run just started here.
+            snapshot: the run's facts read at once, shown until the tail has read
+                the history (then the tail's own fold, which equals it, takes over).
+        """
+        self._attaching = False
         self.run_link = run
-        self.state = RunState(run_id=run.run_id, preset=preset)
+        self._folding = RunFacts(run_id=run.run_id, preset=preset or "?")
+        self.state = snapshot if snapshot is not None else self._folding
+        self.history = RunHistory()
         self._pending_events[:] = [run.run_id, [], 0]
         self._worker_gone_polls = 0
+        self._unreadable_noted = False
         chart = self.query_one(LossChart)
         chart.hold = True  # redrawing a history half read is wasted: the tail says when it is done
-        chart.set_history(self.state.history)
+        chart.set_history(self.history)
         if preset:  # just started here: its worker is loading TensorFlow
             self._update_placeholder()
         else:
@@ -409,7 +451,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         log.clear()
         log.start_time = None
         self.query_one(RemedyBar).close()
-        self.query_one(GpuPanel).pids = ()
+        self.query_one(GpuPanel).pids = (self.state.pid,) if self.state.pid else ()
         self._show_state()
         self._tail(run)
         self.query_one(LossChart).focus()
@@ -422,20 +464,21 @@ class ConvdeckApp(ChartKeys, App[int]):
         It follows the run after it ends too: a run stopped and later resumed
         (``convdeck resume``) goes on in the same events file.
         """
-        state = self.state
+        facts, history = self._folding, self.history
         try:
             async for batch in _until_quiet(_event_stream(run), CAUGHT_UP_AFTER):
                 if batch is None:
                     self._caught_up()
                     continue
-                if not isinstance(batch, list):
-                    batch = [batch]
                 for start in range(0, len(batch), INGEST_CHUNK):
                     chunk = batch[start : start + INGEST_CHUNK]
-                    if state is not self.state:
+                    if run is not self.run_link:
                         return
-                    notable, steps = state.apply(chunk)
-                    self._queue_run_events(run.run_id, notable, steps)
+                    facts.apply(chunk)
+                    facts.unreadable_lines = run.unreadable_lines
+                    history.ingest(chunk)
+                    notable = [event for event in chunk if not isinstance(event, Step)]
+                    self._queue_run_events(run.run_id, notable, len(chunk) - len(notable))
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
@@ -448,12 +491,17 @@ class ConvdeckApp(ChartKeys, App[int]):
 
     def _caught_up(self) -> None:
         """The history is read: show it all now (the chart waited for this, see LossChart.hold)."""
+        folded, shown = self._folding, self.state
+        if folded is not None and shown is not None and folded is not shown:
+            # The fold of the whole history: the same facts as the snapshot, and live from now.
+            folded.liveness, folded.last_words = shown.liveness, shown.last_words
+            self.state = folded
         self._flush_run_events()
         chart = self.query_one(LossChart)
         chart.hold = False
         chart.mark_dirty(urgent=True)
 
-    def _queue_run_events(self, run_id: str, notable: list[dict], steps: int) -> None:
+    def _queue_run_events(self, run_id: str, notable: list[Event], steps: int) -> None:
         """Tell the widgets about folded events, at most every UI_UPDATE_INTERVAL seconds.
 
         A long history arrives in hundreds of batches; updating the screen for
@@ -465,7 +513,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         pending[1].extend(notable)
         pending[2] += steps
         wait = UI_UPDATE_INTERVAL - (time.monotonic() - self._last_ui_update)
-        if wait <= 0 or any(e.get("type") in URGENT_EVENTS for e in notable):
+        if wait <= 0 or any(isinstance(e, URGENT_EVENTS) for e in notable):
             self._flush_run_events()
         elif self._flush_timer is None:
             self._flush_timer = self.set_timer(wait, self._flush_run_events)
@@ -498,36 +546,43 @@ class ConvdeckApp(ChartKeys, App[int]):
         state = self.state
         if state is None:
             text = "No run yet. Pick a preset and press Enter."
-        elif state.status in ("starting", "restarting"):
-            text = (
-                f"{state.preset or state.run_id}: the worker is starting (TensorFlow loads first)…"
-            )
+        elif state.phase in ("starting", "restarting"):
+            text = f"{_name(state)}: the worker is starting (TensorFlow loads first)…"
         elif state.live:
-            text = f"{state.preset or state.run_id}: waiting for the first step…"
+            text = f"{_name(state)}: waiting for the first step…"
         else:
             text = f"No steps: the run {state.status}" + (
                 f": {state.reason}" if state.reason else "."
             )
         self.query_one(LossChart).set_placeholder(text)
 
-    def _notable_events(self, events: list[dict]) -> None:
+    def _notable_events(self, events: list[Event]) -> None:
         state = self.state
         self.query_one(LogPane).add_events(events)
         self.query_one(LossChart).mark_dirty()
-        kinds = {e.get("type") for e in events}
         if state.pid:
             self.query_one(GpuPanel).pids = (state.pid,)
-        if kinds & {"run_started", "remedy_applied"} and state.config:
-            self.query_one(ConfigPane).show_live(state.preset or state.run_id, state.config)
+        if any(isinstance(e, (RunStarted, RemedyApplied)) for e in events) and state.config:
+            self.query_one(ConfigPane).show_live(_name(state), state.config)
         if state.pending_oom is not None:
-            self.query_one(RemedyBar).offer(state.pending_oom, state.remedies())
+            self.query_one(RemedyBar).offer(state.pending_oom, state.remedies_offered())
             self.bell()
         else:
             self.query_one(RemedyBar).close()
-        if "failed" in kinds:
+        if any(isinstance(e, Failed) for e in events) and state.status == "failed":
             self.notify(f"Run failed: {state.reason}", severity="error", timeout=15)
-        if "nan" in kinds:
+        if any(isinstance(e, Nan) for e in events):
             self.notify(state.reason or "loss is NaN", severity="warning", timeout=10)
+        self._note_unreadable()
+
+    def _note_unreadable(self) -> None:
+        """Say once that lines of the run's events were skipped (torn, garbage, wrong-typed)."""
+        count = self.state.unreadable_lines if self.state is not None else 0
+        if count and not self._unreadable_noted:
+            self._unreadable_noted = True
+            self.query_one(LogPane).note(
+                f"{count} torn, garbage or wrong-typed line(s) of events.jsonl skipped", "yellow"
+            )
 
     @on(RunTailEnded)
     @_until_shutdown
@@ -552,6 +607,10 @@ class ConvdeckApp(ChartKeys, App[int]):
             status, reason, pid = None, str(error), None
         self.post_message(RunSummaryPolled(run.run_id, status, reason, pid))
 
+    def _set_liveness(self, liveness: Liveness, last_words: str = "") -> None:
+        for facts in {id(f): f for f in (self.state, self._folding) if f is not None}.values():
+            facts.liveness, facts.last_words = liveness, last_words
+
     @on(RunSummaryPolled)
     @_until_shutdown
     def _summary_polled(self, message: RunSummaryPolled) -> None:
@@ -559,17 +618,15 @@ class ConvdeckApp(ChartKeys, App[int]):
         state = self.state
         if state is None or message.run_id != state.run_id:
             return
-        if message.pid and not state.pid:
-            state.pid = message.pid
-            self.query_one(GpuPanel).pids = (message.pid,)
+        if message.pid:
+            if state.liveness is None or state.liveness.pid != message.pid:
+                self._set_liveness(Liveness(message.pid))
+                self.query_one(GpuPanel).pids = (message.pid,)
         gone = message.status == "gone" and state.live
         self._worker_gone_polls = self._worker_gone_polls + 1 if gone else 0
         # Gone twice in a row: the tail has had a poll's time to read its last events.
-        crashed = message.status == "crashed" or self._worker_gone_polls >= 2
-        if crashed and state.live:
-            state.status = "crashed"
-            state.pending_oom = None
-            state.reason = _crash_reason(message)
+        if self._worker_gone_polls >= 2:
+            self._set_liveness(Liveness(), message.reason or "")
             self.query_one(RemedyBar).close()
             self.query_one(LogPane).note(f"CRASHED: {state.reason}", "bold red")
             self.notify(f"Run {state.run_id} crashed: {state.reason}", severity="error", timeout=15)
@@ -595,7 +652,7 @@ class ConvdeckApp(ChartKeys, App[int]):
             highlighted = self.query_one(PresetList).highlighted
             if highlighted is not None:
                 pane.show_preset(highlighted)
-        key = (state.status if state else None, live)
+        key = (state.status if state else None, state.phase if state else None, live)
         if key != self._bindings_key:
             self._bindings_key = key
             self._refresh_footer()
@@ -627,10 +684,11 @@ class ConvdeckApp(ChartKeys, App[int]):
         state = self.state
         asked = self._remedy_asked
         if message.command == "remedy" and state is not None and state.live and asked:
-            if state.restarts != asked[1]:
+            if state.starts != asked[1]:
                 return  # the restart's own events came first: nothing left to announce
             # The worker checkpoints and restarts with the remedy; its events follow.
-            state.restarting(asked[0])
+            for facts in {id(f): f for f in (state, self._folding) if f is not None}.values():
+                facts.restart_requested(asked[0])
             self.query_one(RemedyBar).close()
             self._show_state()
             self._update_placeholder()
@@ -660,9 +718,9 @@ class ConvdeckApp(ChartKeys, App[int]):
         The worker checkpoints, restarts with the remedy applied and goes on
         from the checkpoint; the chart keeps the run's history and marks the switch.
         """
-        if not self._live() or self.state.status == "restarting":
+        if not self._live() or self.state.phase == "restarting":
             return
-        self._remedy_asked = (name, self.state.restarts)
+        self._remedy_asked = (name, self.state.starts)
         self.send("remedy", name=name)
         self.query_one(LogPane).note(
             f"asked for remedy {name} ({remedy_title(name)}): "
@@ -683,7 +741,7 @@ class ConvdeckApp(ChartKeys, App[int]):
                 f"`convdeck attach {state.run_id}` brings it back.",
                 timeout=8,
             )
-        self.run_link, self.state = None, None
+        self.run_link, self.state, self._folding, self.history = None, None, None, None
         self.query_one(RemedyBar).close()
         self.query_one(LossChart).hold = False
         self.query_one(LossChart).set_history(None)
@@ -848,32 +906,23 @@ class ConvdeckApp(ChartKeys, App[int]):
         yield from super().get_system_commands(screen)
 
 
-def _crash_reason(message: RunSummaryPolled) -> str:
-    default = "the worker died without a last event (see worker.log)"
-    if message.status == "gone":
-        return default + (f"; it ends: {message.reason}" if message.reason else "")
-    return message.reason or default
+def _name(facts: RunFacts) -> str:
+    return facts.preset if facts.preset not in ("", "?") else facts.run_id
 
 
-def _liveness(run: RunLink) -> tuple[str | None, str | None, int | None]:
+def _liveness(run: RunLink) -> tuple[str, str | None, int | None]:
     """Whether the run's worker lives: ("alive", None, pid) or ("gone", its last words, None).
 
-    Never a summary for a real run: that reads the whole events file (seconds
-    of the GIL for a million steps); the app's own event tail knows the rest.
-    An engine without pids (a fake) answers with its summary's status.
+    Never a summary: that reads the whole events file; the app's own event
+    tail knows the rest.
     """
-    pid_of = getattr(run, "pid", None)
-    if callable(pid_of):
-        pid = pid_of()
-        if pid is not None:
-            return "alive", None, pid
-        last_words = getattr(run, "last_log_line", None)
-        return "gone", last_words() if callable(last_words) else None, None
-    summary = run.summary()
-    return summary.status, getattr(summary, "reason", None), getattr(summary, "pid", None)
+    pid = run.pid()
+    if pid is not None:
+        return "alive", None, pid
+    return "gone", run.last_log_line() or None, None
 
 
-async def _until_quiet(stream: Any, quiet: float) -> AsyncIterator[list[dict] | None]:
+async def _until_quiet(stream: Any, quiet: float) -> AsyncIterator[list[Event] | None]:
     """The batches of ``stream``, and one None the first time none came for ``quiet`` seconds.
 
     A history is read back to back; the first pause is the tail waiting for
@@ -904,12 +953,9 @@ async def _until_quiet(stream: Any, quiet: float) -> AsyncIterator[list[dict] | 
             pending.cancel()
 
 
-def _event_stream(run: RunLink) -> Any:
-    """The run's events; a long history is thinned by the engine where it can."""
-    try:
-        return run.events(from_start=True, history_steps=HISTORY_STEPS)
-    except TypeError:  # an engine (or fake) without thinning
-        return run.events(from_start=True)
+def _event_stream(run: RunLink) -> AsyncIterator[list[Event]]:
+    """The run's events; a long history is thinned (see HISTORY_STEPS)."""
+    return run.events(from_start=True, history_steps=HISTORY_STEPS)
 
 
 def run_app(attach: str | None = None) -> int:

@@ -14,22 +14,30 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
+    from engine.run.facts import RunFacts
+    from engine.run.protocol import Event
 
 
 class RunLink(Protocol):
-    """One run, live or finished (``engine.run.client.RunHandle``)."""
+    """One run, live or finished (``engine.run.client.RunHandle``; ``tests.fake_engine.FakeRun``)."""
 
     run_id: str
     run_dir: Path
+    unreadable_lines: int
+    """Lines of the run's events that ``events`` skipped (torn, garbage, wrong-typed)."""
 
     def config(self) -> RunConfig: ...
 
-    def summary(self) -> Any:
-        """Status and figures; reads the whole events file, so the app asks rarely."""
+    def summary(self) -> RunFacts:
+        """The run's facts from its whole events file, and its liveness: once, on attach."""
         ...
 
     def pid(self) -> int | None:
-        """The live worker's pid, else None (cheap: the app polls it; optional for fakes)."""
+        """The live worker's pid, else None (cheap: the app polls it)."""
+        ...
+
+    def last_log_line(self) -> str:
+        """The end of worker.log, to say why a worker died without a last event."""
         ...
 
     def events(
@@ -38,7 +46,7 @@ class RunLink(Protocol):
         poll_interval: float = 0.2,
         *,
         history_steps: int | None = None,
-    ) -> AsyncIterator[list[dict]]:
+    ) -> AsyncIterator[list[Event]]:
         """The history (about ``history_steps`` step events of it), then new events as they come."""
         ...
 
@@ -56,9 +64,9 @@ class Engine(Protocol):
 
     def find_run(self, ref: str | None) -> RunLink: ...
 
-    def list_runs(self) -> list[Any]: ...
+    def list_runs(self) -> list[RunFacts]: ...
 
-    def read_events(self, run: RunLink) -> Iterable[dict]: ...
+    def read_events(self, run: RunLink) -> Iterable[Event]: ...
 
 
 class RealEngine:
@@ -91,12 +99,12 @@ class RealEngine:
 
         return client.find_run(ref, home=self.home)
 
-    def list_runs(self) -> list[Any]:
+    def list_runs(self) -> list[RunFacts]:
         from engine.run import client
 
         return client.list_runs(home=self.home)
 
-    def read_events(self, run: RunLink) -> Iterable[dict]:
+    def read_events(self, run: RunLink) -> Iterable[Event]:
         from engine.run.events import EVENTS_FILE, iter_events
 
         return iter_events(Path(run.run_dir) / EVENTS_FILE)

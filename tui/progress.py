@@ -17,11 +17,29 @@ import sys
 import time
 from typing import Any, Protocol, TextIO
 
+from engine.run import protocol
+from engine.run.facts import RunFacts
+from engine.run.protocol import (
+    Checkpoint,
+    EpochEnd,
+    Event,
+    Log,
+    MemoryWarning,
+    Nan,
+    Oom,
+    Paused,
+    RemedyApplied,
+    RemedyOffer,
+    Resumed,
+    RunStarted,
+    Step,
+)
+
 
 class Display(Protocol):
     """What the CLI feeds while it follows a run."""
 
-    def handle(self, events: list[dict]) -> None:
+    def handle(self, events: list[Event]) -> None:
         """Show a batch of events."""
 
     def note(self, message: str) -> None:
@@ -57,203 +75,125 @@ def is_interactive(stream: TextIO) -> bool:
     return console.is_terminal and not console.is_dumb_terminal
 
 
-class RunProgress:
-    """The figures a display shows, folded from the events as they come."""
-
-    def __init__(self) -> None:
-        self.epochs: int | None = None
-        self.steps_per_epoch: int | None = None
-        self.step = 0
-        self.epoch = 0
-        self.loss: float | None = None
-        self.accuracy: float | None = None
-        self.images_per_sec: float | None = None
-        self.run_id = "RUN"
-        self._rate_start: tuple[float, int] | None = None
-
-    @property
-    def total_steps(self) -> int | None:
-        if self.epochs and self.steps_per_epoch:
-            return self.epochs * self.steps_per_epoch
-        return None
-
-    def update(self, event: dict) -> None:
-        """Take one event; unknown types are ignored."""
-        if event["type"] == "run_started":
-            self._start(event)
-        elif event["type"] == "step":
-            self._step(event)
-        elif event["type"] == "remedy_applied" and "steps_per_epoch" in event:
-            self.steps_per_epoch = _number(event.get("steps_per_epoch")) or self.steps_per_epoch
-
-    def _start(self, event: dict) -> None:
-        config = event.get("config") or {}
-        self.run_id = str(event.get("run_id") or self.run_id)
-        self.epochs = _number(event.get("epochs")) or _number(
-            (config.get("train") or {}).get("epochs")
-        )
-        self.steps_per_epoch = _number(event.get("steps_per_epoch"))
-        self.step = _number(event.get("resumed_from_step")) or self.step
-        self._rate_start = None
-
-    def _step(self, event: dict) -> None:
-        self.step = _number(event.get("step")) or self.step
-        self.epoch = _number(event.get("epoch")) or self.epoch
-        self.loss = _last(event.get("loss"))
-        self.accuracy = _last(event.get("accuracy"))
-        self.images_per_sec = _last(event.get("images_per_sec"))
-        now = time.monotonic()
-        if self._rate_start is None:
-            self._rate_start = (now, self.step)
-
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the step rate seen since this viewer started, or None."""
-        if self._rate_start is None or self.total_steps is None:
-            return None
-        started, first_step = self._rate_start
-        elapsed, done = time.monotonic() - started, self.step - first_step
-        if done <= 0 or elapsed <= 0:
-            return None
-        return max(0, self.total_steps - self.step) * elapsed / done
-
-    def epoch_label(self, epoch: Any = None) -> str:
-        epoch = self.epoch if epoch is None else epoch
-        return f"{epoch}/{self.epochs}" if self.epochs else str(epoch)
-
-    def step_label(self) -> str:
-        total = self.total_steps
-        return f"{self.step}/{total}" if total else str(self.step)
-
-
-def _last(value: Any) -> Any:
-    """A field's latest value; a worker may batch several steps as parallel lists."""
-    if isinstance(value, list):
-        return value[-1] if value else None
-    return value
-
-
-def _number(value: Any) -> Any:
-    value = _last(value)
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def fmt(value: Any, digits: int = 4) -> str:
     """A metric for humans: 4 decimals, '-' when missing."""
-    value = _last(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "-" if value is None else str(value)
     return f"{value:.{digits}f}"
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """``1:02:03`` / ``2:03``, or '-'."""
-    if seconds is None:
+    """``1:02:03`` / ``2:03``, or '-' (unknown, or not finite)."""
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     minutes, secs = divmod(int(seconds + 0.5), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def epoch_line(progress: RunProgress, event: dict) -> str:
+def epoch_label(facts: RunFacts, epoch: int | None = None) -> str:
+    """``3/10``: the epoch of ``facts`` (or ``epoch``) and the epochs it trains to."""
+    epoch = facts.epoch if epoch is None else epoch
+    return f"{epoch}/{facts.epochs}" if facts.epochs else str(epoch)
+
+
+def step_label(facts: RunFacts) -> str:
+    """``1200/5000``: the step and the step the run ends at, when known."""
+    total = facts.total_steps
+    return f"{facts.step}/{total}" if total else str(facts.step)
+
+
+def epoch_line(facts: RunFacts, event: EpochEnd) -> str:
     """One line for an ``epoch_end`` event."""
+    loss = event.loss if event.loss is not None else facts.last_loss
+    accuracy = event.accuracy if event.accuracy is not None else facts.last_accuracy
     parts = [
-        f"epoch {progress.epoch_label(event.get('epoch', progress.epoch))}",
-        f"loss {fmt(event.get('loss', progress.loss))}",
-        f"accuracy {fmt(event.get('accuracy', progress.accuracy))}",
-        f"val_loss {fmt(event.get('val_loss'))}",
-        f"val_accuracy {fmt(event.get('val_accuracy'))}",
+        f"epoch {epoch_label(facts, event.epoch)}",
+        f"loss {fmt(loss)}",
+        f"accuracy {fmt(accuracy)}",
+        f"val_loss {fmt(event.val_loss)}",
+        f"val_accuracy {fmt(event.val_accuracy)}",
     ]
     return "  ".join(parts)
 
 
-def step_line(progress: RunProgress) -> str:
+def step_line(facts: RunFacts) -> str:
     """One line with the latest step figures, for logs."""
     parts = [
-        f"epoch {progress.epoch_label()}",
-        f"step {progress.step_label()}",
-        f"loss {fmt(progress.loss)}",
-        f"accuracy {fmt(progress.accuracy)}",
-        f"{fmt(progress.images_per_sec, 0)} img/s",
-        f"ETA {fmt_duration(progress.eta_seconds())}",
+        f"epoch {epoch_label(facts)}",
+        f"step {step_label(facts)}",
+        f"loss {fmt(facts.last_loss)}",
+        f"accuracy {fmt(facts.last_accuracy)}",
+        f"{fmt(facts.images_per_sec, 0)} img/s",
+        f"ETA {fmt_duration(facts.eta_seconds())}",
     ]
     return "  ".join(parts)
 
 
-def event_line(event: dict, run_id: str = "RUN") -> str | None:
+def event_line(event: Event, run_id: str = "RUN") -> str | None:
     """A line for an event that is neither a step nor an epoch end, or None to stay quiet."""
-    kind = event["type"]
-    if kind == "run_started":
+    if isinstance(event, RunStarted):
         return _started_line(event)
-    if kind == "checkpoint":
-        return f"checkpoint at step {_last(event.get('step'))}"
-    if kind == "memory_warning":
-        return f"memory warning: {event.get('message', '')}"
-    if kind == "paused":
+    if isinstance(event, Checkpoint):
+        return f"checkpoint at step {_known(event.step)}"
+    if isinstance(event, MemoryWarning):
+        return f"memory warning: {event.message}"
+    if isinstance(event, Paused):
         # Headless, nobody may be watching: say how to go on.
-        return f"paused at step {event.get('step', '?')} (go on: convdeck ctl {run_id} resume)"
-    if kind == "resumed":
-        return f"resumed at step {event.get('step', '?')}"
-    if kind == "oom":
+        return f"paused at step {_known(event.step)} (go on: convdeck ctl {run_id} resume)"
+    if isinstance(event, Resumed):
+        return f"resumed at step {_known(event.step)}"
+    if isinstance(event, Oom):
         return _oom_line(event, run_id)
-    if kind == "remedy_applied":
+    if isinstance(event, RemedyApplied):
         return _remedy_line(event)
-    if kind == "nan":
-        return f"the loss became NaN at step {event.get('step', '?')}"
-    if kind == "log":
-        return str(event.get("message", ""))
+    if isinstance(event, Nan):
+        return f"the loss became NaN at step {_known(event.step)}"
+    if isinstance(event, Log):
+        return event.message
     return None
 
 
-def _started_line(event: dict) -> str:
-    devices = ", ".join(str(d) for d in event.get("devices") or []) or "?"
-    resumed = event.get("resumed_from_step")
+def _known(value: Any) -> str:
+    return "?" if value is None else str(value)
+
+
+def _started_line(event: RunStarted) -> str:
+    devices = ", ".join(event.devices) or "?"
+    resumed = event.resumed_from_step
     start = f"resumed from step {resumed}" if resumed else "started"
-    return f"run {event.get('run_id', '?')} {start} on {devices}" + _distribution(event)
+    return f"run {event.run_id or '?'} {start} on {devices}" + _distribution(event)
 
 
-def _distribution(event: dict) -> str:
+def _distribution(event: RunStarted) -> str:
     """How the global batch splits, for a run on several replicas or workers."""
-    replicas, workers = event.get("replicas") or 1, event.get("workers") or 1
+    replicas, workers = event.replicas or 1, event.workers or 1
     if replicas == 1 and workers == 1:
         return ""
-    batch = event.get("per_replica_batch")
+    batch = event.per_replica_batch
     split = f": {replicas} replicas x {batch} = batch {replicas * batch}" if batch else ""
-    text = f" ({event.get('strategy', '?')}{split}"
+    text = f" ({event.strategy or '?'}{split}"
     if workers > 1:
-        text += f"; worker {event.get('worker_index', '?')} of {workers}"
-        if event.get("chief") is False:
+        text += f"; worker {_known(event.worker_index)} of {workers}"
+        if event.chief is False:
             text += ", the chief's run records steps and checkpoints"
     return text + ")"
 
 
-def _oom_line(event: dict, run_id: str) -> str:
-    names = [_remedy_name(remedy) for remedy in event.get("remedies") or []]
-    line = (
-        f"out of memory at step {event.get('step', '?')} with batch {event.get('batch_size', '?')}"
-    )
+def _oom_line(event: Oom, run_id: str) -> str:
+    names = [remedy.name if isinstance(remedy, RemedyOffer) else remedy for remedy in event.remedies]
+    line = f"out of memory at step {_known(event.step)} with batch {_known(event.batch_size)}"
     if names:
         line += f"; remedies: {', '.join(names)}"
-    if names and event.get("waiting", True):
+    if names and event.waiting:
         line += f"; waiting for one: convdeck ctl {run_id} remedy {names[0]}"
     return line
 
 
-def _remedy_name(remedy: Any) -> str:
-    """An ``oom`` event lists remedies as dicts (name, title, effect); older ones as names."""
-    return str(remedy.get("name", "?")) if isinstance(remedy, dict) else str(remedy)
-
-
-def _remedy_line(event: dict) -> str:
-    changes = event.get("changes") or {}
-    detail = ", ".join(f"{field} {_old_to_new(change)}" for field, change in changes.items())
-    where = f" at step {event['step']}" if "step" in event else ""
-    return f"remedy {event.get('name', '?')} applied{where}" + (f": {detail}" if detail else "")
-
-
-def _old_to_new(change: Any) -> str:
-    if isinstance(change, (list, tuple)) and len(change) == 2:
-        return f"{change[0]} -> {change[1]}"
-    return str(change)
+def _remedy_line(event: RemedyApplied) -> str:
+    detail = ", ".join(f"{field} {old} -> {new}" for field, (old, new) in event.changes.items())
+    where = f" at step {event.step}" if event.step is not None else ""
+    return f"remedy {event.name or '?'} applied{where}" + (f": {detail}" if detail else "")
 
 
 class JsonLinesDisplay:
@@ -262,8 +202,11 @@ class JsonLinesDisplay:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def handle(self, events: list[dict]) -> None:
-        lines = (json.dumps(_strict_json(event), allow_nan=False) + "\n" for event in events)
+    def handle(self, events: list[Event]) -> None:
+        lines = (
+            json.dumps(_strict_json(protocol.to_dict(event)), allow_nan=False) + "\n"
+            for event in events
+        )
         self.stream.write("".join(lines))
         self.stream.flush()
 
@@ -291,25 +234,25 @@ class PlainDisplay:
     def __init__(self, stream: TextIO, line_every: float = 5.0) -> None:
         self.stream = stream
         self.line_every = line_every
-        self.progress = RunProgress()
+        self.facts = RunFacts()
         self._last_line = time.monotonic()
         self._unprinted_steps = False
 
-    def handle(self, events: list[dict]) -> None:
+    def handle(self, events: list[Event]) -> None:
         for event in events:
-            self.progress.update(event)
+            self.facts.fold(event)
             self._show(event)
         if self._unprinted_steps and time.monotonic() - self._last_line >= self.line_every:
-            self._write(step_line(self.progress))
+            self._write(step_line(self.facts))
             self._unprinted_steps = False
 
-    def _show(self, event: dict) -> None:
-        if event["type"] == "step":
+    def _show(self, event: Event) -> None:
+        if isinstance(event, Step):
             self._unprinted_steps = True
-        elif event["type"] == "epoch_end":
-            self._write(epoch_line(self.progress, event))
+        elif isinstance(event, EpochEnd):
+            self._write(epoch_line(self.facts, event))
             self._unprinted_steps = False
-        elif (line := event_line(event, self.progress.run_id)) is not None:
+        elif (line := event_line(event, self.facts.run_id or "RUN")) is not None:
             self._write(line)
 
     def _write(self, line: str) -> None:
@@ -331,7 +274,7 @@ class BarDisplay:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        self.progress = RunProgress()
+        self.facts = RunFacts()
         self.console = Console(file=stream)
         self.bar = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
@@ -346,32 +289,30 @@ class BarDisplay:
         self.bar.start()
 
     def _fields(self) -> dict[str, str]:
-        progress = self.progress
+        facts = self.facts
         return {
-            "epoch": progress.epoch_label(),
-            "loss": fmt(progress.loss),
-            "accuracy": fmt(progress.accuracy),
-            "images_per_sec": fmt(progress.images_per_sec, 0),
-            # ETA from this viewer's own step rate: rich's estimate would
-            # count a resumed run's earlier steps as done in no time.
-            "eta": fmt_duration(progress.eta_seconds()),
+            "epoch": epoch_label(facts),
+            "loss": fmt(facts.last_loss),
+            "accuracy": fmt(facts.last_accuracy),
+            "images_per_sec": fmt(facts.images_per_sec, 0),
+            # The run's own ETA (engine.run.facts): rich's estimate would count a
+            # resumed run's earlier steps as done in no time.
+            "eta": fmt_duration(facts.eta_seconds()),
         }
 
-    def handle(self, events: list[dict]) -> None:
+    def handle(self, events: list[Event]) -> None:
         for event in events:
-            self.progress.update(event)
+            self.facts.fold(event)
             self._show(event)
-        progress = self.progress
-        self.bar.update(
-            self.task, completed=progress.step, total=progress.total_steps, **self._fields()
-        )
+        facts = self.facts
+        self.bar.update(self.task, completed=facts.step, total=facts.total_steps, **self._fields())
 
-    def _show(self, event: dict) -> None:
-        if event["type"] == "epoch_end":
-            self.note(epoch_line(self.progress, event))
-        elif event["type"] == "checkpoint":
+    def _show(self, event: Event) -> None:
+        if isinstance(event, EpochEnd):
+            self.note(epoch_line(self.facts, event))
+        elif isinstance(event, Checkpoint):
             return  # the bar is enough on a terminal; logs keep the line
-        elif (line := event_line(event, self.progress.run_id)) is not None:
+        elif (line := event_line(event, self.facts.run_id or "RUN")) is not None:
             self.note(line)
 
     def note(self, message: str) -> None:

@@ -29,15 +29,15 @@ from engine.remedies import check_remedy
 from engine.run import lock
 from engine.run.checkpoint_files import CHECKPOINTS_DIR, check_something_to_resume
 from engine.run.control import COMMANDS
-from engine.run.events import EVENTS_FILE, TERMINAL_EVENTS, EventTail, parse_line
+from engine.run.events import EVENTS_FILE, STEP_LINE_PREFIX, EventTail
+from engine.run.facts import LIVE_STATUSES, RunFacts
 from engine.run.lock import AlreadyRunning
+from engine.run.protocol import TERMINAL_EVENTS, Event, RunStarted
 from engine.run.store import (
     CONFIG_FILE,
-    LIVE_STATUSES,
     LOCK_FILE,
     SOCKET_FILE,
     WORKER_LOG,
-    RunSummary,
     create_run_dir,
     find_run_dir,
     heartbeat_stale_seconds,
@@ -87,6 +87,8 @@ class RunHandle:
         self.run_id = self.run_dir.name
         self.process = process
         self.spawn_offset = spawn_offset
+        self.unreadable_lines = 0
+        """Lines of events.jsonl that :meth:`events` skipped: torn, garbage or wrong-typed."""
 
     def __repr__(self) -> str:
         return f"RunHandle({self.run_id!r})"
@@ -107,13 +109,13 @@ class RunHandle:
         """The run's current config; ConfigError when config.toml is unreadable."""
         return read_config(self.run_dir)
 
-    def summary(self) -> RunSummary:
-        """Status and latest figures (see :func:`engine.run.store.summarize_run`)."""
-        return _with_preset_name(summarize_run(self.run_dir))
+    def summary(self) -> RunFacts:
+        """The run's facts, read from the whole events file, and its liveness.
 
-    def metrics(self) -> dict:
-        """Last step, last epoch, best validation and final figures, from the events."""
-        return run_metrics(self.run_dir)
+        The one fold of :mod:`engine.run.facts`; a long run takes a fraction of
+        a second (step lines are skipped unparsed but for those that matter).
+        """
+        return _with_preset_name(summarize_run(self.run_dir))
 
     # -- the worker process --------------------------------------------------
 
@@ -175,10 +177,11 @@ class RunHandle:
         offset: int | None = None,
         until_done: bool = False,
         history_steps: int | None = None,
-    ) -> AsyncIterator[list[dict]]:
+    ) -> AsyncIterator[list[Event]]:
         """Yield the run's events in batches: the history first, then new ones as they come.
 
-        Torn or garbage lines are skipped. Without ``until_done`` it follows the
+        Torn, garbage and wrong-typed lines are skipped and counted in
+        ``unreadable_lines``. Without ``until_done`` it follows the
         file forever: the caller breaks out or cancels.
 
         Args:
@@ -201,12 +204,14 @@ class RunHandle:
         done = False
         while not history.exhausted:
             batch = await asyncio.to_thread(history.read_new, HISTORY_CHUNK_BYTES)
+            self.unreadable_lines = history.skipped
             if batch:
                 done = _still_done(batch, done)
                 yield batch
         tail = EventTail(self.events_path, history.offset)
         while True:
             batch = tail.read_new(HISTORY_CHUNK_BYTES)
+            self.unreadable_lines = history.skipped + tail.skipped
             if batch:
                 done = _still_done(batch, done)
                 yield batch
@@ -269,11 +274,6 @@ class RunHandle:
         }
 
 
-# EventWriter writes json.dumps({"type": ..., ...}): a step line starts so,
-# which tells it apart without parsing (the bulk of a long run's history).
-_STEP_PREFIX = b'{"type": "step",'
-
-
 def _stride(path: Path, start: int, history_steps: int | None) -> int:
     """Keep one step line in this many to replay about ``history_steps`` of them."""
     if not history_steps:
@@ -314,23 +314,23 @@ class _HistoryTail(EventTail):
         """True once the history is read (or its last line is still being written)."""
         return self.offset >= self.end or self._stuck
 
-    def read_new(self, max_bytes: int = 8 << 20) -> list[dict]:
+    def read_new(self, max_bytes: int = 8 << 20) -> list[Event]:
         start = self.offset
         events = self._read(min(max_bytes, self.end - self.offset))
         # No whole line in the rest: a line still being written, left to the live tail.
         self._stuck = self.offset == start
         return events
 
-    def _read(self, max_bytes: int) -> list[dict]:
+    def _read(self, max_bytes: int) -> list[Event]:
         if max_bytes <= 0:
             return []
         if self.stride == 1:
             return super().read_new(max_bytes)
         chunk = self._read_complete_lines(max_bytes)
-        events: list[dict] = []
+        events: list[Event] = []
         pending: bytes | None = None  # the latest step line not yet kept
         for line in chunk.splitlines():
-            if line.startswith(_STEP_PREFIX):
+            if line.startswith(STEP_LINE_PREFIX):
                 self._steps_seen += 1
                 if self._steps_seen % self.stride:
                     pending = line
@@ -354,20 +354,16 @@ class _HistoryTail(EventTail):
         self.offset += end
         return chunk[:end]
 
-    def _keep(self, line: bytes, events: list[dict]) -> None:
-        event = parse_line(line)
-        if event is not None:
-            events.append(event)
-        elif line.strip():
-            self.skipped += 1
+    def _keep(self, line: bytes, events: list[Event]) -> None:
+        events.extend(self.parse_lines([line]))
 
 
-def _still_done(batch: list[dict], done: bool) -> bool:
+def _still_done(batch: list[Event], done: bool) -> bool:
     """Whether the run is over after ``batch``: a terminal event, unless restarted since."""
     for event in batch:
-        if event["type"] in TERMINAL_EVENTS:
+        if isinstance(event, TERMINAL_EVENTS):
             done = True
-        elif event["type"] == "run_started":
+        elif isinstance(event, RunStarted):
             done = False
     return done
 
@@ -615,18 +611,21 @@ def find_run(ref: str | None, home: Path | None = None) -> RunHandle:
     return RunHandle(find_run_dir(ref, home))
 
 
-def list_runs(home: Path | None = None) -> list[RunSummary]:
+def list_runs(home: Path | None = None) -> list[RunFacts]:
     """A summary of every run, oldest first (:func:`engine.run.store.list_runs`)."""
     return [_with_preset_name(summary) for summary in _list_runs(home)]
 
 
-def _with_preset_name(summary: RunSummary) -> RunSummary:
-    """Before its worker has written ``run_started``, a run's preset is in config.toml."""
-    if summary.preset == "?":
+def _with_preset_name(summary: RunFacts) -> RunFacts:
+    """Before its worker has written ``run_started``, a run's preset and model are in config.toml."""
+    if not summary.config:
         with contextlib.suppress(Exception):
             from engine.config import load_toml
 
-            summary.preset = str(load_toml(summary.run_dir / CONFIG_FILE).get("name", "?"))
+            config = load_toml(summary.run_dir / CONFIG_FILE)
+            config.pop("revisions", None)
+            summary.config = config
+            summary.preset = str(config.get("name", summary.preset))
     return summary
 
 
@@ -761,95 +760,3 @@ def _pid_or_none(words: list[str]) -> int | None:
 def _worker_module() -> str:
     """``engine.train.worker``; tests swap in a fake, TF-free worker through the environment."""
     return os.environ.get("CONVDECK_WORKER_MODULE") or "engine.train.worker"
-
-
-# -- metrics for `show` --------------------------------------------------------
-
-
-EVERY_STEP_SKIPPED = sys.maxsize
-"""A ``_HistoryTail`` stride that keeps only the steps beside other events and the last."""
-
-
-def run_metrics(run_dir: Path) -> dict:
-    """Fold a run's events into the figures ``convdeck show`` prints.
-
-    Returns:
-        A dict with ``last_step``, ``last_epoch``, ``best`` (highest
-        val_accuracy and its epoch), ``final`` (the ``finished`` event's
-        fields), ``error`` and ``traceback_path`` of a failure, ``checkpoint``
-        (the last one), ``resumes``, ``remedies`` applied, and
-        ``unreadable_lines`` (torn or garbage lines skipped).
-    """
-    metrics: dict[str, Any] = {
-        "last_step": None,
-        "last_epoch": None,
-        "best": None,
-        "final": None,
-        "error": None,
-        "traceback_path": None,
-        "checkpoint": None,
-        "starts": 0,
-        "resumes": 0,
-        "remedies": [],
-    }
-    # Only the last step is shown: step lines are skipped unparsed but for the last
-    # (a million-step run shows in a second, not eight).
-    history = _HistoryTail(Path(run_dir) / EVENTS_FILE, 0, stride=EVERY_STEP_SKIPPED)
-    while not history.exhausted:
-        for event in history.read_new(HISTORY_CHUNK_BYTES):
-            _fold_metric(metrics, event)
-    metrics["unreadable_lines"] = history.skipped + _fold_unterminated(history, metrics)
-    return metrics
-
-
-def _fold_unterminated(history: _HistoryTail, metrics: dict) -> int:
-    """Fold a last line without its newline if it parses; 1 if it is torn."""
-    try:
-        with open(history.path, "rb") as handle:
-            handle.seek(history.offset)
-            rest = handle.read(history.end - history.offset)
-    except OSError:
-        return 0
-    if not rest.strip():
-        return 0
-    event = parse_line(rest)
-    if event is None:
-        return 1
-    _fold_metric(metrics, event)
-    return 0
-
-
-_STEP_FIELDS = ("step", "epoch", "loss", "accuracy", "learning_rate", "images_per_sec")
-_EPOCH_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
-
-
-def _fold_metric(metrics: dict, event: dict) -> None:
-    kind = event["type"]
-    if kind == "step":
-        metrics["last_step"] = _pick(event, _STEP_FIELDS)
-    elif kind == "epoch_end":
-        metrics["last_epoch"] = _pick(event, _EPOCH_FIELDS)
-        _keep_best(metrics, event)
-    elif kind == "checkpoint":
-        metrics["checkpoint"] = _pick(event, ("step", "path"))
-    elif kind == "run_started":
-        metrics["starts"] += 1
-        metrics["resumes"] = metrics["starts"] - 1
-    elif kind == "remedy_applied":
-        metrics["remedies"].append(event.get("name"))
-    elif kind == "finished":
-        metrics["final"] = {k: v for k, v in event.items() if k not in ("type", "time")}
-    elif kind == "failed":
-        metrics["error"] = event.get("error")
-        metrics["traceback_path"] = event.get("traceback_path")
-
-
-def _keep_best(metrics: dict, event: dict) -> None:
-    value = event.get("val_accuracy")
-    best = metrics["best"]
-    if isinstance(value, (int, float)) and (best is None or value > best["val_accuracy"]):
-        metrics["best"] = {"val_accuracy": value, "epoch": event.get("epoch")}
-
-
-def _pick(event: dict, fields: tuple[str, ...]) -> dict:
-    return {name: event[name] for name in fields if name in event}

@@ -156,6 +156,7 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._in_flight = 0
         self._replied = threading.Condition()
+        self.accept_thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Bind and serve; a stale socket at the path is removed, a live one never.
@@ -176,7 +177,8 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         sock.listen(8)
         self._sock = sock
-        threading.Thread(target=self._accept_loop, name="control-accept", daemon=True).start()
+        self.accept_thread = threading.Thread(target=self._accept_loop, name="control-accept", daemon=True)
+        self.accept_thread.start()
 
     def close(self, grace: float = REPLY_GRACE_SECONDS) -> None:
         """Stop serving; a request already taken still gets its reply (within ``grace``).

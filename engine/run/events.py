@@ -1,9 +1,12 @@
 """events.jsonl: the append-only record of a run, and its readers.
 
-One JSON object a line, each with ``type`` and ``time``. The writer buffers
-lines and appends them in one ``write`` per batch, so a reader sees whole
-batches; a crash mid-write can only tear the last line, which readers skip.
-TF-free: the UI and the CLI read events with this module.
+One JSON object a line, each with ``type`` and ``time``, each declared in
+:mod:`engine.run.protocol`: the writer checks every event against its
+declaration, and the readers hand out the declared, typed events. The writer
+buffers lines and appends them in one ``write`` per batch, so a reader sees
+whole batches; a crash mid-write can only tear the last line. Readers skip a
+torn line, and a line that does not fit its declaration, and count both in
+``skipped``: never fatal. TF-free: the UI and the CLI read events with this module.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.run import protocol
+from engine.run.protocol import Event
+
 EVENTS_FILE = "events.jsonl"
-TERMINAL_EVENTS = ("finished", "failed")
 
 
 class EventWriter:
@@ -41,9 +46,17 @@ class EventWriter:
             os.write(self._fd, b"\n")
 
     def emit(self, type: str, **fields: Any) -> dict:
-        """Record one event; returns it as written."""
-        event = {"type": type, "time": round(time.time(), 3), **fields}
-        self._buffer.append(json.dumps(event, default=_jsonable) + "\n")
+        """Record one event; returns it as written (plain JSON data).
+
+        Raises:
+            protocol.EventError: the event does not fit its declaration in
+                :mod:`engine.run.protocol` (an unknown type or field, a wrong type).
+        """
+        event = {"type": type, "time": round(time.time(), 3), **protocol.plain(fields)}
+        protocol.check(event)
+        # json, not msgspec: it writes NaN as NaN (msgspec would write null) and keeps the
+        # '{"type": "step", ' spacing that readers recognise step lines by.
+        self._buffer.append(json.dumps(event) + "\n")
         due = time.monotonic() - self._last_flush >= self.flush_interval
         if type != "step" or due:
             self.flush()
@@ -82,31 +95,17 @@ def _ends_with_newline(path: Path) -> bool:
         return handle.read(1) == b"\n"
 
 
-def _jsonable(value: Any) -> Any:
-    """Numpy scalars and paths reach events; write them as plain JSON."""
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def parse_line(line: bytes | str) -> dict | None:
-    """One event from one line, or None for a torn or garbage line."""
-    try:
-        event = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(event, dict) or "type" not in event:
-        return None
-    return event
+def parse_line(line: bytes | str) -> Event | None:
+    """One event from one line, or None for a torn, garbage or wrong-typed line."""
+    return protocol.parse(line)
 
 
 class EventTail:
     """Reads the events a file gains since the last read.
 
     Only complete lines (ending in a newline) are parsed; a partial last line
-    waits for its end. Garbage lines are counted in ``skipped`` and ignored.
+    waits for its end. Garbage and wrong-typed lines are counted in
+    ``skipped`` and ignored.
     """
 
     def __init__(self, path: str | os.PathLike, offset: int = 0) -> None:
@@ -114,7 +113,7 @@ class EventTail:
         self.offset = offset
         self.skipped = 0
 
-    def read_new(self, max_bytes: int = 8 << 20) -> list[dict]:
+    def read_new(self, max_bytes: int = 8 << 20) -> list[Event]:
         """The complete events appended since the last call (about ``max_bytes`` of them).
 
         Returns an empty list only at the end of the complete lines, never for
@@ -125,7 +124,7 @@ class EventTail:
             if events or not advanced:
                 return events
 
-    def _read_chunk(self, max_bytes: int) -> tuple[list[dict], bool]:
+    def _read_chunk(self, max_bytes: int) -> tuple[list[Event], bool]:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
@@ -136,14 +135,18 @@ class EventTail:
         if end < 0:
             return [], False
         self.offset += end + 1
+        return self.parse_lines(chunk[: end + 1].splitlines()), True
+
+    def parse_lines(self, lines: list[bytes]) -> list[Event]:
+        """The events of ``lines``; the unreadable ones (blank lines aside) counted in ``skipped``."""
         events = []
-        for line in chunk[: end + 1].splitlines():
-            event = parse_line(line)
-            if event is None:
-                self.skipped += 1 if line.strip() else 0
-            else:
+        for line in lines:
+            event = protocol.parse(line)
+            if event is not None:
                 events.append(event)
-        return events, True
+            elif line.strip():
+                self.skipped += 1
+        return events
 
     def at_end(self) -> bool:
         """True when every complete line has been read."""
@@ -167,10 +170,12 @@ def iter_complete_lines(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> 
             yield from lines
 
 
-STEP_LINE_PREFIX = b'{"type": "step"'
+STEP_LINE_PREFIX = b'{"type": "step",'
+"""How EventWriter (json.dumps) starts a step line: the bulk of a long run's file is
+recognised by it without parsing."""
 
 
-def iter_events(path: str | os.PathLike) -> Iterator[dict]:
+def iter_events(path: str | os.PathLike) -> Iterator[Event]:
     """Every readable event of a file, in order; torn or garbage lines skipped."""
     tail = EventTail(path)
     while True:
@@ -185,7 +190,7 @@ def iter_events(path: str | os.PathLike) -> Iterator[dict]:
         yield from batch
 
 
-def _unterminated_rest(tail: EventTail) -> dict | None:
+def _unterminated_rest(tail: EventTail) -> Event | None:
     try:
         with open(tail.path, "rb") as handle:
             handle.seek(tail.offset)
@@ -195,12 +200,14 @@ def _unterminated_rest(tail: EventTail) -> dict | None:
     return parse_line(rest) if rest.strip() else None
 
 
-def read_events(path: str | os.PathLike) -> list[dict]:
+def read_events(path: str | os.PathLike) -> list[Event]:
     """All readable events of a file as a list."""
     return list(iter_events(path))
 
 
-def last_event_of(path: str | os.PathLike, types: tuple[str, ...], window: int = 1 << 16) -> dict | None:
+def last_event_of(
+    path: str | os.PathLike, types: tuple[str, ...], window: int = 1 << 16
+) -> Event | None:
     """The last event of one of ``types``, reading backwards from the end.
 
     ``runs`` lists many runs; reading each file whole would cost time in
@@ -215,17 +222,17 @@ def last_event_of(path: str | os.PathLike, types: tuple[str, ...], window: int =
         handle.seek(start)
         lines = handle.read().splitlines()
     for line in reversed(lines):
-        event = parse_line(line)
-        if event and event["type"] in types:
+        event = protocol.parse(line)
+        if event is not None and event.type in types:
             return event
     if start > 0:
         return _last_event_scanning(path, types)
     return None
 
 
-def _last_event_scanning(path: str | os.PathLike, types: tuple[str, ...]) -> dict | None:
+def _last_event_scanning(path: str | os.PathLike, types: tuple[str, ...]) -> Event | None:
     found = None
     for event in iter_events(path):
-        if event["type"] in types:
+        if event.type in types:
             found = event
     return found

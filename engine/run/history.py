@@ -17,14 +17,17 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from engine.run.protocol import EpochEnd, Event, Oom, RemedyApplied, RunStarted, Step
+
 AXES = ("step", "epoch", "time")
-"""The x axes every point carries: global step, fractional epoch, seconds since start."""
+"""The x axes every point carries: global step, epochs done (fractional), seconds since start."""
 
 METRICS = ("loss", "accuracy", "learning_rate", "images_per_sec")
 """The per-step metrics a :class:`RunHistory` keeps."""
 
 MARKER_KINDS = ("oom", "remedy_applied", "paused", "resumed", "nan")
-"""Events drawn as vertical lines; a resumed worker's ``run_started`` is drawn as ``restart``."""
+"""Event types drawn as vertical lines."""
+# A resumed worker's ``run_started`` is drawn as ``restart``.
 
 
 class BucketSeries:
@@ -207,33 +210,29 @@ class RunHistory:
         self.step = 0
         self.epoch = 0
         self._epoch_start_step = 0
-        self.bad_events = 0
 
-    def ingest(self, events: Iterable[dict]) -> None:
-        """Take a batch of events; malformed ones are counted in ``bad_events``."""
+    def ingest(self, events: Iterable[Event]) -> None:
+        """Take a batch of events (declared, so well-typed: see engine.run.protocol)."""
         for event in events:
-            try:
-                self._ingest_one(event)
-            except (TypeError, ValueError, KeyError, AttributeError):
-                self.bad_events += 1
+            self._ingest_one(event)
 
-    def _ingest_one(self, event: dict) -> None:
-        kind = event.get("type")
-        if self.start_time is None and "time" in event:
-            self.start_time = float(event["time"])
-        if kind == "step":
-            self._ingest_steps(event)
-        elif kind == "run_started":
-            self.steps_per_epoch = _positive_int(event.get("steps_per_epoch"))
+    def _ingest_one(self, event: Event) -> None:
+        if self.start_time is None and math.isfinite(event.time):
+            self.start_time = event.time
+        if isinstance(event, Step):
+            for single in event.unbatched():
+                self._ingest_step(single)
+        elif isinstance(event, RunStarted):
+            self.steps_per_epoch = _positive_int(event.steps_per_epoch)
             self._mark_restart(event)
-        elif kind == "epoch_end":
+        elif isinstance(event, EpochEnd):
             self._ingest_epoch_end(event)
-        elif kind in MARKER_KINDS:
-            self.markers.append(Marker(kind, self.position(event), _marker_label(event)))
+        elif event.type in MARKER_KINDS:
+            self.markers.append(Marker(event.type, self.position(event), _marker_label(event)))
 
-    def _mark_restart(self, event: dict) -> None:
+    def _mark_restart(self, event: RunStarted) -> None:
         """A worker that resumed the run (after a remedy, a crash, a stop) starts a new stretch."""
-        if event.get("resumed_from_step") is None and not self.step:
+        if event.resumed_from_step is None and not self.step:
             return
         here = self.position(event)
         last = self.markers[-1] if self.markers else None
@@ -241,75 +240,56 @@ class RunHistory:
             return  # the remedy's own marker already shows where the worker switched
         self.markers.append(Marker("restart", here, "restart"))
 
-    def _ingest_steps(self, event: dict) -> None:
-        # A worker may batch several steps to a line, as parallel lists.
-        if isinstance(event.get("loss"), list):
-            for single in _unbatch(event):
-                self._ingest_step(single)
-        else:
-            self._ingest_step(event)
-
-    def _ingest_step(self, event: dict) -> None:
-        epoch = int(event.get("epoch", self.epoch))
+    def _ingest_step(self, event: Step) -> None:
+        epoch = event.epoch if isinstance(event.epoch, int) else self.epoch
         if epoch != self.epoch:
             self.epoch, self._epoch_start_step = epoch, self.step
-        step = int(event.get("step", self.step + 1))
+        step = event.step if isinstance(event.step, int) else self.step + 1
         # A thinned history skips steps: this one stands for those since the last
         # (the first stands for itself: a run may be followed from any step).
         weight = step - self.step if step > self.step and self.series["loss"].count else 1
         self.step = step
         x = self.position(event)
         for name, series in self.series.items():
-            value = event.get(name)
-            if value is not None:
-                series.add(x, float(value), weight)
+            value = getattr(event, name)
+            if isinstance(value, float):
+                series.add(x, value, weight)
 
-    def _ingest_epoch_end(self, event: dict) -> None:
-        x = (float(self.step), float(event.get("epoch", self.epoch)) + 1.0, self._elapsed(event))
-        by_field = {
-            "val_loss": self.val_loss,
-            "val_accuracy": self.val_accuracy,
-            "loss": self.epoch_loss,
-            "accuracy": self.epoch_accuracy,
-        }
-        for name, series in by_field.items():
-            if event.get(name) is not None:
-                series.add(x, float(event[name]))
+    def _ingest_epoch_end(self, event: EpochEnd) -> None:
+        # An epoch_end's epoch counts the epochs ended: the point sits at that many.
+        done = event.epoch if event.epoch is not None else self.epoch
+        x = (float(self.step), float(done), self._elapsed(event))
+        if event.val_loss is not None:
+            self.val_loss.add(x, event.val_loss)
+        if event.val_accuracy is not None:
+            self.val_accuracy.add(x, event.val_accuracy)
+        # The epoch's training means (Keras' epoch figures), drawn beside validation's.
+        if event.loss is not None:
+            self.epoch_loss.add(x, event.loss)
+        if event.accuracy is not None:
+            self.epoch_accuracy.add(x, event.accuracy)
 
-    def position(self, event: dict) -> tuple[float, float, float]:
-        """Where an event sits on each x axis (step, epoch, seconds)."""
+    def position(self, event: Event) -> tuple[float, float, float]:
+        """Where an event sits on each x axis (step, epochs done, seconds)."""
         done = self.step - self._epoch_start_step
         per_epoch = self.steps_per_epoch or 0
         fraction = min(1.0, done / per_epoch) if per_epoch else 0.0
-        return (float(self.step), self.epoch + fraction, self._elapsed(event))
+        # A step's epoch counts from 1: during epoch 3, two epochs and a fraction are done.
+        return (float(self.step), max(0, self.epoch - 1) + fraction, self._elapsed(event))
 
-    def _elapsed(self, event: dict) -> float:
-        if self.start_time is None or "time" not in event:
+    def _elapsed(self, event: Event) -> float:
+        if self.start_time is None or not math.isfinite(event.time):
             return 0.0
-        return max(0.0, float(event["time"]) - self.start_time)
-
-
-def _unbatch(event: dict) -> Iterable[dict]:
-    count = len(event["loss"])
-    last_step = event.get("step")
-    steps = last_step if isinstance(last_step, list) else None
-    for index in range(count):
-        single = {}
-        for key, value in event.items():
-            single[key] = value[index] if isinstance(value, list) and len(value) == count else value
-        if steps is None and isinstance(last_step, int):
-            single["step"] = last_step - count + 1 + index
-        yield single
+        return max(0.0, event.time - self.start_time)
 
 
 def _positive_int(value: object) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _marker_label(event: dict) -> str:
-    kind = event["type"]
-    if kind == "remedy_applied":
-        return str(event.get("name", "remedy"))
-    if kind == "oom":
-        return f"OOM (batch {event.get('batch_size', '?')})"
-    return kind
+def _marker_label(event: Event) -> str:
+    if isinstance(event, RemedyApplied):
+        return event.name or "remedy"
+    if isinstance(event, Oom):
+        return f"OOM (batch {event.batch_size if event.batch_size is not None else '?'})"
+    return event.type

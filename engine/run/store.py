@@ -1,7 +1,8 @@
 """The run store: ``$CONVDECK_HOME/runs/<run-id>/`` and each run's status.
 
-TF-free. A run's status comes from its events and from who owns it: a
-worker holds the run's lock (``worker.lock``, :mod:`engine.run.lock`) for its
+TF-free. A run's status comes from its events (folded into
+:class:`engine.run.facts.RunFacts`) and from who owns it (:func:`worker_liveness`):
+a worker holds the run's lock (``worker.lock``, :mod:`engine.run.lock`) for its
 whole life, records its pid in ``worker.pid`` once it holds it, and touches
 its heartbeat file every few seconds. A held lock means a live owner; the
 heartbeat's age only tells a working owner from a hung one.
@@ -14,14 +15,15 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 from engine.run import lock
 from engine.run.checkpoint_files import CHECKPOINTS_DIR
-from engine.run.events import EVENTS_FILE, STEP_LINE_PREFIX, iter_complete_lines, parse_line
+from engine.run.events import EVENTS_FILE
+from engine.run.facts import LIVE_STATUSES, RunFacts, read_facts
 
 if TYPE_CHECKING:
     from engine.config import RunConfig  # read and written lazily: pydantic costs ~0.15 s
@@ -41,7 +43,6 @@ HEARTBEAT_STALE_ENV = "CONVDECK_HEARTBEAT_STALE_SECONDS"
 # that sees the lock held and an old pid waits this long for the new one.
 OWNER_RECORD_WAIT_SECONDS = 1.0
 
-STATUSES = ("running", "paused", "waiting", "hung", "finished", "stopped", "failed", "crashed")
 
 
 def convdeck_home() -> Path:
@@ -170,30 +171,6 @@ def _load_config_toml(run_dir: Path) -> dict:
         ) from None
 
 
-@dataclass
-class RunSummary:
-    """What ``convdeck runs`` prints for one run."""
-
-    run_id: str
-    run_dir: Path
-    preset: str = "?"
-    status: str = "crashed"
-    epoch: int = 0
-    step: int = 0
-    last_loss: float | None = None
-    val_accuracy: float | None = None
-    started: float = 0.0
-    reason: str = ""
-    pid: int | None = None
-    # A crashed run whose supervisor saw the worker die: the signal's name (e.g. SIGKILL).
-    signal: str | None = None
-
-    def as_json(self) -> dict:
-        data = asdict(self)
-        data["run_dir"] = str(self.run_dir)
-        return data
-
-
 def list_run_dirs(home: Path | None = None) -> list[Path]:
     """Every run directory, oldest first (ids sort by time)."""
     root = runs_root(home)
@@ -214,10 +191,6 @@ def resolve_run(ref: str, home: Path | None = None) -> Path:
         names = ", ".join(p.name for p in matches[:4])
         raise ConfigError(f"{ref!r} matches {len(matches)} runs ({names}...); give more of the id")
     return matches[0]
-
-
-LIVE_STATUSES = ("running", "paused", "waiting")
-"""Statuses whose worker is alive and can take commands."""
 
 
 def find_run_dir(ref: str | None, home: Path | None = None) -> Path:
@@ -393,102 +366,14 @@ def _same_process(pid: int, started: float) -> bool:
         return False
 
 
-def summarize_run(run_dir: Path) -> RunSummary:
-    """Status and latest figures of one run, from its events and its worker's liveness."""
-    summary = RunSummary(run_id=run_dir.name, run_dir=run_dir)
-    state = _fold_events(run_dir, summary)
-    liveness = worker_liveness(run_dir)
-    summary.pid = liveness.pid
-    summary.status = _status(state, liveness)
-    exit_event = state.get("worker_exit")
-    if summary.status == "crashed" and exit_event is not None:
-        # The supervisor saw how the worker died (engine.run.supervisor): say so.
-        summary.signal = exit_event.get("signal")
-        summary.reason = str(exit_event.get("message") or exit_event.get("suggestion") or "")
-    return summary
+def summarize_run(run_dir: Path) -> RunFacts:
+    """A run's facts, from its events and whether a worker owns it."""
+    facts = read_facts(run_dir / EVENTS_FILE)
+    facts.run_id, facts.run_dir = run_dir.name, run_dir
+    facts.liveness = worker_liveness(run_dir)
+    return facts
 
 
-def _fold_events(run_dir: Path, summary: RunSummary) -> dict:
-    """Walk the events once, keeping the last of each kind that decides the status.
-
-    Step lines are most of a long run's file and only the last one before
-    any other event matters, so they are recognised by their prefix and
-    parsed only then: `convdeck runs` stays fast on a run of a million steps.
-    """
-    state: dict = {"last": None, "paused": False, "waiting": False, "worker_exit": None}
-    pending_step = None
-    for line in iter_complete_lines(run_dir / EVENTS_FILE):
-        if line.startswith(STEP_LINE_PREFIX):
-            pending_step = line
-            continue
-        event = parse_line(line)
-        if event is None:
-            continue
-        if pending_step is not None:
-            _fold_line(pending_step, summary, state)
-            pending_step = None
-        _fold_one(event, summary, state)
-    if pending_step is not None:
-        _fold_line(pending_step, summary, state)
-    return state
-
-
-def _fold_line(line: bytes, summary: RunSummary, state: dict) -> None:
-    event = parse_line(line)
-    if event is not None:
-        _fold_one(event, summary, state)
-
-
-def _fold_one(event: dict, summary: RunSummary, state: dict) -> None:
-    kind = event["type"]
-    if kind == "run_started":
-        summary.preset = (event.get("config") or {}).get("name", summary.preset)
-        summary.started = summary.started or event.get("time", 0.0)
-        state.update(last=None, paused=False, waiting=False, worker_exit=None)
-    elif kind == "step":
-        summary.step, summary.epoch = _last(event.get("step", 0)), _last(event.get("epoch", 0))
-        summary.last_loss = _last(event.get("loss"))
-    elif kind == "epoch_end":
-        summary.val_accuracy = event.get("val_accuracy", summary.val_accuracy)
-    elif kind in ("paused", "resumed"):
-        state["paused"] = kind == "paused"
-    elif kind == "oom":
-        state["waiting"] = event.get("waiting", True)
-    elif kind == "remedy_applied":
-        state["waiting"] = False
-    elif kind == "worker_exit":
-        state["worker_exit"] = event
-        if not event.get("final_event"):
-            # A worker (e.g. a resumed one) died before its own final event:
-            # an older run's "failed" or "finished" no longer describes the run.
-            state["last"] = None
-    if kind in ("finished", "failed"):
-        state["last"] = event
-        summary.reason = event.get("error") or event.get("reason", "")
-
-
-def _last(value):
-    """A step line may batch several steps as lists; the summary wants the last."""
-    return value[-1] if isinstance(value, list) and value else value
-
-
-def _status(state: dict, liveness: Liveness) -> str:
-    last = state["last"]
-    if last is not None:
-        # A terminal event decides, even while the worker is still exiting.
-        if last["type"] == "failed":
-            return "failed"
-        # "stopped" by a person, or by policy (reason "nan"): it did not complete.
-        return "finished" if last.get("reason", "completed") == "completed" else "stopped"
-    if liveness.pid is None:
-        return "crashed"
-    if liveness.hung:
-        return "hung"
-    if state["waiting"]:
-        return "waiting"
-    return "paused" if state["paused"] else "running"
-
-
-def list_runs(home: Path | None = None) -> list[RunSummary]:
+def list_runs(home: Path | None = None) -> list[RunFacts]:
     """A summary of every run, oldest first."""
     return [summarize_run(p) for p in list_run_dirs(home)]

@@ -314,9 +314,9 @@ class Supervisor:
                     event = parse_line(line)
                     if event is None:
                         continue
-                    if event["type"] in ("finished", "failed"):
+                    if event.type in ("finished", "failed"):
                         final = True
-                    elif event["type"] == "run_started":
+                    elif event.type == "run_started":
                         final = False
         except OSError:
             return False

@@ -139,6 +139,7 @@ def _run(config: RunConfig, data_check: bool = False):
     """
     from engine.run.control import ControlState
     from engine.run.events import EventWriter, read_events
+    from engine.run.protocol import to_dict
     from engine.train.faults import parse_faults
     from engine.train.trainer import Trainer
 
@@ -169,7 +170,8 @@ def _run(config: RunConfig, data_check: bool = False):
                 trainer.run()
             finally:
                 trainer.tensorboard.close()
-        step_events = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+        events = read_events(run_dir / "events.jsonl")
+        step_events = [to_dict(single) for e in events if e.type == "step" for single in e.unbatched()]
     return trainer, step_events
 
 

@@ -15,6 +15,7 @@ from engine.config import ConfigError
 from engine.presets import DEFAULT_PRESET, load_preset
 from engine.remedies import REMEDIES
 from engine.run import client
+from engine.run.protocol import TERMINAL_EVENTS, Failed, Finished, RunStarted
 from tui.cli.common import (
     EXIT_DONE,
     EXIT_FAILED,
@@ -157,7 +158,7 @@ class _Outcome:
     """How following ended: the run's last terminal event, or a detach."""
 
     def __init__(self) -> None:
-        self.terminal: dict | None = None
+        self.terminal: Finished | Failed | None = None
         self.interrupted = False
         self.detached = False
 
@@ -184,9 +185,9 @@ async def _consume(handle: client.RunHandle, display: Display, outcome: _Outcome
     async for batch in handle.events(offset=handle.spawn_offset, until_done=True):
         display.handle(batch)
         for event in batch:
-            if event["type"] in ("finished", "failed"):
+            if isinstance(event, TERMINAL_EVENTS):
                 outcome.terminal = event
-            elif event["type"] == "run_started":
+            elif isinstance(event, RunStarted):
                 outcome.terminal = None
 
 
@@ -240,13 +241,13 @@ def _report(handle: client.RunHandle, outcome: _Outcome, display: Display) -> in
     if event is None:
         return _report_crash(handle)
     handle.wait_exit(EXIT_GRACE_SECONDS)
-    if event["type"] == "failed":
+    if isinstance(event, Failed):
         return _report_failure(handle, event)
     if not quiet:
         click.echo(finished_line(handle.run_id, event))
-    if event.get("reason", "completed") not in ("completed", "stopped"):
+    if event.reason not in ("completed", "stopped"):
         # e.g. "nan" with train.on_nan = "stop": it ended, but did not train.
-        user_error(f"run {handle.run_id} ended early: {event.get('reason')}")
+        user_error(f"run {handle.run_id} ended early: {event.reason}")
         return EXIT_FAILED
     return EXIT_INTERRUPTED if outcome.interrupted else EXIT_DONE
 
@@ -255,27 +256,31 @@ def _is_json(display: Display) -> bool:
     return isinstance(display, JsonLinesDisplay)
 
 
-def finished_line(run_id: str, event: dict) -> str:
+def finished_line(run_id: str, event: Finished) -> str:
     """The closing line of a run: how it ended and its figures."""
-    reason = event.get("reason", "completed")
-    figures = "  ".join(
-        f"{name} {fmt(event.get(name))}"
-        for name in ("val_accuracy", "best_val_accuracy", "val_loss", "accuracy", "loss")
-        if event.get(name) is not None
-    )
-    took = f"  {event.get('steps', '?')} steps in {fmt_duration(event.get('elapsed'))}"
+    reason = event.reason
+    values = {
+        "val_accuracy": event.val_accuracy,
+        "best_val_accuracy": event.best_val_accuracy,
+        "val_loss": event.val_loss,
+        "accuracy": event.accuracy,
+        "loss": event.loss,
+    }
+    figures = "  ".join(f"{name} {fmt(value)}" for name, value in values.items() if value is not None)
+    steps = event.steps if event.steps is not None else "?"
+    took = f"  {steps} steps in {fmt_duration(event.elapsed)}"
     line = f"run {run_id} {reason}: {figures}{took}"
     if reason == "stopped":
         line += f"  (continue it with `convdeck resume {run_id}`)"
     return line
 
 
-def _report_failure(handle: client.RunHandle, event: dict) -> int:
-    error = _one_line(str(event.get("error") or "unknown error"))
-    if event.get("user_error"):
+def _report_failure(handle: client.RunHandle, event: Failed) -> int:
+    error = _one_line(event.error or "unknown error")
+    if event.user_error:
         user_error(error)
         return EXIT_USAGE
-    where = f" (traceback: {event['traceback_path']})" if event.get("traceback_path") else ""
+    where = f" (traceback: {event.traceback_path})" if event.traceback_path else ""
     user_error(f"run {handle.run_id} failed: {error}{where}")
     return EXIT_FAILED
 
@@ -287,14 +292,15 @@ def _report_crash(handle: client.RunHandle) -> int:
         if code is None
         else (f" (killed by signal {-code})" if code < 0 else f" (exit code {code})")
     )
-    summary = handle.summary()
+    facts = handle.summary()
     # The supervisor's diagnosis (engine.run.supervisor): the signal and what to do next.
     why = ""
-    if summary.status == "crashed" and summary.reason:
+    died = facts.died if facts.status == "crashed" else None
+    if died is not None and (died.message or died.suggestion):
         # "killed by SIGKILL: <suggestion>": the signal is named above already.
-        reason = summary.reason
-        if summary.signal and reason.startswith(f"killed by {summary.signal}: "):
-            reason = f"{summary.signal}: " + reason.split(": ", 1)[1]
+        reason = died.message or died.suggestion
+        if died.signal and reason.startswith(f"killed by {died.signal}: "):
+            reason = f"{died.signal}: " + reason.split(": ", 1)[1]
         why = f"; {reason}"
     last = handle.last_log_line()
     said = f"; its log ends: {last}" if last else ""

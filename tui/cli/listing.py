@@ -10,12 +10,13 @@ import click
 from engine.config import config_to_toml
 from engine.presets import list_presets
 from engine.run import client
+from engine.run.facts import RunFacts
 from tui.cli.common import (
     EXIT_DONE,
     print_json,
     print_table,
 )
-from tui.progress import fmt
+from tui.progress import fmt, fmt_duration
 from tui.terminal import one_line as _one_line
 
 
@@ -55,7 +56,7 @@ def _preset_json(info: Any) -> dict:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 def runs(as_json: bool) -> int:
-    """List the runs: id, preset, status, epoch/step, last loss, started."""
+    """List the runs: id, preset, model, status, epoch/step, last loss, started."""
     summaries = client.list_runs()
     if as_json:
         print_json([summary.as_json() for summary in summaries])
@@ -67,6 +68,7 @@ def runs(as_json: bool) -> int:
         (
             s.run_id,
             s.preset,
+            s.model,
             s.status,
             f"{s.epoch}/{s.step}",
             fmt(s.last_loss),
@@ -75,13 +77,20 @@ def runs(as_json: bool) -> int:
         )
         for s in summaries
     ]
-    print_table(("ID", "PRESET", "STATUS", "EPOCH/STEP", "LOSS", "VAL_ACC", "STARTED"), rows)
-    crashes = [s for s in summaries if s.status == "crashed" and s.reason]
-    if crashes:
+    print_table(
+        ("ID", "PRESET", "MODEL", "STATUS", "EPOCH/STEP", "LOSS", "VAL_ACC", "STARTED"), rows
+    )
+    notes = [f"{s.run_id} crashed: {_one_line(s.reason)}" for s in summaries if s.status == "crashed"]
+    notes += [f"{s.run_id}: {_unreadable(s.unreadable_lines)}" for s in summaries if s.unreadable_lines]
+    if notes:
         click.echo("")
-    for summary in crashes:
-        click.echo(f"{summary.run_id} crashed: {_one_line(summary.reason)}")
+    for note in notes:
+        click.echo(note)
     return EXIT_DONE
+
+
+def _unreadable(count: int) -> str:
+    return f"{count} torn, garbage or wrong-typed lines in events.jsonl were skipped"
 
 
 def _when(timestamp: float) -> str:
@@ -95,40 +104,56 @@ def show(run_ref: str, as_json: bool) -> int:
     """One run's status, config, best and last metrics."""
     handle = client.find_run(run_ref)
     config = handle.config()
-    summary, metrics = handle.summary(), handle.metrics()
+    facts = handle.summary()
     if as_json:
         print_json(
             {
-                "summary": summary.as_json(),
-                "metrics": metrics,
+                "summary": facts.as_json(),
+                "metrics": facts.metrics_json(),
                 "config": config.model_dump(mode="json"),
             }
         )
         return EXIT_DONE
-    for label, value in _show_rows(summary, metrics):
+    for label, value in _show_rows(facts):
         click.echo(f"{label:<11} {value}")
     click.echo("config:")
     click.echo("".join(f"  {line}\n" for line in config_to_toml(config).splitlines()), nl=False)
     return EXIT_DONE
 
 
-def _show_rows(summary: Any, metrics: dict) -> list[tuple[str, str]]:
-    status = f"{summary.status}" + (f" ({_one_line(summary.reason)})" if summary.reason else "")
+def _show_rows(facts: RunFacts) -> list[tuple[str, str]]:
+    status = facts.status + (f" ({_one_line(facts.reason)})" if facts.reason else "")
+    if facts.live and facts.phase not in ("training", facts.status):
+        status += f", {facts.phase}"
+    model = facts.model + (f" (config revision {facts.revision})" if facts.revision else "")
     rows = [
-        ("run", summary.run_id),
-        ("directory", str(summary.run_dir)),
+        ("run", facts.run_id),
+        ("directory", str(facts.run_dir)),
         ("status", status),
-        ("preset", summary.preset),
-        ("started", _when(summary.started)),
-        ("progress", f"epoch {summary.epoch}, step {summary.step}"),
+        ("preset", facts.preset),
+        ("model", model),
+        ("started", _when(facts.started)),
+        ("progress", _progress(facts)),
     ]
-    if summary.pid:
-        rows.append(("worker", f"pid {summary.pid}"))
-    rows += _metric_rows(metrics)
-    return rows
+    if facts.pid and facts.live:
+        rows.append(("worker", f"pid {facts.pid}"))
+    return rows + _metric_rows(facts)
 
 
-def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
+def _progress(facts: RunFacts) -> str:
+    epochs = f"/{facts.epochs}" if facts.epochs else ""
+    total = f"/{facts.total_steps}" if facts.total_steps else ""
+    text = f"epoch {facts.epoch}{epochs}, step {facts.step}{total}"
+    if facts.images_per_sec:
+        text += f", {facts.images_per_sec:,.0f} img/s"
+    eta = facts.eta_seconds()
+    if facts.status == "running" and eta is not None:
+        text += f", ETA {fmt_duration(eta)}"
+    return text
+
+
+def _metric_rows(facts: RunFacts) -> list[tuple[str, str]]:
+    metrics = facts.metrics_json(strict=False)  # for people: an infinite loss says inf
     rows = []
     if metrics["last_step"]:
         rows.append(("last step", _figures(metrics["last_step"])))
@@ -140,19 +165,14 @@ def _metric_rows(metrics: dict) -> list[tuple[str, str]]:
         rows.append(("final", _figures(final)))
     if checkpoint := metrics["checkpoint"]:
         rows.append(("checkpoint", f"step {checkpoint.get('step')} {checkpoint.get('path', '')}"))
-    if metrics["resumes"] or metrics["remedies"]:
-        remedies = ", ".join(map(str, metrics["remedies"])) or "none"
-        rows.append(("history", f"resumed {metrics['resumes']}x; remedies: {remedies}"))
-    if metrics["unreadable_lines"]:
-        rows.append(
-            (
-                "warning",
-                f"{metrics['unreadable_lines']} torn or garbage lines in events.jsonl were skipped",
-            )
-        )
-    if metrics["error"]:
-        where = f" (traceback: {metrics['traceback_path']})" if metrics["traceback_path"] else ""
-        rows.append(("error", _one_line(str(metrics["error"])) + where))
+    if facts.resumes or facts.remedies:
+        remedies = ", ".join(facts.remedies) or "none"
+        rows.append(("history", f"resumed {facts.resumes}x; remedies: {remedies}"))
+    if facts.unreadable_lines:
+        rows.append(("warning", _unreadable(facts.unreadable_lines)))
+    if failure := facts.failure:
+        where = f" (traceback: {failure.traceback_path})" if failure.traceback_path else ""
+        rows.append(("error", _one_line(failure.error or "unknown error") + where))
     return rows
 
 
@@ -162,5 +182,3 @@ def _figures(values: dict) -> str:
         for name, value in values.items()
         if name not in ("reason",)
     )
-
-

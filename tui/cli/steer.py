@@ -31,7 +31,8 @@ def attach(run_ref: str | None) -> int:
 @click.command(
     help="Send COMMAND to RUN's worker and print the reply (a JSON line).\n\n"
     f"COMMAND is one of {', '.join(c for c in client.CONTROL_COMMANDS if c != 'remedy')}, "
-    f"or remedy NAME with NAME one of {', '.join(REMEDIES)}."
+    f"or remedy NAME with NAME one of {', '.join(REMEDIES)}. "
+    'The reply to status carries the run\'s facts under "run" (as `runs --json`).'
 )
 @click.argument("run_ref", metavar="RUN")
 @click.argument("command", metavar="COMMAND")
@@ -40,7 +41,8 @@ def ctl(run_ref: str, command: str, argument: str | None) -> int:
     """Send COMMAND to RUN's worker and print the reply (the help lists the commands)."""
     args = _control_args(command, argument)
     handle = client.find_run(run_ref)
-    status = handle.summary().status
+    facts = handle.summary()
+    status = facts.status
     if status not in client.LIVE_STATUSES:
         raise ConfigError(
             f"run {handle.run_id} is {status}: no worker to take {command!r}"
@@ -56,6 +58,8 @@ def ctl(run_ref: str, command: str, argument: str | None) -> int:
         click.echo(reply["stacks"].rstrip())
         click.echo(f"(also appended to {handle.log_path})", err=True)
         return EXIT_DONE
+    if command == "status" and reply.get("ok"):
+        reply = {**reply, "run": facts.as_json()}
     click.echo(json.dumps(reply))
     if reply.get("ok"):
         return EXIT_DONE

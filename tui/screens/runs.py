@@ -12,9 +12,10 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from engine.run.facts import RunFacts
 from tui.widgets.header import STATUS_STYLES
 
-COLUMNS = ("", "run", "preset", "status", "epoch/step", "last loss", "started")
+COLUMNS = ("", "run", "preset", "model", "status", "epoch/step", "last loss", "started")
 
 
 class RunsScreen(Screen[str | None]):
@@ -46,7 +47,7 @@ class RunsScreen(Screen[str | None]):
     def __init__(self, engine: Any) -> None:
         super().__init__()
         self.engine = engine
-        self.runs: list[Any] = []
+        self.runs: list[RunFacts] = []
         self.marked: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -70,7 +71,7 @@ class RunsScreen(Screen[str | None]):
             return
         self.app.call_from_thread(self.show_runs, runs)
 
-    def show_runs(self, runs: list[Any]) -> None:
+    def show_runs(self, runs: list[RunFacts]) -> None:
         """Fill the table, newest first."""
         self.runs = sorted(runs, key=lambda r: r.started or 0, reverse=True)
         table = self.query_one(DataTable)
@@ -82,18 +83,19 @@ class RunsScreen(Screen[str | None]):
                 "No runs yet. Escape, then Enter starts one."
             )
 
-    def _row(self, run: Any) -> tuple:
+    def _row(self, run: RunFacts) -> tuple:
         started = (
             datetime.datetime.fromtimestamp(run.started).strftime("%Y-%m-%d %H:%M")
-            if run.started
+            if run.started  # RunFacts keeps only a finite start time
             else ""
         )
-        loss = f"{run.last_loss:.4f}" if isinstance(run.last_loss, (int, float)) else ""
+        loss = f"{run.last_loss:.4f}" if run.last_loss is not None else ""
         mark = "●" if run.run_id in self.marked else ""
         return (
             mark,
             run.run_id,
             run.preset,
+            run.model,
             Text(run.status, STATUS_STYLES.get(run.status, "")),
             f"{run.epoch}/{run.step}",
             loss,

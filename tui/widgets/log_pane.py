@@ -3,88 +3,101 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
 
+from engine.run.protocol import (
+    Checkpoint,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    Log,
+    MemoryWarning,
+    Nan,
+    Oom,
+    Paused,
+    RemedyApplied,
+    Resumed,
+    RunStarted,
+    WorkerExit,
+)
 from tui.widgets.diffed import DiffedWidget
 from tui.widgets.header import format_duration
 
 
-def describe_event(event: dict) -> tuple[str, str]:
+def describe_event(event: Event) -> tuple[str, str]:
     """One readable line and a style for an event (steps are not logged)."""
-    kind = event.get("type", "?")
-    describe = _DESCRIBERS.get(kind)
+    describe = _DESCRIBERS.get(type(event))
     if describe is None:
-        return f"{kind}", "dim"
-    try:
-        text, style = describe(event)
-    except (TypeError, ValueError, KeyError, AttributeError):
-        return f"{kind} (malformed event)", "yellow"
+        return event.type, "dim"
+    text, style = describe(event)
     return " ".join(text.split()), style  # one line: messages may hold newlines
 
 
-def _number(value: Any, spec: str = ".4f") -> str:
-    return format(value, spec) if isinstance(value, (int, float)) else "?"
+def _number(value: float | None, spec: str = ".4f") -> str:
+    return "?" if value is None else format(value, spec)
 
 
-def _devices(event: dict) -> str:
-    return ", ".join(map(str, event.get("devices") or [])) or "?"
+def _known(value: object) -> str:
+    return "?" if value is None else str(value)
 
 
-def _describe_start(event: dict) -> tuple[str, str]:
+def _describe_start(event: RunStarted) -> tuple[str, str]:
     """A first start, or a worker that took over the run (after a remedy, a stop, a crash)."""
-    pid = f" (pid {event['pid']})" if event.get("pid") else ""
-    batch = (event.get("config") or {}).get("train", {}).get("batch_size")
+    pid = f" (pid {event.pid})" if event.pid else ""
+    train = event.config.get("train")
+    batch = train.get("batch_size") if isinstance(train, dict) else None
     detail = f"batch {batch}, " if batch else ""
-    detail += f"{event.get('steps_per_epoch', '?')} steps/epoch"
-    resumed = event.get("resumed_from_step")
-    if resumed is not None:
-        return f"worker restarted{pid}: goes on from step {resumed}, {detail}", "bold green"
-    return f"started on {_devices(event)}{pid}: {event.get('strategy', '?')}, {detail}", "green"
+    detail += f"{_known(event.steps_per_epoch)} steps/epoch"
+    if event.resumed_from_step is not None:
+        goes_on = f"goes on from step {event.resumed_from_step}"
+        return f"worker restarted{pid}: {goes_on}, {detail}", "bold green"
+    devices = ", ".join(event.devices) or "?"
+    return f"started on {devices}{pid}: {event.strategy or '?'}, {detail}", "green"
 
 
-_DESCRIBERS: dict[str, Any] = {
-    "run_started": lambda e: _describe_start(e),
-    "epoch_end": lambda e: (
-        f"epoch {e.get('epoch', '?')} done: loss {_number(e.get('loss'))} "
-        f"val_loss {_number(e.get('val_loss'))} val_acc {_number(e.get('val_accuracy'), '.3f')}",
+def _describe_epoch_end(event: EpochEnd) -> tuple[str, str]:
+    return (
+        f"epoch {_known(event.epoch)} done: loss {_number(event.loss)} "
+        f"val_loss {_number(event.val_loss)} val_acc {_number(event.val_accuracy, '.3f')}",
         "",
-    ),
-    "checkpoint": lambda e: (f"checkpoint at step {e.get('step', '?')}", "dim"),
-    "paused": lambda e: ("paused", "yellow"),
-    "resumed": lambda e: ("resumed", "green"),
-    "oom": lambda e: (
-        f"OUT OF MEMORY at step {e.get('step', '?')} (batch {e.get('batch_size', '?')}): "
-        f"{e.get('message', '')}",
+    )
+
+
+def _describe_remedy(event: RemedyApplied) -> tuple[str, str]:
+    changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in event.changes.items())
+    return f"remedy {event.name or '?'}: {changes}", "bold green"
+
+
+def _describe_failed(event: Failed) -> tuple[str, str]:
+    where = f" (traceback: {event.traceback_path})" if event.traceback_path else ""
+    return f"FAILED: {event.error or '?'}{where}", "bold red"
+
+
+_DESCRIBERS: dict[type, Callable[[Any], tuple[str, str]]] = {
+    RunStarted: _describe_start,
+    EpochEnd: _describe_epoch_end,
+    Checkpoint: lambda e: (f"checkpoint at step {_known(e.step)}", "dim"),
+    Paused: lambda e: ("paused", "yellow"),
+    Resumed: lambda e: ("resumed", "green"),
+    Oom: lambda e: (
+        f"OUT OF MEMORY at step {_known(e.step)} (batch {_known(e.batch_size)}): {e.message}",
         "bold red",
     ),
-    "remedy_applied": lambda e: (
-        f"remedy {e.get('name', '?')}: "
-        + ", ".join(
-            f"{k} {v[0]} -> {v[1]}"
-            for k, v in (e.get("changes") or {}).items()
-            if isinstance(v, list) and len(v) == 2
-        ),
-        "bold green",
+    RemedyApplied: _describe_remedy,
+    Nan: lambda e: (f"loss is NaN at step {_known(e.step)}", "bold red"),
+    MemoryWarning: lambda e: (f"memory warning: {e.message}", "yellow"),
+    Finished: lambda e: (f"finished ({e.reason})", "bold cyan"),
+    Failed: _describe_failed,
+    WorkerExit: lambda e: (
+        f"worker died: {e.message or '?'}",
+        "dim" if e.final_event else "bold red",
     ),
-    "nan": lambda e: (f"loss is NaN at step {e.get('step', '?')}", "bold red"),
-    "memory_warning": lambda e: (f"memory warning: {e.get('message', '')}", "yellow"),
-    "finished": lambda e: (f"finished ({e.get('reason', 'completed')})", "bold cyan"),
-    "failed": lambda e: (
-        f"FAILED: {e.get('error', '?')}"
-        + (f" (traceback: {e['traceback_path']})" if e.get("traceback_path") else ""),
-        "bold red",
-    ),
-    "worker_exit": lambda e: (
-        f"worker died: {e.get('message', '?')}",
-        "dim" if e.get("final_event") else "bold red",
-    ),
-    "log": lambda e: (
-        str(e.get("message", "")),
-        {"warning": "yellow", "error": "red"}.get(str(e.get("level")), ""),
-    ),
+    Log: lambda e: (e.message, {"warning": "yellow", "error": "red"}.get(e.level, "")),
 }
 
 
@@ -123,17 +136,12 @@ class LogPane(DiffedWidget, can_focus=True):
         self.history: deque[str] = deque(maxlen=max_lines)
         """The plain text of every line written, for tests and copy-out."""
 
-    def add_events(self, events: list[dict]) -> None:
+    def add_events(self, events: list[Event]) -> None:
         """Log each notable event (of a long history, the last ``max_lines``)."""
-        for event in events:
-            if isinstance(event, dict) and isinstance(event.get("time"), (int, float)):
-                if self.start_time is None:
-                    self.start_time = float(event["time"])
-                break
+        if events and self.start_time is None:
+            self.start_time = events[0].time
         lines = []
         for event in events[-self.max_lines :]:
-            if not isinstance(event, dict):
-                continue
             text, style = describe_event(event)
             self.history.append(text)
             lines.append(Text.assemble((self._stamp(event), "dim"), (text, style)))
@@ -188,8 +196,7 @@ class LogPane(DiffedWidget, can_focus=True):
             self.border_subtitle = subtitle
         self.show(Text("\n").join(shown))
 
-    def _stamp(self, event: dict) -> str:
-        when = event.get("time")
-        if self.start_time is None or not isinstance(when, (int, float)):
+    def _stamp(self, event: Event) -> str:
+        if self.start_time is None:
             return "         "
-        return f"{'+' + format_duration(max(0.0, when - self.start_time)):>8} "
+        return f"{'+' + format_duration(max(0.0, event.time - self.start_time)):>8} "

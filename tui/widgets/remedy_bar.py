@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.widgets import Static
 
 from engine.remedies import REMEDIES
+from engine.run.protocol import Oom, RemedyOffer
 
 REMEDIES_GROUP = Binding.Group("Remedy", compact=True)
 
@@ -39,20 +40,22 @@ def remedy_title(name: str) -> str:
 class RemedyBar(Static):
     """Lists the remedies an OOM offers; hidden (no ``-open`` class) otherwise."""
 
-    def offer(self, oom: dict, remedies: list[dict]) -> None:
-        """Show the remedies of ``oom``."""
+    def offer(self, oom: Oom, remedies: list[RemedyOffer]) -> None:
+        """Show the remedies of ``oom`` (each with its key: RunFacts.remedies_offered)."""
+        step = "?" if oom.step is None else oom.step
+        batch = "?" if oom.batch_size is None else oom.batch_size
         lines = [
             Text.assemble(
                 (" OUT OF MEMORY ", "bold white on red"),
-                f" step {oom.get('step', '?')}, batch {oom.get('batch_size', '?')}: press a key",
+                f" step {step}, batch {batch}: press a key",
             )
         ]
         for remedy in remedies:
             lines.append(
                 Text.assemble(
-                    (f" {remedy['key']} ", "bold reverse"),
-                    (f" {remedy['name']:<17}", "bold"),
-                    remedy.get("effect", ""),
+                    (f" {remedy.key or ' '} ", "bold reverse"),
+                    (f" {remedy.name:<17}", "bold"),
+                    remedy.effect or remedy.title,
                 )
             )
         lines.append(

@@ -1,0 +1,287 @@
+"""engine.run.facts: the one fold of a run's events, the same however its log is read."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.run import protocol
+from engine.run.facts import LogFolder, RunFacts, read_facts
+from engine.run.protocol import (
+    Checkpoint,
+    EpochEnd,
+    Failed,
+    Finished,
+    Log,
+    Nan,
+    Oom,
+    Paused,
+    RemedyApplied,
+    RemedyOffer,
+    Resumed,
+    RunStarted,
+    Step,
+    WorkerExit,
+)
+from engine.run.store import Liveness
+
+# -- logs as a worker writes them ---------------------------------------------------------
+
+times = st.floats(0, 2e9, allow_nan=False)
+figures = st.floats(0, 10, allow_nan=False)
+small = st.integers(0, 50)
+archs = st.sampled_from(["lenet5", "resnet", "vgg", "alexnet"])
+
+
+@st.composite
+def run_started(draw) -> RunStarted:
+    arch = draw(archs)
+    return RunStarted(
+        time=draw(times),
+        run_id=draw(st.sampled_from(["r1", "r2"])),
+        pid=draw(st.integers(1, 9)),
+        config={"name": "p", "model": {"arch": arch, "blocks": [2, 2, 2, 2], "depth": 16}},
+        steps_per_epoch=draw(st.integers(1, 20)),
+        epochs=draw(st.integers(1, 9)),
+        resumed_from_step=draw(st.none() | small),
+        strategy=draw(st.sampled_from([None, "one_device", "mirrored"])),
+        replicas=draw(st.none() | st.integers(1, 4)),
+    )
+
+
+@st.composite
+def step(draw) -> Step:
+    count = draw(st.integers(1, 3))
+    numbers = sorted(draw(st.lists(small, min_size=count, max_size=count)))
+
+    def values(strategy):
+        drawn = draw(st.lists(strategy, min_size=count, max_size=count))
+        return drawn if count > 1 else drawn[0]
+
+    return Step(
+        time=draw(times),
+        step=numbers if count > 1 else numbers[0],
+        epoch=values(st.integers(1, 9)),
+        loss=values(figures),
+        accuracy=values(figures),
+        learning_rate=values(figures),
+        images_per_sec=values(figures),
+        step_time=values(figures),
+    )
+
+
+offers = st.lists(
+    st.sampled_from(["halve-batch", "mixed-precision"]).map(lambda name: RemedyOffer(name, "k")),
+    max_size=2,
+)
+changes = st.dictionaries(
+    st.sampled_from(["train.batch_size", "train.steps_per_epoch", "model.arch", "mixed_precision"]),
+    st.tuples(st.integers(1, 64), st.integers(1, 64) | archs).map(list),
+    max_size=3,
+)
+other_events = st.one_of(
+    run_started(),
+    st.builds(EpochEnd, time=times, epoch=st.integers(1, 9), step=small, loss=figures, val_accuracy=figures),
+    st.builds(Checkpoint, time=times, step=small, path=st.just("ckpt")),
+    st.builds(Paused, time=times, step=small),
+    st.builds(Resumed, time=times, step=small),
+    st.builds(Oom, time=times, step=small, batch_size=small, remedies=offers, waiting=st.booleans()),
+    st.builds(RemedyApplied, time=times, name=st.just("halve-batch"), changes=changes),
+    st.builds(Nan, time=times, step=small),
+    st.builds(Log, time=times, message=st.sampled_from(["hi", "applying remedy x: y"]),
+              restarting=st.none() | st.just("mixed-precision")),  # fmt: skip
+    st.builds(Finished, time=times, reason=st.sampled_from(["completed", "stopped", "nan"])),
+    st.builds(Failed, time=times, error=st.just("boom")),
+    st.builds(WorkerExit, time=times, final_event=st.booleans(), signal=st.just("SIGKILL")),
+)
+logs = st.lists(st.one_of(step(), step(), other_events), max_size=40)
+garbage = st.sampled_from(
+    [
+        "not json",
+        '{"type": "step", "st',
+        '{"type": "step", "time": 1, "step": 1e400}',
+        '{"type": "run_started", "time": 1, "config": "notadict"}',
+        '{"type": "failed", "time": 1, "error": 5}',
+        '{"type": "mystery", "time": 1}',
+        '{"type": "step", "time": 1, "step": 3, "loss": NaN}',
+        '{"type": "epoch_end", "time": 1e400, "epoch": 2, "val_accuracy": Infinity}',
+        "\xff\xfe",
+        "",
+    ]
+)
+
+
+def encode(log: list) -> bytes:
+    return "".join(protocol.to_json_line(event) for event in log).encode()
+
+
+def folded(log: list) -> RunFacts:
+    return RunFacts().apply(log)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(cut % (len(data) + 1) for cut in cuts)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+# -- the properties ---------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(logs, st.lists(st.integers(0, 10_000), max_size=6))
+def test_one_pass_equals_line_by_line_and_any_chunking(log, cuts):
+    whole = folded(log)
+    one_by_one = RunFacts()
+    for event in log:
+        one_by_one.fold(event)
+    assert one_by_one == whole
+    chunked = RunFacts()
+    points = sorted({0, len(log), *(cut % (len(log) + 1) for cut in cuts)})
+    for a, b in zip(points, points[1:], strict=False):
+        chunked.apply(log[a:b])
+    assert chunked == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(logs, st.lists(st.integers(0, 100_000), max_size=8))
+def test_the_file_reader_skipping_steps_unparsed_folds_the_same_facts(log, cuts):
+    # LogFolder parses only the step before each other event: the facts do not change.
+    whole = folded(log)
+    folder = LogFolder()
+    for piece in split(encode(log), cuts):
+        folder.feed(piece)
+    assert folder.close() == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    logs,
+    st.lists(st.tuples(st.integers(0, 40), garbage), max_size=6),
+    st.integers(0, 100_000),
+    st.lists(st.integers(0, 100_000), max_size=4),
+)
+def test_every_prefix_of_a_log_with_garbage_folds_without_error(log, junk, cut, cuts):
+    lines = [protocol.to_json_line(event) for event in log]
+    for position, line in sorted(junk, reverse=True):
+        lines.insert(min(position, len(lines)), line + "\n")
+    data = "".join(lines).encode("utf-8", "surrogateescape")
+    prefix = data[: cut % (len(data) + 1)]
+    folder = LogFolder()
+    for piece in split(prefix, cuts):
+        folder.feed(piece)
+    facts = folder.close()
+    assert facts.unreadable_lines <= len(junk) + 1  # the garbage, and a line the cut tore
+    facts.liveness = Liveness()
+    json.dumps(facts.as_json(), allow_nan=False)
+    json.dumps(facts.metrics_json(), allow_nan=False)
+    assert facts.status in ("finished", "stopped", "failed", "crashed")
+    _ = (facts.reason, facts.phase, facts.model, facts.eta_seconds(), facts.remedies_offered())
+
+
+# -- the facts the findings were about -------------------------------------------------------
+
+
+def started(**fields) -> RunStarted:
+    config = {"name": "lenet5-digits", "model": {"arch": "lenet5", "blocks": [2, 2, 2, 2]}}
+    values = {"run_id": "r", "config": config, "steps_per_epoch": 10, "epochs": 3, **fields}
+    return RunStarted(time=100.0, **values)
+
+
+def steps(first: int, last: int, epoch: int = 1, step_time: float = 0.5) -> list[Step]:
+    return [
+        Step(time=100.0 + n, step=n, epoch=epoch, loss=1 / n, images_per_sec=64.0, step_time=step_time)
+        for n in range(first, last + 1)
+    ]
+
+
+def test_a_resumed_run_is_running_again_with_nothing_left_of_its_stop():
+    facts = folded(
+        [
+            started(),
+            *steps(1, 4),
+            Finished(time=105.0, reason="stopped", steps=4, best_val_accuracy=None),
+            started(resumed_from_step=4),
+        ]
+    )
+    assert (facts.status, facts.phase, facts.reason, facts.final) == ("running", "loading", "", None)
+    assert (facts.step, facts.started, facts.resumes) == (4, 100.0, 1)
+    facts.apply(steps(5, 6))
+    assert facts.phase == "training" and facts.step == 6
+
+
+def test_the_model_and_steps_per_epoch_follow_the_remedies():
+    facts = folded(
+        [
+            started(),
+            *steps(1, 4),
+            RemedyApplied(
+                time=105.0,
+                name="halve-batch",
+                revision=1,
+                changes={"train.batch_size": [64, 32], "train.steps_per_epoch": [10, 20]},
+            ),
+        ]
+    )
+    assert facts.steps_per_epoch == 20  # under the key the worker writes
+    assert facts.config["train"]["batch_size"] == 32 and facts.revision == 1
+    facts.fold(RemedyApplied(time=106.0, name="resnet18", revision=2, changes={"model.arch": ["lenet5", "resnet"]}))
+    assert facts.model == "resnet [2,2,2,2]" and facts.preset == "lenet5-digits"
+    assert facts.remedies == ["halve-batch", "resnet18"] and facts.phase == "restarting"
+
+
+def test_the_eta_counts_the_epochs_left_at_the_workers_step_time():
+    facts = folded([started(), *steps(1, 10), EpochEnd(time=111.0, epoch=1, step=10), *steps(11, 14, epoch=2)])
+    # 3 epochs of 10 steps; one ended and 4 steps into the second: 16 left at 0.5 s.
+    assert facts.steps_left() == 16 and facts.eta_seconds() == 8.0
+    assert facts.total_steps == 30 and facts.epoch == 2 and facts.epochs_done == 1
+
+
+def test_the_phase_says_validating_after_the_last_step_of_an_epoch():
+    facts = folded([started(), *steps(1, 10)])
+    assert facts.phase == "validating"
+    facts.fold(EpochEnd(time=111.0, epoch=1, step=10, val_accuracy=0.5))
+    assert facts.phase == "training" and facts.best_val_accuracy == 0.5
+
+
+def test_liveness_decides_between_running_hung_and_crashed():
+    facts = folded([started(), *steps(1, 2)])
+    assert facts.status == "running" and facts.live  # not asked: the events alone
+    facts.liveness = Liveness(pid=42, hung=True)
+    assert facts.status == "hung" and not facts.live and facts.pid == 42
+    facts.liveness = Liveness()
+    assert facts.status == "crashed" and facts.phase == "ended"
+    facts.last_words = "Segmentation fault"
+    assert "Segmentation fault" in facts.reason
+    facts.fold(Finished(time=120.0, reason="completed"))
+    assert facts.status == "finished"  # a terminal event decides, even as the worker exits
+
+
+def test_a_supervisor_report_without_a_final_event_is_a_crash_with_its_reason():
+    died = WorkerExit(time=102.0, signal="SIGKILL", message="killed by SIGKILL: x")
+    facts = folded([started(), Failed(time=101.0, error="old"), started(resumed_from_step=0), died])
+    assert (facts.status, facts.signal, facts.reason) == ("crashed", "SIGKILL", "killed by SIGKILL: x")
+    facts.liveness = Liveness(pid=7)  # a new worker (convdeck resume) owns it now
+    assert facts.status == "running"
+
+
+def test_a_waiting_oom_offers_its_remedies_with_their_keys():
+    offered = ["halve-batch", RemedyOffer("resnet18", "r", effect="e")]  # an older run named them only
+    facts = folded([started(), Oom(time=101.0, step=3, remedies=offered)])
+    assert facts.status == "waiting" and facts.reason == "out of memory at step 3"
+    assert [(r.name, r.key) for r in facts.remedies_offered()] == [("halve-batch", "h"), ("resnet18", "r")]
+    facts.restart_requested("halve-batch")
+    assert (facts.status, facts.phase, facts.pending_oom) == ("running", "restarting", None)
+
+
+def test_read_facts_counts_wrong_typed_lines_and_keeps_the_step_before_a_torn_one(tmp_path):
+    path = tmp_path / "events.jsonl"
+    lines = [protocol.to_json_line(event) for event in [started(), *steps(1, 3)]]
+    lines.insert(1, '{"type": "run_started", "time": 1, "config": "notadict"}\n')
+    lines.append('{"type": "step", "time": 1, "st\n')  # a crash mid-write, then a new worker
+    lines.append(protocol.to_json_line(Log(time=110.0, message="hi")))
+    path.write_text("".join(lines))
+    facts = read_facts(path)
+    assert facts.unreadable_lines == 2
+    assert (facts.step, facts.last_loss, facts.preset) == (3, 1 / 3, "lenet5-digits")
