@@ -95,7 +95,7 @@ def test_the_range_config_runs_one_update_a_call_and_stops_at_any_trouble():
     config = lr_find.range_config(load_preset("lenet5-digits"), 100, 1e-7)
     train = config.train
     assert (train.steps_per_call, train.on_nan, train.on_oom, train.schedule) == (1, "stop", "stop", "constant")
-    assert train.epochs == 100 and train.steps_per_epoch == 100 and train.learning_rate == 1e-7
+    assert train.epochs == 1 and train.steps_per_epoch == 100 and train.learning_rate == 1e-7
     assert train.batch_size == 32 and config.model.arch == "lenet5"  # the preset's own
     with pytest.raises(ConfigError, match="train.strategy=auto"):
         lr_find.range_config(
@@ -214,6 +214,16 @@ def test_lr_find_with_a_nan_loss_from_the_first_step_exits_2(convdeck_home, monk
     monkeypatch.setenv("CONVDECK_FAULTS", "nan:step=1")
     line = one_line_error(run_cli("lr-find", "lenet5-digits", "--steps", "8", timeout=300))
     assert "NaN from the first step" in line and "--start 1e-09" in line
+
+
+def test_lr_find_out_of_memory_is_a_failure_in_one_line(convdeck_home, monkeypatch):
+    monkeypatch.setenv("CONVDECK_FAULTS", "oom:step=3")
+    result = run_cli("lr-find", "lenet5-digits", "--steps", "8", timeout=300)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "lr-find lenet5-digits failed: out of memory at batch 32" in lines[0]
+    assert "convdeck fit-batch" in lines[0]
 
 
 @pytest.mark.parametrize(

@@ -131,9 +131,10 @@ def range_config(config: RunConfig, steps: int, start: float) -> RunConfig:
     """The config a range test trains: ``config`` for at most ``steps`` updates, stopping at any trouble.
 
     One update a call, so the trial sees every step's loss before the next
-    one runs and can stop at the step that diverged. Epochs enough for
-    ``steps`` updates even on data of one batch: the trial ends the run itself.
-    The trial replaces the constant rate by its exponential schedule.
+    one runs and can stop at the step that diverged. One epoch of ``steps``
+    updates; on data of fewer batches the trial sets up enough epochs, once
+    the trainer has said how many an epoch holds. The trial replaces the
+    constant rate by its exponential schedule.
 
     Raises:
         ConfigError: a multi-worker config (a range test is one process).
@@ -145,7 +146,7 @@ def range_config(config: RunConfig, steps: int, start: float) -> RunConfig:
         )
     data = config.model_dump()
     data["train"].update(
-        epochs=steps,
+        epochs=1,
         steps_per_epoch=steps,
         learning_rate=start,
         schedule="constant",

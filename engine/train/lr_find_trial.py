@@ -102,9 +102,37 @@ def rate_schedule(steps: int, start: float, end: float):
 def range_test(config: RunConfig, steps: int, start: float, end: float) -> str:
     """Train the range test; why it stopped (the points are printed as they come).
 
+    ``config`` asks for one epoch of ``steps`` updates. When the data holds
+    fewer batches, the trainer is set up again for just enough epochs: a
+    trainer prepares its data pipelines for the epochs it is told, and those
+    of 100 epochs of digits cost a second that a range test never uses.
+
     Raises:
         OutOfMemory: a step ran out of device memory.
     """
+    import tensorflow as tf
+
+    control = ControlState()
+    with tempfile.TemporaryDirectory(prefix="convdeck-lr-find-") as tmp:
+        run_dir = Path(tmp)
+        with CurveRecorder(run_dir / "events.jsonl", control, steps, start, end) as recorder:
+            trainer = _set_up(config, run_dir, recorder, control)
+            if trainer.steps_per_epoch < steps:
+                trainer.tensorboard.close()
+                tf.keras.backend.clear_session()  # the model is built afresh, from the same seed
+                epochs = math.ceil(steps / trainer.steps_per_epoch)
+                trainer = _set_up(_with_epochs(config, epochs), run_dir, recorder, control)
+            trainer.data.val = None  # the curve is the training loss; no epoch needs a validation pass
+            trainer.optimizer.learning_rate = rate_schedule(steps, start, end)
+            try:
+                trainer.run()
+            finally:
+                trainer.tensorboard.close()
+    return recorder.stopped or ALL_STEPS
+
+
+def _set_up(config: RunConfig, run_dir: Path, recorder: CurveRecorder, control: ControlState):
+    """A trainer of ``config`` that saves nothing, set up: its model, data and optimizer built."""
     from engine.train.faults import parse_faults
     from engine.train.trainer import Trainer
 
@@ -117,19 +145,15 @@ def range_test(config: RunConfig, steps: int, start: float, end: float) -> str:
         def finish(self, reason: str) -> str:
             return reason
 
-    control = ControlState()
-    with tempfile.TemporaryDirectory(prefix="convdeck-lr-find-") as tmp:
-        run_dir = Path(tmp)
-        with CurveRecorder(run_dir / "events.jsonl", control, steps, start, end) as recorder:
-            trainer = RangeTrainer(config, run_dir, recorder, control, parse_faults())
-            trainer.setup()
-            trainer.data.val = None  # the curve is the training loss; no epoch needs a validation pass
-            trainer.optimizer.learning_rate = rate_schedule(steps, start, end)
-            try:
-                trainer.run()
-            finally:
-                trainer.tensorboard.close()
-    return recorder.stopped or ALL_STEPS
+    trainer = RangeTrainer(config, run_dir, recorder, control, parse_faults())
+    trainer.setup()
+    return trainer
+
+
+def _with_epochs(config: RunConfig, epochs: int) -> RunConfig:
+    data = config.model_dump()
+    data["train"]["epochs"] = epochs
+    return RunConfig.model_validate(data)
 
 
 def main(argv: list[str] | None = None) -> int:
