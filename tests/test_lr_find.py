@@ -3,8 +3,8 @@
 The decision itself (rates, smoothing, the valley) is tested in test_lr_range.py.
 Here: what the trial records and when it stops (its recorder, fed events by
 hand), the driver's reading of a trial and its errors, the command end to end
-on lenet5-digits (a few steps; the whole test and a run at its suggestion are
-``slow``), and the screen driven by Pilot with a fake driver.
+on lenet5-digits (a few steps; then the whole test and a run at its
+suggestion, 30-50 s here), and the screen driven by Pilot with a fake driver.
 """
 
 from __future__ import annotations
@@ -240,7 +240,6 @@ def test_lr_find_user_errors_exit_2(convdeck_home, args, message):
     assert message in one_line_error(run_cli("lr-find", *args))
 
 
-@pytest.mark.slow
 def test_the_suggested_rate_trains_lenet5_digits_to_95_percent(convdeck_home):
     found = run_cli("lr-find", "lenet5-digits", "--json", timeout=600)
     assert found.returncode == 0, found.stderr
