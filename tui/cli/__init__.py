@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from engine.config import ConfigError
-from tui.cli import evaluate, fit_batch, follow, listing, notify, queue, steer, sweep, tidy
+from tui.cli import evaluate, fit_batch, follow, listing, lr_find, notify, queue, steer, sweep, tidy
 from tui.cli.common import EXIT_DONE, EXIT_INTERRUPTED, EXIT_USAGE
 from tui.terminal import user_error
 
@@ -38,6 +38,7 @@ for _command in (
     follow.run,
     follow.resume,
     fit_batch.fit_batch,
+    lr_find.lr_find,
     listing.presets,
     listing.runs,
     listing.show,
