@@ -145,8 +145,9 @@ def make_run(
 def _event_text(event: dict | str) -> str:
     if isinstance(event, str):
         return event
-    # Field order as EventWriter writes it: type first, then time.
-    return json.dumps({"type": event["type"], "time": 1_700_000_000.0, **event}) + "\n"
+    # Field order as EventWriter writes it: type first, then time. Now, unless given: a live
+    # run whose steps are years old would rightly read as stalled.
+    return json.dumps({"type": event["type"], "time": time.time(), **event}) + "\n"
 
 
 def _record_pid(run_dir: Path, pid: int) -> None:

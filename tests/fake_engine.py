@@ -274,9 +274,18 @@ class FakeEngine:
         self.started: list[FakeRun] = []
         self.saved: list[tuple[str, RunConfig]] = []
         self.start_error: str | None = None
+        self.now: float | None = None
+        """Set to move the fake world's clock (e.g. far past the last step, to make a run stalled)."""
 
     def list_presets(self) -> list[FakePreset]:
         return list(self.presets)
+
+    def clock(self) -> float:
+        """The fake world's now: its newest event, so a fake run is stalled only when a test says so."""
+        if self.now is not None:
+            return self.now
+        times = [run.history[-1].time for run in [*self.runs, *self.started] if run.history]
+        return max(times, default=1_700_000_000.0)
 
     def save_user_preset(self, name: str, config: RunConfig) -> Path:
         self.saved.append((name, config))

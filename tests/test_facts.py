@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -231,11 +232,72 @@ def test_the_model_and_steps_per_epoch_follow_the_remedies():
     assert facts.remedies == ["halve-batch", "resnet18"] and facts.phase == "restarting"
 
 
-def test_the_eta_counts_the_epochs_left_at_the_workers_step_time():
+def test_the_eta_counts_the_epochs_left_at_the_steady_wall_time_per_step():
     facts = folded([started(), *steps(1, 10), EpochEnd(time=111.0, epoch=1, step=10), *steps(11, 14, epoch=2)])
-    # 3 epochs of 10 steps; one ended and 4 steps into the second: 16 left at 0.5 s.
-    assert facts.steps_left() == 16 and facts.eta_seconds() == 8.0
+    # 3 epochs of 10 steps; one ended and 4 steps into the second: 16 left. The steps came
+    # 1 s apart on the wall clock (the worker's own 0.5 s leaves out what else a step costs),
+    # and epoch 1's validation took 1 s (step 10 at 110 s, its end at 111 s): 2 more to come.
+    assert facts.steps_left() == 16 and facts.validation_seconds == 1.0
+    assert facts.steady_step_seconds() == (114 - 101 - 1) / 13
+    assert facts.eta_seconds() == 16 * (12 / 13) + 2 * 1.0
     assert facts.total_steps == 30 and facts.epoch == 2 and facts.epochs_done == 1
+
+
+def test_before_a_steady_rate_the_workers_step_time_stands_in():
+    facts = folded([started(), *steps(1, 1)])
+    assert facts.steady_step_seconds() is None and facts.eta_seconds() == 29 * 0.5
+
+
+def simulated_run(epochs=30, steps_per_epoch=50, step=0.04, validation=0.6, tracing=3.0, restart_at=None):
+    """The events of a worker at a fixed speed: tracing, steady steps, a validation per epoch,
+    and (``restart_at``) a remedy restart that halves the batch and so doubles the steps."""
+    events, now, number = [RunStarted(time=0.0, epochs=epochs, steps_per_epoch=steps_per_epoch)], tracing, 0
+    per_epoch, seconds = steps_per_epoch, step
+    for epoch in range(1, epochs + 1):
+        if restart_at == epoch:
+            now += tracing
+            per_epoch, seconds = per_epoch * 2, seconds / 2
+            events.append(RunStarted(time=now, epochs=epochs, steps_per_epoch=per_epoch, resumed_from_step=number))
+            now += tracing
+        for _ in range(per_epoch):
+            number += 1
+            now += seconds
+            events.append(Step(time=now, step=number, epoch=epoch, loss=1.0, step_time=seconds * 0.8))
+        now += validation
+        events.append(EpochEnd(time=now, epoch=epoch, step=number, val_accuracy=0.5))
+    return events, now
+
+
+@pytest.mark.parametrize("restart_at", [None, 8])
+def test_the_eta_holds_within_ten_percent_once_five_percent_is_done(restart_at):
+    events, finish = simulated_run(restart_at=restart_at)
+    total = sum(isinstance(e, Step) for e in events)
+    facts = RunFacts()
+    worst = 0.0
+    for event in events:
+        facts.fold(event)
+        steps_seen = facts.step
+        if isinstance(event, Step) and steps_seen >= 0.05 * total and facts.rate_origin[1] < steps_seen - 5:
+            error = abs(event.time + facts.eta_seconds() - finish) / (finish - event.time + 1e-9)
+            worst = max(worst, error if finish - event.time > 10 else 0.0)
+    assert worst < 0.10  # 5% of 30 epochs: past the first validation, which the ETA counts from
+
+
+def test_a_live_run_without_steps_for_long_is_stalled_and_clears_when_they_resume(monkeypatch):
+    monkeypatch.setenv("CONVDECK_STALL_MIN_SECONDS", "5")
+    facts = folded([started(), *steps(1, 10)])  # a step a second
+    facts.liveness = Liveness(pid=42)
+    facts.observed_at = 110.0 + 4.0
+    assert facts.status == "running"
+    facts.observed_at = 110.0 + 21.0  # past max(5 s, 20 x 1 s)
+    assert facts.status == "stalled" and facts.live and "ctl" in facts.reason
+    facts.fold(Step(time=131.0, step=11, epoch=1, loss=0.1))
+    assert facts.status == "running"
+
+
+def test_a_pruned_trial_and_an_early_stop():
+    assert folded([started(), *steps(1, 3), Finished(time=104.0, reason="pruned")]).status == "pruned"
+    assert folded([started(), *steps(1, 3), Finished(time=104.0, reason="early_stop")]).status == "finished"
 
 
 def test_the_phase_says_validating_after_the_last_step_of_an_epoch():

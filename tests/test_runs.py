@@ -59,10 +59,14 @@ def make_run(home: Path, run_id: str, config: RunConfig | None = None) -> Path:
     return run_dir
 
 
+# The events' time: recent, since a live run whose last step is old would rightly be stalled.
+EVENT_TIME = round(time.time(), 3)
+
+
 def write_events(run_dir: Path, *events: dict, torn: str = "") -> None:
     with open(run_dir / EVENTS_FILE, "a") as handle:
         for event in events:
-            handle.write(json.dumps({"time": 1000.0, **event}) + "\n")
+            handle.write(json.dumps({"time": EVENT_TIME, **event}) + "\n")
         handle.write(torn)
 
 
@@ -238,7 +242,7 @@ def test_finished_run(home, dead_pid):
     assert summary.preset == "lenet5-digits"
     assert (summary.step, summary.epoch, summary.last_loss) == (3, 2, 1.2)
     assert summary.val_accuracy == 0.91
-    assert summary.started == 1000.0
+    assert summary.started == EVENT_TIME
     assert summary.pid is None
     assert summary.as_json()["run_dir"] == str(run_dir)
     json.dumps(summary.as_json(), allow_nan=False)
@@ -376,7 +380,7 @@ def test_resumed_run_after_stop_is_running_again(home):
     mark_alive(run_dir)
     summary = summarize_run(run_dir)
     assert summary.status == "running"
-    assert summary.started == 1000.0
+    assert summary.started == EVENT_TIME
     assert summary.step == 2
 
 

@@ -744,3 +744,18 @@ async def test_attach_shows_the_runs_own_figures_at_once_and_never_the_preset_ke
         history_read.set()  # the history comes in behind it, for the chart
         await until(pilot, lambda: app.history.step == 850 and app.state.step == 850)
         assert "epoch 9/10" in str(app.query_one("#header").render())
+
+
+async def test_a_run_without_steps_for_long_shows_stalled_and_clears_when_they_resume():
+    engine = FakeEngine()
+    app = make_app(engine, liveness_interval=0.05)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine, steps=20)
+        header = app.query_one("#header")
+        last = run.history[-1].time
+        engine.now = last + 3600.0  # an hour without a step, the worker alive
+        await until(pilot, lambda: "stalled" in str(header.render()))
+        assert header.has_class("-stalled")
+        engine.now = None  # steps come again: the fake world's clock is their time
+        run.feed(*training_events(5, start_step=21, now=last + 1.0))
+        await until(pilot, lambda: "running" in str(header.render()))

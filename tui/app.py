@@ -608,8 +608,21 @@ class ConvdeckApp(ChartKeys, App[int]):
         self.post_message(RunSummaryPolled(run.run_id, status, reason, pid))
 
     def _set_liveness(self, liveness: Liveness, last_words: str = "") -> None:
-        for facts in {id(f): f for f in (self.state, self._folding) if f is not None}.values():
+        for facts in self._all_facts():
             facts.liveness, facts.last_words = liveness, last_words
+        self._observe()
+
+    def _all_facts(self) -> list[RunFacts]:
+        return list({id(f): f for f in (self.state, self._folding) if f is not None}.values())
+
+    def _observe(self) -> None:
+        """Judge a stall at this moment (no step for far longer than steps take); redraw if it changed."""
+        before = self.state.status if self.state is not None else None
+        now = self.engine.clock()
+        for facts in self._all_facts():
+            facts.observed_at = now
+        if self.state is not None and self.state.status != before:
+            self._show_state()
 
     @on(RunSummaryPolled)
     @_until_shutdown
@@ -622,6 +635,7 @@ class ConvdeckApp(ChartKeys, App[int]):
             if state.liveness is None or state.liveness.pid != message.pid:
                 self._set_liveness(Liveness(message.pid))
                 self.query_one(GpuPanel).pids = (message.pid,)
+        self._observe()
         gone = message.status == "gone" and state.live
         self._worker_gone_polls = self._worker_gone_polls + 1 if gone else 0
         # Gone twice in a row: the tail has had a poll's time to read its last events.

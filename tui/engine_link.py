@@ -8,6 +8,7 @@ TensorFlow.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -68,6 +69,10 @@ class Engine(Protocol):
 
     def read_events(self, run: RunLink) -> Iterable[Event]: ...
 
+    def clock(self) -> float:
+        """Now, on the clock the runs' event times are on (a stall is judged against it)."""
+        ...
+
 
 class RealEngine:
     """The engine of this install: ``engine.presets`` and ``engine.run.client``.
@@ -108,3 +113,6 @@ class RealEngine:
         from engine.run.events import EVENTS_FILE, iter_events
 
         return iter_events(Path(run.run_dir) / EVENTS_FILE)
+
+    def clock(self) -> float:
+        return time.time()

@@ -50,10 +50,14 @@ from engine.run.protocol import (
 if TYPE_CHECKING:
     from engine.run.store import Liveness
 
-STATUSES = ("running", "paused", "waiting", "hung", "finished", "stopped", "failed", "crashed")
+STATUSES = ("running", "paused", "waiting", "stalled", "hung", "finished", "stopped", "failed", "crashed", "pruned")
 """A run's status, as `runs` and `show` print it."""
-LIVE_STATUSES = ("running", "paused", "waiting")
-"""Statuses whose worker is alive and takes commands."""
+LIVE_STATUSES = ("running", "paused", "waiting", "stalled")
+"""Statuses whose worker is alive and takes commands (a stalled one answers ``ctl stacks``)."""
+STALL_MIN_SECONDS = 60.0
+STALL_STEP_FACTOR = 20.0
+"""A live run with no step for max(STALL_MIN_SECONDS, STALL_STEP_FACTOR x its steady step time) is stalled."""
+STALL_MIN_ENV = "CONVDECK_STALL_MIN_SECONDS"  # tests shorten the minute
 PHASES = (
     "starting",  # the worker loads TensorFlow and its data: no run_started yet
     "loading",  # run_started, no step yet: the first call traces and compiles
@@ -65,6 +69,8 @@ PHASES = (
     "ended",
 )
 """What the worker is doing, as far as its events tell."""
+FINISHED_REASONS = ("completed", "early_stop")
+"""A ``finished`` event's reasons that mean the run is done as asked (early stopping is a policy)."""
 RESTART_LOG_PREFIX = "applying remedy "
 """How a worker's ``log`` event announced its restart before it carried ``restarting``."""
 
@@ -123,7 +129,15 @@ class RunFacts:
     stepped_since_start: bool = False
     unreadable_lines: int = 0
     liveness: Liveness | None = None
+    observed_at: float | None = None
+    """When ``liveness`` was read (wall clock): a stall is judged against it, never against the events alone."""
     last_words: str = ""
+    last_step_at: float = 0.0
+    rate_origin: tuple[float, int] | None = None
+    """(time, step) of the current worker's first step line: after tracing, where its steady rate starts."""
+    validation_seconds: float | None = None
+    """How long the last validation took (its epoch_end after the epoch's last step)."""
+    validated_since_origin: float = 0.0
 
     # -- folding ----------------------------------------------------------------
 
@@ -160,6 +174,8 @@ class RunFacts:
         # A new worker: what ended or waited before is over (a stop, a crash, an OOM).
         self.ended = self.died = self.pending_oom = self.restarting = self.nan_step = None
         self.paused = self.stepped_since_start = False
+        self.rate_origin = None  # a new worker traces again, maybe at another batch size
+        self.validated_since_origin = 0.0
 
     def _on_step(self, event: Step) -> None:
         last = event.last()
@@ -171,10 +187,18 @@ class RunFacts:
         self.images_per_sec = _float(last.images_per_sec, self.images_per_sec)
         self.step_time = _float(last.step_time, self.step_time)
         self.stepped_since_start = True
+        if math.isfinite(event.time):
+            self.last_step_at = event.time
+            if self.rate_origin is None:
+                self.rate_origin = (event.time, self.step)
         # Steps go on: whatever waited (an OOM, a restart) is behind the run.
         self.pending_oom = self.restarting = None
 
     def _on_epoch_end(self, event: EpochEnd) -> None:
+        if self.rate_origin is not None and self.last_step_at and math.isfinite(event.time):
+            # The epoch's last step line came just before: the gap is the validation.
+            self.validation_seconds = max(0.0, event.time - self.last_step_at)
+            self.validated_since_origin += self.validation_seconds
         self.last_epoch = event
         if event.epoch is not None:
             self.epochs_done = event.epoch
@@ -246,7 +270,9 @@ class RunFacts:
             return "failed"
         if isinstance(self.ended, Finished):
             # A terminal event decides, even while the worker is still exiting.
-            return "finished" if self.ended.reason == "completed" else "stopped"
+            if self.ended.reason in FINISHED_REASONS:
+                return "finished"
+            return "pruned" if self.ended.reason == "pruned" else "stopped"
         if self.liveness is not None:
             if self.liveness.pid is None:
                 return "crashed"
@@ -256,7 +282,31 @@ class RunFacts:
             return "crashed"
         if self.pending_oom is not None:
             return "waiting"
-        return "paused" if self.paused else "running"
+        if self.paused:
+            return "paused"
+        return "stalled" if self._stalled() else "running"
+
+    def steady_step_seconds(self) -> float | None:
+        """Wall seconds a step takes in this worker's steady state (saves included, validations not)."""
+        if self.rate_origin is None:
+            return None
+        origin_time, origin_step = self.rate_origin
+        steps = self.step - origin_step
+        seconds = self.last_step_at - origin_time - self.validated_since_origin
+        if steps <= 0 or seconds <= 0:
+            return None
+        return seconds / steps
+
+    def stall_seconds(self) -> float:
+        """How long without a step makes this run stalled."""
+        floor = _env_seconds(STALL_MIN_ENV, STALL_MIN_SECONDS)
+        step = self.steady_step_seconds() or self.step_time or 0.0
+        return max(floor, STALL_STEP_FACTOR * step)
+
+    def _stalled(self) -> bool:
+        if self.observed_at is None or not self.stepped_since_start or self.restarting is not None:
+            return False  # before the first step a worker may compile for minutes: not judged
+        return self.observed_at - self.last_step_at > self.stall_seconds()
 
     @property
     def live(self) -> bool:
@@ -304,6 +354,12 @@ class RunFacts:
             return self._crash_reason()
         if status == "hung":
             return "the worker holds the run but stopped its heartbeat (hung)"
+        if status == "stalled":
+            idle = (self.observed_at or 0.0) - self.last_step_at
+            step = self.steady_step_seconds() or self.step_time or 0.0
+            return f"no step for {idle:.0f} s (a step takes {step:.2f} s); see `convdeck ctl {self.run_id} stacks`"
+        if status == "pruned":
+            return "pruned: the sweep's pruner stopped it (its checkpoint is kept)"
         if self.restarting is not None:
             return f"restarting with {self.restarting} from the last checkpoint"
         if self.pending_oom is not None:
@@ -377,11 +433,21 @@ class RunFacts:
         return None if left is None else self.step + left
 
     def eta_seconds(self) -> float | None:
-        """Seconds left: the steps left at the worker's last measured time per step."""
+        """Seconds left: the steps left at this worker's steady wall time per step, plus the validations.
+
+        A step's time is measured from the worker's first step line (so
+        tracing is left out) to its last, checkpoints included and
+        validations taken out; each validation still to come (one an epoch
+        left) is counted at the last one's time. A worker restarted by a
+        remedy measures anew. Before two step lines the worker's own step
+        time stands in, and before the first validation none is counted.
+        """
         left = self.steps_left()
-        if left is None or not self.step_time or not math.isfinite(self.step_time):
+        per_step = self.steady_step_seconds() or self.step_time
+        if left is None or not per_step or not math.isfinite(per_step):
             return None
-        return left * self.step_time
+        validations = (self.epochs or 0) - self.epochs_done
+        return left * per_step + max(0, validations) * (self.validation_seconds or 0.0)
 
     def elapsed_seconds(self) -> float:
         """From the first start to the last event."""
@@ -474,8 +540,9 @@ class LogFolder:
     """Folds the raw bytes of an events file into :class:`RunFacts`, in pieces of any size.
 
     Step lines, the bulk of a long run, are recognised by their start and
-    parsed only when they are the last before another event or the end (a
-    million-step run folds in a fraction of a second); steps skipped so are
+    parsed only when they are the last before another event or the end, or
+    the first after a worker started (the steady rate is measured from it):
+    a million-step run folds in a fraction of a second; steps skipped so are
     not checked. Every other line is parsed; one that is torn, garbage or
     does not fit its type is counted in ``unreadable_lines``.
     """
@@ -487,6 +554,7 @@ class LogFolder:
         # step (a crash mid-write) then still leaves the step before it to fold.
         self._pending: bytes | None = None
         self._before: bytes | None = None
+        self._first_step_due = True  # the file's first step starts a rate too (an old run's, say)
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the file; a line is folded once its newline comes."""
@@ -505,6 +573,9 @@ class LogFolder:
 
     def _keep_last_steps(self, lines: list[bytes], first: int, end: int) -> None:
         """``lines[first:end]`` are step lines: keep the last two of them, unparsed."""
+        if end > first and self._first_step_due:
+            self._fold_line(lines[first])  # a worker's first step: where its steady rate starts
+            first += 1
         if end - first >= 2:
             self._before, self._pending = lines[end - 2], lines[end - 1]
         elif end - first == 1:
@@ -539,6 +610,7 @@ class LogFolder:
             self.facts.unreadable_lines += 1
         else:
             self.facts.fold(event)
+        self._first_step_due = isinstance(event, RunStarted) or (self._first_step_due and not isinstance(event, Step))
 
 
 def read_facts(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> RunFacts:
@@ -572,6 +644,13 @@ def _offer(remedy: RemedyOffer | str) -> RemedyOffer:
     if isinstance(remedy, RemedyOffer):
         return RemedyOffer(remedy.name, key, remedy.title, remedy.effect)
     return RemedyOffer(name, key, known.title if known is not None else "")
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default
 
 
 def _section(config: dict, name: str) -> dict:

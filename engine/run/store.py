@@ -371,6 +371,7 @@ def summarize_run(run_dir: Path) -> RunFacts:
     facts = read_facts(run_dir / EVENTS_FILE)
     facts.run_id, facts.run_dir = run_dir.name, run_dir
     facts.liveness = worker_liveness(run_dir)
+    facts.observed_at = time.time()
     return facts
 
 

@@ -26,6 +26,8 @@ STATUS_STYLES = {
     "failed": "bold red",
     "crashed": "bold red",
     "hung": "bold red reverse",
+    "stalled": "bold red reverse",
+    "pruned": "bold cyan",
 }
 """A style for each word the header and the runs screen show: a status, or a phase of a running run."""
 SHOWN_PHASES = ("starting", "loading", "validating", "restarting")
