@@ -41,7 +41,12 @@ HEARTBEAT_STALE_ENV = "CONVDECK_HEARTBEAT_STALE_SECONDS"
 # that sees the lock held and an old pid waits this long for the new one.
 OWNER_RECORD_WAIT_SECONDS = 1.0
 
-STATUSES = ("running", "paused", "waiting", "hung", "finished", "stopped", "failed", "crashed")
+STATUSES = ("running", "paused", "waiting", "hung", "finished", "stopped", "failed", "crashed", "pruned")
+FINISHED_REASONS = ("completed", "early_stop")
+"""A ``finished`` event's reasons for a run that trained as asked: every epoch, or until
+``train.early_stop_patience`` saw no more gain. Its status is ``finished``."""
+PRUNED_REASON = "pruned"
+"""A sweep's pruner stopped the run (``stop`` with that name): its status is ``pruned``."""
 
 
 def convdeck_home() -> Path:
@@ -478,8 +483,7 @@ def _status(state: dict, liveness: Liveness) -> str:
         # A terminal event decides, even while the worker is still exiting.
         if last["type"] == "failed":
             return "failed"
-        # "stopped" by a person, or by policy (reason "nan"): it did not complete.
-        return "finished" if last.get("reason", "completed") == "completed" else "stopped"
+        return finished_status(last.get("reason", "completed"))
     if liveness.pid is None:
         return "crashed"
     if liveness.hung:
@@ -487,6 +491,18 @@ def _status(state: dict, liveness: Liveness) -> str:
     if state["waiting"]:
         return "waiting"
     return "paused" if state["paused"] else "running"
+
+
+def finished_status(reason: str) -> str:
+    """The status of a run whose ``finished`` event gives ``reason``.
+
+    ``finished`` for one that trained as asked (:data:`FINISHED_REASONS`), ``pruned``
+    for a sweep's pruned trial, and ``stopped`` for the rest: a person's stop, or a
+    policy that ended it before it could finish (reason ``nan``).
+    """
+    if reason in FINISHED_REASONS:
+        return "finished"
+    return "pruned" if reason == PRUNED_REASON else "stopped"
 
 
 def list_runs(home: Path | None = None) -> list[RunSummary]:
