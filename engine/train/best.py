@@ -40,7 +40,8 @@ class BestKeeper:
     def __init__(self, train: TrainConfig, model: tf.keras.Model, checkpoints_dir: Path) -> None:
         self.metric = train.best_metric if train.best_metric in BEST_METRICS else None
         self.patience = train.early_stop_patience
-        self.value = tf.Variable(math.nan, dtype=tf.float64, trainable=False, name="best_value")
+        # No best yet is a step of -1, not a NaN value: a NaN in a checkpoint means NaN weights.
+        self.value = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="best_value")
         self.step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
         # Which figure ``value`` is of: a resume with another best_metric starts its best afresh.
         self.metric_index = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_metric")
@@ -66,15 +67,15 @@ class BestKeeper:
         """A restored best of another figure (best_metric changed) is no best of this one."""
         wanted = BEST_METRICS.index(self.metric) if self.metric else -1
         if int(self.metric_index.numpy()) != wanted:
-            self.value.assign(math.nan)
+            self.value.assign(0.0)
             self.step.assign(-1)
             self.metric_index.assign(wanted)
             self.since_best.assign(0)
 
     @property
     def best(self) -> float | None:
-        value = float(self.value.numpy())
-        return None if math.isnan(value) else value
+        """The best value so far, or None before the first validation."""
+        return None if int(self.step.numpy()) < 0 else float(self.value.numpy())
 
     def improves(self, metrics: dict) -> bool:
         """Whether ``metrics`` (a validation's) beat the best so far; never for a NaN figure."""
