@@ -76,7 +76,8 @@ def main() -> None:
         return time.perf_counter() - started
 
     calls = {"keras train_function": keras_call}
-    for name, path in [("engine", str(ROOT / "engine" / "train" / "trainer.py")), *[(Path(p).name, p) for p in args.trainers]]:
+    engine_trainer = str(ROOT / "engine" / "train" / "trainer.py")
+    for name, path in [("engine", engine_trainer), *[(Path(p).name, p) for p in args.trainers]]:
         trainer_class = load_trainer(path)
         run_dir = Path(tempfile.mkdtemp(prefix="convdeck-step-call-"))
         trainer = trainer_class(config, run_dir, EventWriter(run_dir / "events.jsonl"), ControlState(), Faults())
