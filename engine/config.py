@@ -11,7 +11,15 @@ import difflib
 import sys
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine import remedies
 from engine.errors import ConfigError  # noqa: F401 - re-exported: engine.config.ConfigError
@@ -198,6 +206,15 @@ class TrainConfig(_Section):
     # a killed worker loses at most this many steps.
     checkpoint_every: Count = 200
     keep_checkpoints: Count = 3
+    # The validation figure whose best weights are kept in checkpoints/best/, apart from the
+    # rolling checkpoints ("none": keep none). Higher is better for accuracy, lower for loss.
+    best_metric: Literal["val_accuracy", "val_loss", "none"] = "val_accuracy"
+    # End the run (reason "early_stop") after this many validations in a row without a new
+    # best of best_metric (0: never).
+    early_stop_patience: CountOrZero = 0
+    # Validate every this many steps inside epochs too (0: only at epoch ends): long epochs
+    # then keep their best weights and count towards early stopping more often than once.
+    val_every_steps: CountOrZero = 0
     # ask | stop | a remedy's name (engine.remedies is the list); checked below.
     on_oom: str = "ask"
     on_nan: Literal["pause", "stop"] = "pause"
@@ -205,6 +222,16 @@ class TrainConfig(_Section):
     devices: list[str] = Field(default_factory=list)
     virtual_cpus: CountOrZero = 0
     seed: Seed = 0
+
+    @model_validator(mode="after")
+    def _patience_needs_a_metric(self) -> TrainConfig:
+        if self.early_stop_patience and self.best_metric == "none":
+            raise ValueError(
+                f"early_stop_patience {self.early_stop_patience} counts validations without a new "
+                "best, but best_metric is 'none'; set best_metric to 'val_accuracy' or 'val_loss', "
+                "or early_stop_patience to 0"
+            )
+        return self
 
     @field_validator("on_oom", mode="before")
     @classmethod

@@ -70,6 +70,8 @@ BOUNDED_INTEGERS = [
     ("train", "steps_per_call", 0, INT32_MAX),
     ("train", "checkpoint_every", 1, INT32_MAX),
     ("train", "keep_checkpoints", 1, INT32_MAX),
+    ("train", "early_stop_patience", 0, INT32_MAX),
+    ("train", "val_every_steps", 0, INT32_MAX),
     ("train", "virtual_cpus", 0, INT32_MAX),
     ("train", "seed", 0, SEED_MAX),
     ("data", "channels", 1, 4),
@@ -98,6 +100,17 @@ def test_integer_lists_are_bounded_too(section, field, value):
     message = config_error({section: {field: value}})
     assert message.startswith(f"{section}.{field}: got {value}; expected ")
     assert f"from 1 to {INT32_MAX}" in message
+
+
+def test_early_stopping_needs_a_best_metric_to_watch():
+    message = config_error({"train": {"early_stop_patience": 3, "best_metric": "none"}})
+    assert message == (
+        "train: early_stop_patience 3 counts validations without a new best, but best_metric is "
+        "'none'; set best_metric to 'val_accuracy' or 'val_loss', or early_stop_patience to 0"
+    )
+    train = validate_config({"train": {"early_stop_patience": 3, "best_metric": "val_loss"}}).train
+    assert (train.early_stop_patience, train.best_metric) == (3, "val_loss")
+    assert "must be 'val_accuracy', 'val_loss' or 'none'" in config_error({"train": {"best_metric": "accuracy"}})
 
 
 def test_a_huge_batch_size_from_the_command_line_is_one_line_exit_2(convdeck_home):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -46,9 +47,43 @@ def test_eval_matches_scikit_learn_on_model_keras_predictions(trained_run):
     assert len(pngs) == min(len(report["mistakes"]), 16) and pngs[0].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_finished_run_is_evaluated_by_its_worker_before_its_finished_event(trained_run):
+    from engine.run.events import read_events
+
+    home, run_dir, env = trained_run
+    events = read_events(run_dir / "events.jsonl")
+    assert [e["type"] for e in events[-2:]] == ["eval", "finished"]
+    evaluated = events[-2]
+    assert (evaluated["trigger"], evaluated["split"], evaluated["weights"]) == ("end", "validation", "last")
+    # The worker's model in memory scores what its saved weights score when loaded again.
+    done = run_cli("eval", run_dir.name, "--json", env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert evaluated["accuracy"] == pytest.approx(report["accuracy"], abs=1e-6)
+    assert evaluated["loss"] == pytest.approx(report["loss"], abs=1e-4)
+    assert evaluated["examples"] == report["examples"]
+
+
+def test_eval_of_the_best_weights_scores_the_recorded_best(trained_run):
+    from engine.run.events import read_events
+
+    home, run_dir, env = trained_run
+    best = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "best_checkpoint"][-1]
+    assert best["metric"] == "val_accuracy"
+    done = run_cli("eval", run_dir.name, "--weights", "best", "--json", env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["weights"] == "best"
+    assert report["accuracy"] == pytest.approx(best["value"], abs=1e-6)
+
+
 def test_eval_of_a_run_without_best_weights_is_one_line(trained_run):
     home, run_dir, env = trained_run
-    done = run_cli("eval", run_dir.name, "--weights", "best", env=env, timeout=600)
+    # The same run as one trained with train.best_metric = "none" would leave it: no best/.
+    bare = run_dir.with_name(run_dir.name + "-nobest")
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("*.sock", "*.lock"))
+    shutil.rmtree(bare / "checkpoints" / "best")
+    done = run_cli("eval", bare.name, "--weights", "best", env=env, timeout=600)
     assert done.returncode == 2
     assert "no best checkpoint yet" in one_line_error(done)
 

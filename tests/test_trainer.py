@@ -9,6 +9,7 @@ checkpoint saved, pause from another thread) instead of sleeping.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import subprocess
@@ -464,6 +465,56 @@ def test_checkpoint_command_saves_at_the_current_step(tmp_path):
     assert first["step"] in [checkpoint_step(p) for p in checkpoint_files(run.run_dir)]
     assert checkpoints[-1]["step"] == 12  # the epoch's end
     assert_consecutive(run.steps())
+
+
+def test_stop_with_a_reason_ends_the_run_with_it(tmp_path):
+    """A sweep's pruner stops a trial with ``stop pruned``: its finished event says pruned."""
+    overrides = [*SMALL, "train.epochs=2", "train.steps_per_epoch=6", "train.checkpoint_every=100"]
+
+    def prune_at_step_2(run: Run, event: dict) -> None:
+        if event["type"] == "step" and event["step"] == 2:
+            assert run.control.request("stop", "pruned")["ok"]
+
+    run = train(new_run_dir(tmp_path), overrides, hook=prune_at_step_2)
+    assert run.result == "pruned"
+    finished = run.events[-1]
+    assert finished["type"] == "finished" and finished["reason"] == "pruned"
+    assert 2 <= finished["steps"] < 6
+    # Saved where it stopped, as any stop is.
+    assert checkpoint_step(tf.train.latest_checkpoint(str(run.run_dir / "checkpoints"))) == finished["steps"]
+
+
+def test_eval_command_evaluates_the_current_weights_and_training_goes_on(tmp_path):
+    # A validation at step 3, then the eval asked for at step 3: both see the same weights.
+    overrides = [*SMALL, "train.epochs=1", "train.steps_per_epoch=6", "train.val_every_steps=3"]
+
+    def eval_at_step_3(run: Run, event: dict) -> None:
+        if event["type"] == "step" and event["step"] == 3:
+            run.control.request("eval")
+
+    run = train(new_run_dir(tmp_path), overrides, hook=eval_at_step_3)
+    assert run.result == "completed"
+    assert_consecutive(run.steps())
+    assert run.steps()[-1] == 6
+    (evaluated,) = run.of("eval")  # the run's end is not evaluated: evaluate_at_end is the worker's
+    assert (evaluated["step"], evaluated["trigger"], evaluated["split"], evaluated["weights"]) == (
+        3,
+        "command",
+        "validation",
+        "last",
+    )
+    index = run.events.index(evaluated)
+    assert [e["step"] for e in run.events[index:] if e["type"] == "step"][0] == 4  # then it trained on
+    (validation,) = [e for e in run.of("validation") if e["step"] == 3]
+    assert evaluated["accuracy"] == pytest.approx(validation["val_accuracy"], abs=1e-6)
+    assert evaluated["loss"] == pytest.approx(validation["val_loss"], abs=1e-4)
+    assert evaluated["examples"] == 360 and len(evaluated["worst_classes"]) == 3
+    report = json.loads((run.run_dir / "eval.json").read_text())
+    assert report["accuracy"] == pytest.approx(evaluated["accuracy"], abs=1e-6)
+    assert evaluated["path"] == str(run.run_dir / "eval.json")
+    worst = sorted(report["classes"], key=lambda c: (c["f1"], -c["support"], c["index"]))[:3]
+    assert evaluated["worst_classes"] == [c["name"] for c in worst]
+    assert list((run.run_dir / "mistakes").glob("*.png"))
 
 
 # ----- run health: NaN ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ part; this module only looks at names.
 ``checkpoints/``: ``ckpt-N.index`` and ``ckpt-N.data-XXXXX-of-YYYYY`` per
 checkpoint of step N, the state file ``checkpoint`` naming them, and, while a
 save is under way, ``ckpt-N_temp/``, which a finished save renames away.
+A second manager keeps the best weights in ``checkpoints/best/``, named alike.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ STATE_FILE = "checkpoint"
 """The CheckpointManager's state file: which checkpoint is the latest, which it keeps."""
 CHECKPOINT_NAME = "ckpt"
 """The CheckpointManager's default ``checkpoint_name``: checkpoints are ``ckpt-<step>``."""
+BEST_DIR = "best"
+"""``checkpoints/best/``: the best validation's weights (``train.best_metric``), a manager of its own.
+
+A folder, so nothing here takes it for a rolling checkpoint: those are files
+named ``ckpt-N.*`` directly in ``checkpoints/``, and only they are listed,
+checked, moved aside or resumed from."""
 DAMAGED_DIR = "checkpoints.damaged"
 """Where a resume moves checkpoints it cannot read, one folder each: kept to look at, out of the way."""
 SCRATCH_ASIDE_DIR = "checkpoints.before-scratch"

@@ -70,7 +70,10 @@ PHASES = (
 )
 """What the worker is doing, as far as its events tell."""
 FINISHED_REASONS = ("completed", "early_stop")
-"""A ``finished`` event's reasons that mean the run is done as asked (early stopping is a policy)."""
+"""A ``finished`` event's reasons for a run that trained as asked: every epoch, or until
+``train.early_stop_patience`` saw no more gain. Its status is ``finished``."""
+PRUNED_REASON = "pruned"
+"""A sweep's pruner stopped the run (``stop`` with that name): its status is ``pruned``."""
 RESTART_LOG_PREFIX = "applying remedy "
 """How a worker's ``log`` event announced its restart before it carried ``restarting``."""
 
@@ -270,9 +273,7 @@ class RunFacts:
             return "failed"
         if isinstance(self.ended, Finished):
             # A terminal event decides, even while the worker is still exiting.
-            if self.ended.reason in FINISHED_REASONS:
-                return "finished"
-            return "pruned" if self.ended.reason == "pruned" else "stopped"
+            return finished_status(self.ended.reason)
         if self.liveness is not None:
             if self.liveness.pid is None:
                 return "crashed"
@@ -644,6 +645,18 @@ def _offer(remedy: RemedyOffer | str) -> RemedyOffer:
     if isinstance(remedy, RemedyOffer):
         return RemedyOffer(remedy.name, key, remedy.title, remedy.effect)
     return RemedyOffer(name, key, known.title if known is not None else "")
+
+
+def finished_status(reason: str) -> str:
+    """The status of a run whose ``finished`` event gives ``reason``.
+
+    ``finished`` for one that trained as asked (:data:`FINISHED_REASONS`), ``pruned``
+    for a sweep's pruned trial, and ``stopped`` for the rest: a person's stop, or a
+    policy that ended it before it could finish (reason ``nan``).
+    """
+    if reason in FINISHED_REASONS:
+        return "finished"
+    return "pruned" if reason == PRUNED_REASON else "stopped"
 
 
 def _env_seconds(name: str, default: float) -> float:

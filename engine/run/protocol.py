@@ -274,6 +274,41 @@ class CheckpointFallback(Event, tag="checkpoint_fallback"):
     used_path: str = ""
 
 
+class Validation(Event, tag="validation"):
+    """A validation inside an epoch (``train.val_every_steps``); an epoch's own is its ``epoch_end``."""
+
+    step: int | None = None
+    epoch: int | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+
+
+class BestCheckpoint(Event, tag="best_checkpoint"):
+    """The run's best weights so far by ``metric`` were kept in ``path`` (``checkpoints/best/``)."""
+
+    step: int | None = None
+    epoch: int | None = None
+    metric: str = ""
+    value: float | None = None
+    previous: float | None = None
+    path: str = ""
+
+
+class Eval(Event, tag="eval"):
+    """An evaluation of the run's weights: its summary (the whole report is ``path``, eval.json)."""
+
+    split: str = ""
+    weights: str = ""
+    examples: int | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    top5_accuracy: float | None = None
+    worst_classes: list[str] = []
+    path: str = ""
+    step: int | None = None
+    trigger: str = ""
+
+
 EVENT_CLASSES: tuple[type[Event], ...] = (
     RunStarted,
     Step,
@@ -290,6 +325,9 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     MemoryWarning,
     WorkerExit,
     CheckpointFallback,
+    Validation,
+    BestCheckpoint,
+    Eval,
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in EVENT_CLASSES}
 """Every event type, by its ``type`` tag."""

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from engine.errors import ConfigError
 from engine.run.checkpoint_files import (
+    BEST_DIR,
     CHECKPOINTS_DIR,
     DAMAGED_DIR,
     STATE_FILE,
@@ -70,7 +71,8 @@ def damage(checkpoint: CheckpointFiles) -> str | None:
 def recover_checkpoints(run_dir: Path, events: EventWriter) -> CheckpointFiles | None:
     """Make ``checkpoints/`` resumable; returns the checkpoint the run resumes from (None: none yet).
 
-    Removes ``ckpt-N_temp/`` folders of saves that were cut short, moves
+    Removes ``ckpt-N_temp/`` folders of saves that were cut short (the best
+    checkpoint's in ``best/`` too; the best itself is never resumed from), moves
     damaged checkpoints newer than the newest intact one to
     ``checkpoints.damaged/``, rebuilds the state file when it is missing,
     unreadable or names anything else, and reports each of these through
@@ -83,6 +85,7 @@ def recover_checkpoints(run_dir: Path, events: EventWriter) -> CheckpointFiles |
     run_dir = Path(run_dir)
     directory = run_dir / CHECKPOINTS_DIR
     _remove_unfinished_saves(directory, events)
+    _remove_unfinished_saves(directory / BEST_DIR, events, shown_as=f"{BEST_DIR}/")
     found = list_checkpoints(directory)
     if not found:
         check_something_to_resume(run_dir)  # all gone although some were saved: refuse
@@ -111,11 +114,13 @@ def recover_checkpoints(run_dir: Path, events: EventWriter) -> CheckpointFiles |
     return used
 
 
-def _remove_unfinished_saves(directory: Path, events: EventWriter) -> None:
+def _remove_unfinished_saves(directory: Path, events: EventWriter, shown_as: str = "") -> None:
     """A ``ckpt-N_temp/`` only ever holds a save that never finished: no use to anyone."""
     for path in unfinished_saves(directory):
         shutil.rmtree(path)
-        events.emit("log", level="info", message=f"removed {path.name}/, left by a save that was cut short")
+        events.emit(
+            "log", level="info", message=f"removed {shown_as}{path.name}/, left by a save that was cut short"
+        )
 
 
 def _move_aside(checkpoint: CheckpointFiles, damaged_root: Path) -> Path:

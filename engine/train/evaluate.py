@@ -5,10 +5,15 @@ checkpoint (or ``model.keras`` when the run kept no checkpoint), ``best``
 the one kept under ``checkpoints/best/``. The figures themselves come from
 :mod:`engine.evaluation` (scikit-learn's metrics); the most confident
 mistakes are also written as PNG files, so the TUI can show them.
+
+Two entries share the work: :func:`evaluate_run` loads weights from disk (a
+process of its own, ``python -m engine.train.evaluate``), :func:`evaluate_model`
+takes a live model (the worker's, at a run's end or on ``ctl RUN eval``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,9 @@ import tensorflow as tf
 
 from engine.config import RunConfig
 from engine.errors import ConfigError
-from engine.evaluation import MISTAKES_DIR, EvalReport, evaluate_outputs, mistake_image_path
+from engine.evaluation import MISTAKES_DIR, EvalReport, evaluate_outputs, mistake_image_path, write_report
+from engine.run.checkpoint_files import BEST_DIR
+from engine.run.events import EventWriter
 from engine.train.data import (
     apply_cache_setting,
     normalization_stats,
@@ -28,7 +35,20 @@ from engine.train.strategy import configure_devices
 
 SPLITS = ("validation", "train")
 WEIGHTS = ("last", "best")
-BEST_CHECKPOINT_DIR = "best"
+WORST_CLASSES_IN_EVENT = 3
+"""How many of the worst classes (by F1) the ``eval`` event names; eval.json has them all."""
+
+
+@dataclass
+class SplitData:
+    """One split's images to evaluate on: normalised as the run trained, in a fixed order."""
+
+    batches: tf.data.Dataset
+    class_names: list[str] | None
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: list[float]
+    std: list[float]
 
 
 def evaluate_run(run_dir: Path, config: RunConfig, weights: str = "last", split: str = "validation") -> EvalReport:
@@ -37,23 +57,97 @@ def evaluate_run(run_dir: Path, config: RunConfig, weights: str = "last", split:
     Raises:
         ConfigError: no such split or weights, or the run has none to evaluate.
     """
-    if split not in SPLITS:
-        raise ConfigError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    _check_split(split)
     if weights not in WEIGHTS:
         raise ConfigError(f"--weights {weights!r}: expected one of {', '.join(WEIGHTS)}")
     # Memory growth: beside a live run on the same GPU, take only what evaluating needs.
     configure_devices(config.train)
-    raw = apply_cache_setting(open_raw(config.data), config.data)
-    mean, std = normalization_stats(raw, config.data)
+    data = open_split(config, split)
+    model = load_weights(run_dir, config, data.input_shape, data.num_classes, weights)
+    return _evaluate(model, run_dir, data, split, weights)
+
+
+def evaluate_model(
+    model: tf.keras.Model,
+    run_dir: Path,
+    config: RunConfig,
+    split: str = "validation",
+    *,
+    weights: str = "last",
+    normalization: tuple[list[float], list[float]] | None = None,
+) -> EvalReport:
+    """Evaluate a live model (the trainer's) on ``split``; writes the mistakes' PNGs like :func:`evaluate_run`.
+
+    Args:
+        model: the model as it is now.
+        run_dir: the run directory (``mistakes/`` goes there).
+        config: the run's config (its data section says what to open).
+        split: ``validation`` or ``train``.
+        weights: what the report says the weights are.
+        normalization: the training set's per-channel mean and std the model
+            trained with; by default measured again, as :func:`evaluate_run` does.
+
+    Raises:
+        ConfigError: no such split, or the data has none.
+    """
+    _check_split(split)
+    return _evaluate(model, run_dir, open_split(config, split, normalization), split, weights)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+
+
+def open_split(
+    config: RunConfig, split: str, normalization: tuple[list[float], list[float]] | None = None
+) -> SplitData:
+    """The run's ``split``, batched in order and normalised with the training statistics.
+
+    Raises:
+        ConfigError: the data cannot be opened, or has no such split.
+    """
+    raw = open_raw(config.data)
+    if normalization is None:
+        # The statistics as training measured them: over the cached split when it caches.
+        raw = apply_cache_setting(raw, config.data)
+        normalization = normalization_stats(raw, config.data)
+    mean, std = normalization
     source = raw.val if split == "validation" else raw.train
     if source is None:
-        raise ConfigError(f"{raw.name} has no {split} split (set data.val_fraction to hold one out)")
-    model = load_weights(run_dir, config, raw.input_shape, raw.num_classes, weights)
+        raise ConfigError(f"{raw.name} has no {split} split (set data.validation_split to hold one out)")
     batches = validation_batches(normalized(source, mean, std), config.train.batch_size)
-    labels, logits, images = _predict(model, batches)
-    report = evaluate_outputs(labels, logits, raw_class_names(raw), split=split, weights=weights)
-    save_mistake_images(run_dir, report, images, mean, std)
+    return SplitData(batches, raw_class_names(raw), raw.input_shape, raw.num_classes, list(mean), list(std))
+
+
+def _evaluate(model: tf.keras.Model, run_dir: Path, data: SplitData, split: str, weights: str) -> EvalReport:
+    labels, logits, images = _predict(model, data.batches)
+    report = evaluate_outputs(labels, logits, data.class_names, split=split, weights=weights)
+    save_mistake_images(run_dir, report, images, data.mean, data.std)
     return report
+
+
+def eval_event_fields(report: EvalReport) -> dict:
+    """The ``eval`` event's summary of a report: its figures and the worst classes' names."""
+    return {
+        "split": report.split,
+        "weights": report.weights,
+        "examples": report.examples,
+        "loss": _rounded(report.loss),
+        "accuracy": _rounded(report.accuracy),
+        "top5_accuracy": _rounded(report.top5_accuracy),
+        "worst_classes": [c.name for c in report.worst_classes()[:WORST_CLASSES_IN_EVENT]],
+    }
+
+
+def record_evaluation(report: EvalReport, run_dir: Path, events: EventWriter, **context) -> dict:
+    """Write ``eval.json`` and emit the ``eval`` event (``context``: step, trigger); returns the event."""
+    path = write_report(run_dir, report)
+    return events.emit("eval", **eval_event_fields(report), path=str(path), **context)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def load_weights(run_dir: Path, config: RunConfig, input_shape, num_classes: int, weights: str) -> tf.keras.Model:
@@ -62,7 +156,7 @@ def load_weights(run_dir: Path, config: RunConfig, input_shape, num_classes: int
 
     directory = run_dir / "checkpoints"
     if weights == "best":
-        directory = directory / BEST_CHECKPOINT_DIR
+        directory = directory / BEST_DIR
     latest = tf.train.latest_checkpoint(str(directory)) if directory.is_dir() else None
     if latest is None and weights == "last" and (run_dir / "model.keras").exists():
         return tf.keras.models.load_model(run_dir / "model.keras", compile=False)

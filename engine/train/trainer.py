@@ -15,6 +15,7 @@ across replicas); an epoch's are the means over its examples.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -28,8 +29,11 @@ from engine.config import ConfigError, RunConfig
 from engine.models import build_model
 from engine.run.control import ControlState
 from engine.run.events import EventWriter
+from engine.run.facts import FINISHED_REASONS
 from engine.train import precision
+from engine.train.best import BestKeeper
 from engine.train.data import DataBundle, load_data
+from engine.train.evaluate import evaluate_model, record_evaluation
 from engine.train.faults import Faults
 from engine.train.optimizers import current_learning_rate, make_optimizer
 from engine.train.strategy import (
@@ -51,6 +55,8 @@ ITERATOR_MAX_EPOCHS = 32
 # A call this long keeps pause/stop responsive and events flowing smoothly.
 TARGET_CALL_SECONDS = 0.25
 AUX_LOSS_WEIGHT = 0.3  # GoogLeNet's weight for its auxiliary classifiers
+
+log = logging.getLogger("convdeck.trainer")
 
 
 class OutOfMemory(Exception):
@@ -74,7 +80,8 @@ class _Rewind(Exception):
 
 
 class StopTraining(Exception):
-    """Training ends early, for the reason given (``stopped`` or ``nan``)."""
+    """Training ends early, for the reason given: ``stopped`` or ``pruned`` (a ``stop``
+    command's), ``nan`` (``train.on_nan = "stop"``) or ``early_stop`` (``train.early_stop_patience``)."""
 
 
 @dataclass
@@ -137,6 +144,8 @@ class Trainer:
         events: where events go.
         control: flags set by the control socket.
         faults: injected faults (tests on a CPU).
+        evaluate_at_end: evaluate the trained weights when the run finishes (the
+            worker's runs do), before the ``finished`` event.
     """
 
     def __init__(
@@ -146,8 +155,10 @@ class Trainer:
         events: EventWriter,
         control: ControlState | None = None,
         faults: Faults | None = None,
+        evaluate_at_end: bool = False,
     ) -> None:
         self.config = config
+        self.evaluate_at_end = evaluate_at_end
         self.run_dir = Path(run_dir)
         self.events = events
         self.control = control or ControlState()
@@ -232,12 +243,18 @@ class Trainer:
         self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.examples_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="examples")
         self.progress = dict(step=self.step_var, epoch=self.epoch_var, examples_in_epoch=self.examples_var)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, **self.progress)
         directory = self.run_dir / "checkpoints"
         if not self.dist.is_chief:
             # Every worker takes part in a save; only the chief's copy is kept.
             directory = scratch_checkpoint_dir(self.run_dir, self.dist.worker_index)
             remove_scratch(directory)
+        self.best = BestKeeper(self.config.train, self.model, directory)
+        # A restore must find all of these; the best's variables are restored apart, as
+        # checkpoints written before they existed lack them.
+        self._restorable = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, **self.progress)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, **self.progress, **self.best.variables
+        )
         self.manager = tf.train.CheckpointManager(
             self.checkpoint,
             str(directory),
@@ -247,7 +264,9 @@ class Trainer:
     def _restore(self, sync: bool = True) -> int | None:
         path = self.manager.latest_checkpoint
         if path is not None:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            self._restorable.restore(path).assert_existing_objects_matched().expect_partial()
+            tf.train.Checkpoint(**self.best.variables).restore(path).expect_partial()
+            self.best.after_restore()
         restored = None if path is None else self._read_progress()
         if sync and self.dist.multi_worker:
             restored = self._take_chief_state(restored)
@@ -255,7 +274,12 @@ class Trainer:
 
     def _take_chief_state(self, restored: int | None) -> int | None:
         """Multi-worker: every worker takes the chief's weights, optimizer state and progress."""
-        variables = [*self.model.variables, *self.optimizer.variables, *self.progress.values()]
+        variables = [
+            *self.model.variables,
+            *self.optimizer.variables,
+            *self.progress.values(),
+            *self.best.variables.values(),
+        ]
         chief_restored = take_chief_state(
             self.dist.strategy, variables, -1 if restored is None else restored
         )
@@ -404,13 +428,13 @@ class Trainer:
     # ----- the loop ----------------------------------------------------------
 
     def run(self) -> str:
-        """Train to the end; returns ``completed`` or ``stopped``.
+        """Train to the end; returns the ``finished`` event's reason (``completed``, ``stopped``...).
 
         Raises:
             OutOfMemory: a step ran out of memory; the weights are those before it.
         """
         self._emit_started()
-        for warning in self.data.warnings:
+        for warning in [*self.data.warnings, *self._validation_warnings()]:
             self.events.emit("log", level="warning", message=warning)
         self._started = time.monotonic()
         # A restore point before the first step: a NaN or an out-of-memory
@@ -465,6 +489,8 @@ class Trainer:
         while self.step < epoch_end:
             self._obey_controls()
             self._run_call(iterator, self._steps_for_next_call(epoch_end), epoch)
+            if self._validation_due(epoch_end):
+                self._validate_within_epoch(epoch)
         # Only an epoch that ran to its end leaves the iterator where the next one starts.
         self._iterator_position = (epoch + 1, 0)
 
@@ -503,6 +529,8 @@ class Trainer:
     def _steps_for_next_call(self, epoch_end: int) -> int:
         next_checkpoint = self._last_save_step + self.config.train.checkpoint_every
         limit = min(self.steps_per_call, epoch_end - self.step, next_checkpoint - self.step)
+        if self._steps_to_next_validation():
+            limit = min(limit, self._steps_to_next_validation())  # a call ends where one is due
         fault = self.faults.next_fault_step(self.step)
         if fault is not None:
             # An injected fault gets a call of its own: end this one just before it.
@@ -608,21 +636,20 @@ class Trainer:
 
     def _end_epoch(self, epoch: int) -> None:
         metrics = self.epoch_means.means()  # none when a resume found the epoch's steps all done
-        if self.data.val is not None:
-            val_loss, val_accuracy = (float(v) for v in self._evaluate(self.data.val))
-            metrics.update(val_loss=val_loss, val_accuracy=val_accuracy)
-            best = self.best_val_accuracy
-            self.best_val_accuracy = val_accuracy if best is None else max(best, val_accuracy)
+        validation = self._validate()
+        metrics.update(validation)
         self._write_epoch_summaries(metrics)
         self.last_metrics.update({k: v for k, v in metrics.items() if k != "train_examples"})
         self.epoch, self.examples_in_epoch = epoch + 1, 0
         self.epoch_means.clear()
         self.events.emit("epoch_end", epoch=epoch + 1, step=self.step, **_rounded(metrics))
+        self._keep_best(validation, epoch + 1)
         self._saved_step = None  # the same step, but now at the start of the next epoch
         self.save_checkpoint()
+        self._stop_if_patience_spent()
 
     def _write_epoch_summaries(self, metrics: dict) -> None:
-        """An epoch's means beside its validation figures, at the epoch's last step."""
+        """An epoch's means and validation figures (those present), at the current step."""
         tags = {
             "loss": "train/epoch_loss",
             "accuracy": "train/epoch_accuracy",
@@ -634,6 +661,118 @@ class Trainer:
                 if name in metrics:
                     tf.summary.scalar(tag, metrics[name])
 
+    # ----- validation, the best weights, evaluation ---------------------------
+
+    def _validation_warnings(self) -> list[str]:
+        """Settings that need validations, on data that holds none to validate on."""
+        train = self.config.train
+        names = ("early_stop_patience", "val_every_steps")
+        asked = [f"train.{name} is {getattr(train, name)}" for name in names if getattr(train, name)]
+        if self.data.val is not None or not asked:
+            return []
+        return [
+            f"{' and '.join(asked)}, but the data has no validation split, so the run never "
+            "validates: no best weights, no early stop (set data.validation_split to hold one out)"
+        ]
+
+    def _validate(self) -> dict:
+        """The current weights' ``val_loss`` and ``val_accuracy``; {} without a validation split."""
+        if self.data.val is None:
+            return {}
+        val_loss, val_accuracy = (float(v) for v in self._evaluate(self.data.val))
+        best = self.best_val_accuracy
+        self.best_val_accuracy = val_accuracy if best is None else max(best, val_accuracy)
+        return {"val_loss": val_loss, "val_accuracy": val_accuracy}
+
+    def _steps_to_next_validation(self) -> int | None:
+        """Steps to the next validation inside an epoch (``train.val_every_steps``), or None."""
+        every = self.config.train.val_every_steps
+        if not every or self.data.val is None:
+            return None
+        return every - self.step % every
+
+    def _validation_due(self, epoch_end: int) -> bool:
+        """At a multiple of ``val_every_steps``, but not an epoch's last step: its end validates."""
+        every = self.config.train.val_every_steps
+        return bool(every) and self.data.val is not None and self.step % every == 0 and self.step < epoch_end
+
+    def _validate_within_epoch(self, epoch: int) -> None:
+        """A validation between two steps of an epoch: its own event; the epoch's means go on."""
+        validation = self._validate()
+        self.last_metrics.update(validation)
+        self._write_epoch_summaries(validation)
+        self.events.emit("validation", step=self.step, epoch=epoch + 1, **_rounded(validation))
+        self._keep_best(validation, epoch + 1)
+        self._stop_if_patience_spent()
+
+    def _keep_best(self, validation: dict, epoch: int) -> None:
+        """Count a validation towards the best; a new best saves its weights in checkpoints/best/."""
+        if not validation or self.weights_tainted:
+            return
+        previous = self.best.best
+        path = self.best.record(validation, self.step)
+        if path is None:
+            return
+        if not self.dist.is_chief:
+            remove_scratch(self.best.directory)
+        self.events.emit(
+            "best_checkpoint",
+            step=self.step,
+            epoch=epoch,
+            metric=self.best.metric,
+            value=round(validation[self.best.metric], 6),
+            previous=None if previous is None else round(previous, 6),
+            path=path,
+        )
+
+    def _stop_if_patience_spent(self) -> None:
+        """End the run (``early_stop``) after ``early_stop_patience`` validations without a new best.
+
+        Not after the last epoch: a run that trained every epoch completed.
+        """
+        if not self.best.patience_spent or self.epoch >= self.config.train.epochs:
+            return
+        best, at = self.best.best, int(self.best.step.numpy())
+        self.events.emit(
+            "log",
+            level="info",
+            message=f"{self.best.metric} has not improved on {best:.6g} (step {at}) for "
+            f"{self.best.patience} validations: stopping early (train.early_stop_patience)",
+        )
+        raise StopTraining("early_stop")
+
+    def evaluate_now(self, trigger: str) -> dict | None:
+        """Evaluate the current weights on the validation split: ``eval.json``, ``mistakes/``, an ``eval`` event.
+
+        Never raises: an evaluation that fails is a log line, and training (or
+        the run's end) goes on. Only the chief evaluates a multi-worker run.
+
+        Args:
+            trigger: why it runs: ``end`` (the run finished) or ``command`` (``ctl RUN eval``).
+
+        Returns:
+            The ``eval`` event, or None when there was none.
+        """
+        if not self.dist.is_chief:
+            return None
+        try:
+            report = evaluate_model(
+                self.model, self.run_dir, self.config, normalization=(self.data.mean, self.data.std)
+            )
+            return record_evaluation(report, self.run_dir, self.events, step=self.step, trigger=trigger)
+        except ConfigError as error:  # no validation split, say: nothing to evaluate on
+            self.events.emit("log", level="info", message=f"no evaluation: {error}")
+        except Exception as error:  # noqa: BLE001 - an evaluation must never end the run
+            log.exception("evaluation at step %s failed", self.step)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.events.emit(
+                "log",
+                level="warning",
+                message=f"evaluation at step {self.step} failed ({type(error).__name__}: {first}); "
+                "the run is not affected",
+            )
+        return None
+
     # ----- controls ----------------------------------------------------------
 
     def _obey_controls(self) -> None:
@@ -644,12 +783,14 @@ class Trainer:
             self._pause()
         if self.control.take_checkpoint_request():
             self.save_checkpoint()
+        if self.control.take_eval_request():
+            self.evaluate_now("command")
         remedy = self.control.take_remedy()
         if remedy:
             raise ApplyRemedy(remedy)
         if self.control.stop_requested:
             self.save_checkpoint()
-            raise StopTraining("stopped")
+            raise StopTraining(self.control.stop_reason)
 
     def _obey_controls_together(self) -> None:
         """Multi-worker: the chief's controls hold on every worker, and any one's stop.
@@ -670,6 +811,8 @@ class Trainer:
                 self.events.emit("resumed", step=self.step)
                 self._update_status("running", self.epoch)
             checkpoint = control.take_checkpoint_request()
+            if control.take_eval_request():
+                self.evaluate_now("command")  # the chief alone: the others wait at the agreement
             if control.take_remedy():
                 self.events.emit(
                     "log",
@@ -687,7 +830,8 @@ class Trainer:
             self.save_checkpoint()
         if stops:
             self.save_checkpoint()
-            raise StopTraining("stopped")
+            # The chief's reason (a sweep prunes through the chief's socket); a worker's SIGTERM is a stop.
+            raise StopTraining(control.stop_reason)
 
     def _pause(self) -> None:
         epoch = self.epoch
@@ -697,6 +841,8 @@ class Trainer:
             self.control.wait_while_paused()
             if self.control.take_checkpoint_request():
                 self.save_checkpoint()
+            if self.control.take_eval_request():
+                self.evaluate_now("command")
             if self.control.remedy:
                 break  # a remedy restarts the worker; it resumes unpaused
         self.events.emit("resumed", step=self.step)
@@ -728,11 +874,17 @@ class Trainer:
         return path
 
     def finish(self, reason: str) -> str:
-        """Checkpoint, save model.keras and write the ``finished`` event."""
+        """Checkpoint, save model.keras, evaluate (``evaluate_at_end``) and write the ``finished`` event.
+
+        The evaluation comes before ``finished``, so that event is the run's last word.
+        Only a run that finished is evaluated, not one stopped, pruned or ended by a NaN.
+        """
         self.save_checkpoint()
         self.tensorboard.flush()
         if self.dist.is_chief:
             self.model.save(self.run_dir / "model.keras")
+        if self.evaluate_at_end and reason in FINISHED_REASONS:
+            self.evaluate_now("end")
         self.events.emit(
             "finished",
             reason=reason,

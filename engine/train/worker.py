@@ -9,6 +9,10 @@ without writing anything. It is started in a session of
 its own and ignores SIGHUP, so a dropped ssh link never reaches it. SIGTERM
 and SIGINT mean ``stop``: checkpoint, final event, exit 0. An exception
 becomes a ``failed`` event with the traceback saved in the run directory.
+A run that finishes is evaluated with its trained model before its
+``finished`` event (eval.json and an ``eval`` event), as ``ctl RUN eval``
+evaluates the current weights mid-run; an evaluation that fails is a log
+line, never a failed run.
 
 Exit codes: 0 finished or stopped, 1 failed, 2 the config is a user error,
 75 (:data:`engine.run.lock.EXIT_ALREADY_RUNNING`) another worker owns the run.
@@ -159,7 +163,8 @@ class Worker:
 
             remember_tf_config(self.run_dir)  # so `convdeck resume` rejoins the same cluster
         faults = parse_faults(fired_path=self.run_dir / FAULTS_FIRED_FILE)
-        self.trainer = Trainer(config, self.run_dir, self.events, self.control, faults)
+        # A run that finished is evaluated in place, with its trained model: eval.json and an eval event.
+        self.trainer = Trainer(config, self.run_dir, self.events, self.control, faults, evaluate_at_end=True)
         self.trainer.setup(resume=self.resume, progress_from=self.progress_from)
         self.trained = (config, self.trainer.dist.replicas)
         warn_if_memory_short(self.trainer, free_before, self.events)
@@ -214,7 +219,7 @@ class Worker:
         if policy == "ask" and remedies:
             wanted = self._wait_for_remedy()
             if wanted is None:
-                self.trainer.finish("stopped")
+                self.trainer.finish(self.control.stop_reason)
                 return 0
         if wanted and any(r["name"] == wanted for r in remedies):
             self._restart_with(wanted, config)

@@ -15,6 +15,7 @@ from engine.config import ConfigError
 from engine.presets import DEFAULT_PRESET, load_preset
 from engine.remedies import REMEDIES
 from engine.run import client
+from engine.run.facts import finished_status
 from engine.run.protocol import TERMINAL_EVENTS, Failed, Finished, RunStarted
 from tui.cli.common import (
     EXIT_DONE,
@@ -245,9 +246,11 @@ def _report(handle: client.RunHandle, outcome: _Outcome, display: Display) -> in
         return _report_failure(handle, event)
     if not quiet:
         click.echo(finished_line(handle.run_id, event))
-    if event.reason not in ("completed", "stopped"):
-        # e.g. "nan" with train.on_nan = "stop": it ended, but did not train.
-        user_error(f"run {handle.run_id} ended early: {event.reason}")
+    reason = event.reason or "completed"
+    if reason != "stopped" and finished_status(reason) == "stopped":
+        # e.g. "nan" with train.on_nan = "stop": it ended, but did not train. An early stop
+        # finished as asked, and a sweep's pruned trial ended as its sweep asked.
+        user_error(f"run {handle.run_id} ended early: {reason}")
         return EXIT_FAILED
     return EXIT_INTERRUPTED if outcome.interrupted else EXIT_DONE
 
