@@ -129,6 +129,7 @@ def test_epoch_means_forget_the_steps_a_rewind_undid():
 
 
 def test_the_chart_shows_the_epoch_means_on_its_epoch_axis():
+    from engine.run import protocol
     from engine.run.history import RunHistory
     from tui.widgets.loss_chart import LossChart
 
@@ -138,7 +139,8 @@ def test_the_chart_shows_the_epoch_means_on_its_epoch_axis():
     ]
     epoch_end = {"type": "epoch_end", "time": 105.0, "epoch": 1, "loss": 1.75, "accuracy": 0.25, "val_loss": 1.5}
     history = RunHistory()
-    history.ingest([{"type": "run_started", "time": 100.0, "steps_per_epoch": 4}, *steps, epoch_end])
+    events = [{"type": "run_started", "time": 100.0, "steps_per_epoch": 4}, *steps, epoch_end]
+    history.ingest([protocol.from_dict(event) for event in events])
     assert (history.epoch_loss.mean(), history.epoch_accuracy.mean()) == ([1.75], [0.25])
     chart = LossChart()
     chart.set_history(history)

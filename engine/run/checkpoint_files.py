@@ -87,7 +87,7 @@ def unfinished_saves(directory: Path) -> list[Path]:
 def recorded_checkpoint_step(run_dir: Path) -> int | None:
     """The step of the last ``checkpoint`` event the run's events record, or None."""
     event = last_event_of(Path(run_dir) / EVENTS_FILE, ("checkpoint",))
-    step = event.get("step") if event else None
+    step = event.step if event is not None else None
     return step if isinstance(step, int) else None
 
 
