@@ -248,6 +248,24 @@ class TrainConfig(_Section):
         raise ValueError(f"got {value!r}{_did_you_mean(value, policies)}; expected one of {', '.join(policies)}")
 
 
+class NotifyConfig(_Section):
+    """This run's own alert URLs (``convdeck run --notify URL``), beside ``convdeck.toml``'s."""
+
+    urls: list[str] = Field(default_factory=list)
+
+    @field_validator("urls")
+    @classmethod
+    def _readable_urls(cls, urls: list[str]) -> list[str]:
+        if urls:  # Apprise loads only when a URL is given; a typo is caught now, not at 3 a.m.
+            from engine.run.notify import check_urls
+
+            try:
+                check_urls(urls, source="")  # pydantic names the field
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return urls
+
+
 class RunConfig(_Section):
     """A whole run: what a preset describes once defaults are filled in."""
 
@@ -256,6 +274,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
 
 def _did_you_mean(value: str, choices: Any) -> str:

@@ -81,8 +81,9 @@ def check_urls(urls: Sequence[str], source: str = "--notify") -> tuple[str, ...]
 
     for url in urls:
         if not apprise.Apprise().add(url):
+            where = f"{source}: " if source else ""
             raise ConfigError(
-                f"{source}: Apprise cannot read the URL {url!r} "
+                f"{where}Apprise cannot read the URL {url!r} "
                 "(e.g. ntfy://TOPIC, json://HOST:PORT/PATH, mailto://USER:PASS@HOST; "
                 "see https://github.com/caronc/apprise/wiki)"
             )

@@ -27,6 +27,7 @@ from pathlib import Path
 from engine.errors import ConfigError
 from engine.gpu import GIB, GpuSample
 from engine.remedies import UNATTENDED_REMEDY
+from engine.run.facts import PRUNED_REASON
 from engine.run.lock import AlreadyRunning
 from engine.run.queue import CLAIMED, ENDED, LAUNCHED, Entry, RunQueue
 from engine.run.store import convdeck_home, runs_root
@@ -115,7 +116,8 @@ class QueueRunner:
         self.queue = RunQueue(home)
         self.gpu_sample = gpu_sample
         self.log = log
-        self._reported: dict[int, int] = {}  # entry id -> epochs already told to its sweep
+        self._tails: dict = {}  # entry id -> the EventTail of its run's events (sweep trials)
+        self._best: dict[int, float] = {}  # entry id -> the best value of its sweep's metric so far
         self._was_busy = False
 
     # -- one tick ---------------------------------------------------------------------
@@ -244,33 +246,41 @@ class QueueRunner:
                 self.queue.add(sweep.spec.preset, overrides, sweep=name, trial=number, note=note)
 
     def _report_to_sweep(self, entry: Entry) -> None:
+        """Hand the trial's new validations to its study; stop the run (reason pruned) when told to."""
         if entry.sweep is None:
             return
-        from engine.run.store import epoch_metrics
-
         sweep = self._sweep(entry.sweep)
-        epochs = epoch_metrics(runs_root(self.home) / entry.run_id)
-        done = self._reported.get(entry.id, 0)
-        for epoch in epochs[done:]:
-            value = epoch.get(sweep.spec.metric)
-            if value is None:
-                continue
-            if sweep.report(entry.trial, int(epoch["epoch"]), float(value)):
+        for epoch, value in self._new_validations(entry, sweep.spec.metric):
+            if sweep.report(entry.trial, epoch, value):
                 self.log(f"sweep {entry.sweep}: pruning trial {entry.trial} (run {entry.run_id})")
                 from engine.run import client
 
-                client.RunHandle(runs_root(self.home) / entry.run_id).command_sync("stop", reason="pruned")
-                break
-        self._reported[entry.id] = len(epochs)
+                client.RunHandle(runs_root(self.home) / entry.run_id).command_sync("stop", name=PRUNED_REASON)
+                return
+
+    def _new_validations(self, entry: Entry, metric: str) -> list[tuple[int, float]]:
+        """(epoch, value) of the ``epoch_end`` events the run wrote since the last tick."""
+        from engine.run.events import EVENTS_FILE, EventTail
+        from engine.run.protocol import EpochEnd
+
+        tail = self._tails.setdefault(entry.id, EventTail(runs_root(self.home) / entry.run_id / EVENTS_FILE))
+        found = []
+        for event in tail.read_new():
+            value = getattr(event, metric, None) if isinstance(event, EpochEnd) else None
+            if value is not None and event.epoch is not None:
+                found.append((event.epoch, float(value)))
+                best = self._best.get(entry.id)
+                better = max if metric == "val_accuracy" else min
+                self._best[entry.id] = float(value) if best is None else better(best, float(value))
+        return found
 
     def _tell_sweep(self, entry: Entry, status: str) -> None:
         if entry.sweep is None:
             return
-        from engine.run.store import best_metric
-
         sweep = self._sweep(entry.sweep)
-        value = best_metric(runs_root(self.home) / entry.run_id, sweep.spec.metric) if entry.run_id else None
-        sweep.finish(entry.trial, status, value)
+        if entry.run_id:
+            self._new_validations(entry, sweep.spec.metric)  # the last epochs, written as it ended
+        sweep.finish(entry.trial, status, self._best.get(entry.id))
         if sweep.done():
             self._notify("sweep_done", f"sweep {entry.sweep} done", _sweep_summary(sweep))
 

@@ -49,7 +49,7 @@ import psutil
 
 from engine.run.events import EVENTS_FILE, EventWriter, parse_line
 from engine.run.lock import EXIT_ALREADY_RUNNING, STARTED_FD_ENV, RunLock
-from engine.run.store import LOCK_FILE
+from engine.run.store import LOCK_FILE, Liveness, worker_liveness
 
 SAMPLE_SECONDS = 1.0
 RECENT_SAMPLES = 5  # how far back "memory ran low just before it died" looks
@@ -220,6 +220,7 @@ class Supervisor:
         self.report_fd = report_fd  # handed to the worker, which answers the client on it
         self.samples: collections.deque[Sample] = collections.deque(maxlen=RECENT_SAMPLES)
         self.peak_rss = 0
+        self.alerts = None  # engine.run.alerts.RunAlerts when the run has alert URLs
         self.child: subprocess.Popen | None = None
         self.pending: list[int] = []  # signals that came before the worker started
         events = run_dir / EVENTS_FILE
@@ -272,11 +273,28 @@ class Supervisor:
                     break  # it died while we looked: this sample shows the aftermath
                 self.samples.append(sample)
                 self.peak_rss = max(self.peak_rss, sample.worker_rss)
+                self._poll_alerts()
                 _wait_readable(pidfd, self.child, SAMPLE_SECONDS)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
         return self.child.wait()
+
+    def _poll_alerts(self) -> None:
+        if self.alerts is None:
+            return
+        try:
+            self.alerts.poll(worker_liveness(self.run_dir))
+        except Exception as error:  # noqa: BLE001 - an alert must never take the run's watcher down
+            print(f"supervisor: alerts: {type(error).__name__}: {error}", file=sys.stderr)
+            self.alerts = None
+
+    def final_alerts(self) -> None:
+        """After the worker ended (and its exit was reported): the last alert, then time to send it."""
+        if self.alerts is None:
+            return
+        self.alerts.poll(Liveness())
+        self.alerts.wait()
 
     def report(self, returncode: int) -> dict | None:
         """Append ``worker_exit`` when the worker died by a signal or without a final event."""
@@ -357,6 +375,20 @@ def _exit_like(returncode: int) -> None:
     os._exit(128 + number)  # a signal whose default is not to end the process
 
 
+def _run_alerts(run_dir: Path):
+    """The run's alerts (engine.run.alerts), or None: none configured, or settings that do not read."""
+    from engine.run.alerts import RunAlerts
+
+    def said_once(message: str) -> None:
+        print(f"supervisor: {message}", file=sys.stderr)  # worker.log: a failed send, once
+
+    try:
+        return RunAlerts.for_run(run_dir, on_failure=said_once)
+    except Exception as error:  # noqa: BLE001 - bad settings were refused at the keyboard; never stop a run
+        print(f"supervisor: alerts off: {error}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.run.supervisor")
     parser.add_argument("--worker-module", default="engine.train.worker")
@@ -373,11 +405,14 @@ def main(argv: list[str] | None = None) -> int:
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, supervisor.forward)
     supervisor.start()
+    supervisor.alerts = _run_alerts(run_dir)
     returncode = supervisor.wait()
     try:
         supervisor.report(returncode)
     except Exception as error:  # noqa: BLE001 - a failed report must not hide the exit
         print(f"supervisor: could not report the worker's exit: {error}", file=sys.stderr)
+    if returncode != EXIT_ALREADY_RUNNING:
+        supervisor.final_alerts()
     _exit_like(returncode)
     return returncode
 

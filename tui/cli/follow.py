@@ -53,6 +53,13 @@ STOP_RETRY_SECONDS = 10.0
     metavar="N",
     help="This machine's place in --workers; 0 is the chief, which records the run.",
 )
+@click.option(
+    "--notify",
+    "notify_urls",
+    multiple=True,
+    metavar="URL",
+    help="Also alert this Apprise URL (ntfy://TOPIC, json://HOST/PATH, ...) when the run ends or stalls.",
+)
 def run(
     preset: str,
     overrides: tuple[str, ...],
@@ -60,8 +67,12 @@ def run(
     json_lines: bool,
     workers: str | None,
     worker_index: int | None,
+    notify_urls: tuple[str, ...],
 ) -> int:
     """Train PRESET (default lenet5-digits) without the UI."""
+    if notify_urls:
+        # A JSON array of strings is a TOML array too: checked with the rest of the config.
+        overrides = (*overrides, f"notify.urls={json.dumps(list(notify_urls))}")
     config = load_preset(preset, overrides)
     if workers is not None or worker_index is not None or config.train.strategy == "multi_worker":
         _join_cluster(config, workers, worker_index)
