@@ -15,6 +15,10 @@ declaration in engine.run.protocol. FAKE_WORKER_MODE picks the story:
 - ``serve``: steps every 50 ms while serving control.sock until ``stop``
   or SIGTERM, then ``checkpoint`` and ``finished`` reason ``stopped``
   (after FAKE_STOP_SECONDS, to play a slow checkpoint)
+- ``stall``: 3 steps, then FAKE_STALL_SECONDS of heartbeats and no step (an
+  input pipeline that hangs), then the rest of ``complete``
+- ``oom_wait``: 2 steps, then an ``oom`` that waits for a remedy, heartbeating
+  until SIGTERM or ``stop``
 """
 
 from __future__ import annotations
@@ -174,12 +178,47 @@ def _reply(worker: FakeWorker, request: dict) -> dict:
     return {"ok": True, "command": command, **request}
 
 
+def _heartbeat_for(worker: FakeWorker, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not worker.stop.is_set():
+        (worker.run_dir / "heartbeat").touch()
+        time.sleep(0.1)
+
+
+def stall(worker: FakeWorker) -> int:
+    for _ in range(3):
+        worker.train_step(1)
+        time.sleep(0.05)
+    _heartbeat_for(worker, float(os.environ.get("FAKE_STALL_SECONDS", "5")))
+    return complete(worker)  # the steps come again, numbered on
+
+
+def oom_wait(worker: FakeWorker) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    worker.train_step(1)
+    worker.train_step(1)
+    worker.emit(
+        "oom",
+        step=worker.step + 1,
+        batch_size=256,
+        message="OOM when allocating tensor with shape[256,64,112,112]",
+        remedies=[{"name": "halve-batch", "key": "h", "title": "halve the batch size", "effect": "batch 256 -> 128"}],
+        policy="ask",
+        waiting=True,
+    )
+    _heartbeat_for(worker, 600.0)
+    worker.emit("finished", reason="stopped", steps=worker.step, elapsed=1.0)
+    return 0
+
+
 MODES = {
     "complete": complete,
     "fail": fail,
     "user_error": user_error,
     "crash": crash,
     "serve": serve,
+    "stall": stall,
+    "oom_wait": oom_wait,
 }
 
 

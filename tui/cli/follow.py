@@ -145,12 +145,13 @@ def _print_detached(handle: client.RunHandle, json_lines: bool) -> None:
             )
         )
         return
-    # Scripts take the id as the last word of the last line.
+    # The id alone on stdout, so `RUN=$(convdeck run --detach)` works; the advice is for people.
+    click.echo(handle.run_id)
     click.echo(
-        f"watch it: convdeck attach {handle.run_id} · stop it: "
-        f"convdeck ctl {handle.run_id} stop · log: {handle.log_path}"
+        f"started; watch it: convdeck attach {handle.run_id} · stop it: "
+        f"convdeck ctl {handle.run_id} stop · log: {handle.log_path}",
+        err=True,
     )
-    click.echo(f"started run {handle.run_id}")
 
 
 def follow(handle: client.RunHandle, display: Display) -> int:
