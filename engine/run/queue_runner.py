@@ -184,7 +184,7 @@ class QueueRunner:
                 from engine.run.store import create_run_dir
 
                 create_run_dir(config, self.home, run_id=entry.run_id)
-            if client.RunHandle(run_dir).pid() is None:
+            if client.RunHandle(run_dir).pid() is None and not _ever_started(run_dir):
                 devices = ",".join(map(str, _devices_of(entry)))
                 client.start_worker(run_dir, env={"CUDA_VISIBLE_DEVICES": devices} if devices else None)
         except AlreadyRunning:
@@ -306,6 +306,16 @@ class QueueRunner:
             return
         notifier.send(kind, title, body)
         notifier.wait()
+
+
+def _ever_started(run_dir: Path) -> bool:
+    """A worker took the run at some point (a runner died before it could record the launch)."""
+    from engine.run.events import EVENTS_FILE
+
+    try:
+        return (run_dir / EVENTS_FILE).stat().st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _devices_of(entry: Entry) -> list[int]:
