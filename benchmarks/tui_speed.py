@@ -220,7 +220,7 @@ def measure_terminal(seconds: float, steps_per_sec: float, history_steps: int) -
 
 
 def write_long_run(home: Path, steps: int) -> str:
-    """A run directory whose events.jsonl holds ``steps`` step events (an epoch end per 1000)."""
+    """A live run directory whose events.jsonl holds ``steps`` step events (an epoch end per 1000)."""
     import json
 
     from engine.presets import load_preset
@@ -255,6 +255,12 @@ def write_long_run(home: Path, steps: int) -> str:
                 events.writelines(lines)
                 lines = []
         events.writelines(lines)
+    # Live, as a run being trained is: this process stands in for its worker.
+    import psutil
+
+    me = psutil.Process()
+    (run_dir / "worker.pid").write_text(f"{me.pid} {me.create_time()}")
+    (run_dir / "heartbeat").touch()
     return run_dir.name
 
 

@@ -347,3 +347,17 @@ def test_read_facts_counts_wrong_typed_lines_and_keeps_the_step_before_a_torn_on
     facts = read_facts(path)
     assert facts.unreadable_lines == 2
     assert (facts.step, facts.last_loss, facts.preset) == (3, 1 / 3, "lenet5-digits")
+
+
+def test_a_log_line_that_names_a_restart_marks_it_whatever_its_wording():
+    facts = folded([started(), Log(time=101.0, message="worker going down", restarting="mixed-precision")])
+    assert facts.phase == "restarting" and "mixed-precision" in facts.reason
+    older = folded([started(), Log(time=101.0, message="applying remedy halve-batch: restarting")])
+    assert older.phase == "restarting" and "halve-batch" in older.reason  # a run an older worker wrote
+
+
+def test_other_log_lines_change_nothing_and_an_ended_run_never_restarts():
+    facts = folded([started(), Log(time=101.0, message="hello")])
+    assert facts.phase == "loading"
+    facts.apply([Finished(time=102.0), Log(time=103.0, message="x", restarting="halve-batch")])
+    assert (facts.status, facts.phase) == ("finished", "ended")

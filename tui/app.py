@@ -255,13 +255,12 @@ class ConvdeckApp(ChartKeys, App[int]):
         yield Footer(id="footer")
 
     def on_mount(self) -> None:
-        reading = f"attaching to {self.attach_ref or 'the newest live run'}…"
-        self.query_one(RunHeader).show_idle(reading if self._attaching else "reading presets…")
+        self.query_one(RunHeader).show_idle("reading presets…")
         self._check_size(self.size.width, self.size.height)  # the too-small message
         # Reading presets imports pydantic (~0.1 s of the GIL): after the first frame.
         self.call_after_refresh(self._load_presets)
         if self.attach_ref is not None:
-            self._attach(self.attach_ref or None)
+            self._begin_attach(self.attach_ref or None)
 
     def on_resize(self, event: Any) -> None:
         self._check_size(event.size.width, event.size.height)
@@ -403,6 +402,13 @@ class ConvdeckApp(ChartKeys, App[int]):
             return
         self.watch_run(run, preset=config.name)
 
+    def _begin_attach(self, ref: str | None) -> None:
+        """Look the run up and read its facts (a thread); until then no preset keys apply."""
+        self._attaching = True
+        self.query_one(RunHeader).show_idle(f"attaching to {ref or 'the newest live run'}…")
+        self._refresh_footer()
+        self._attach(ref)
+
     @work(thread=True, exclusive=True, group="attach", exit_on_error=False)
     def _attach(self, ref: str | None) -> None:
         try:
@@ -419,8 +425,7 @@ class ConvdeckApp(ChartKeys, App[int]):
         self._attaching = False
         self.notify(error, severity="error", timeout=8)
         self.query_one(LogPane).note(f"attach: {error}", "red")
-        if self.state is None:
-            self.query_one(RunHeader).show_idle()
+        self._show_state()  # the run watched before, or the preset list's line
         self._refresh_footer()
 
     def watch_run(self, run: RunLink, preset: str = "", snapshot: RunFacts | None = None) -> None:
@@ -829,7 +834,7 @@ class ConvdeckApp(ChartKeys, App[int]):
 
         def opened(run_id: str | None) -> None:
             if run_id and (self.state is None or run_id != self.state.run_id):
-                self._attach(run_id)
+                self._begin_attach(run_id)
 
         self.push_screen(RunsScreen(self.engine), opened)
 
