@@ -121,3 +121,25 @@ def test_two_processes_claiming_at_once_never_claim_one_entry_twice(tmp_path):
         worker.join(timeout=60)
     flat = [entry_id for mine in claimed for entry_id in mine]
     assert sorted(flat) == sorted(ids)  # each exactly once
+
+
+def test_slots_go_to_gpus_with_enough_free_memory_and_no_queue_run():
+    from engine.gpu import GIB, GpuDevice, GpuSample
+    from engine.run.queue_runner import plan_slots
+
+    def device(index: int, used_gib: float) -> GpuDevice:
+        return GpuDevice(index=index, name="H200", memory_used=int(used_gib * GIB), memory_total=int(140 * GIB))
+
+    sample = GpuSample(devices=[device(0, 0.5), device(1, 139.0), device(2, 10.0), device(3, 1.0)])
+    # GPU 1 is nearly full (another user's job), GPU 3 already runs a queue run.
+    assert plan_slots(sample, busy_gpus={3}, live_runs=1, min_free_gib=2.0).gpus == [0, 2]
+    assert plan_slots(sample, busy_gpus=set(), live_runs=0, min_free_gib=131.0).gpus == [0, 3]
+
+
+def test_without_a_gpu_one_run_at_a_time():
+    from engine.gpu import GpuSample
+    from engine.run.queue_runner import plan_slots
+
+    none = GpuSample(unavailable="no NVIDIA driver")
+    assert plan_slots(none, set(), live_runs=0, min_free_gib=2.0).cpu == 1
+    assert plan_slots(none, set(), live_runs=1, min_free_gib=2.0).cpu == 0
