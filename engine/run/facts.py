@@ -141,6 +141,8 @@ class RunFacts:
     validation_seconds: float | None = None
     """How long the last validation took (its epoch_end after the epoch's last step)."""
     validated_since_origin: float = 0.0
+    epoch_ends_seen: tuple[float, float, int] | None = None
+    """This worker's epoch ends: (first time, last time, how many) — the steadiest clock of a run."""
 
     # -- folding ----------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class RunFacts:
         self.paused = self.stepped_since_start = False
         self.rate_origin = None  # a new worker traces again, maybe at another batch size
         self.validated_since_origin = 0.0
+        self.epoch_ends_seen = None
 
     def _on_step(self, event: Step) -> None:
         last = event.last()
@@ -200,8 +203,18 @@ class RunFacts:
     def _on_epoch_end(self, event: EpochEnd) -> None:
         if self.rate_origin is not None and self.last_step_at and math.isfinite(event.time):
             # The epoch's last step line came just before: the gap is the validation.
-            self.validation_seconds = max(0.0, event.time - self.last_step_at)
-            self.validated_since_origin += self.validation_seconds
+            seconds = max(0.0, event.time - self.last_step_at)
+            if self.validation_seconds is None or self.epoch_ends_seen is not None:
+                self.validation_seconds = seconds
+            else:
+                # This worker's first validation also traced the evaluation step: until a
+                # steady one is seen, count it at most as long as an epoch's training.
+                epoch_training = (self.steady_step_seconds() or 0.0) * (self.steps_per_epoch or 0)
+                self.validation_seconds = min(seconds, epoch_training) if epoch_training else seconds
+            self.validated_since_origin += seconds
+        if math.isfinite(event.time):
+            first, _, count = self.epoch_ends_seen or (event.time, event.time, 0)
+            self.epoch_ends_seen = (first, event.time, count + 1)
         self.last_epoch = event
         if event.epoch is not None:
             self.epochs_done = event.epoch
@@ -434,21 +447,37 @@ class RunFacts:
         return None if left is None else self.step + left
 
     def eta_seconds(self) -> float | None:
-        """Seconds left: the steps left at this worker's steady wall time per step, plus the validations.
+        """Seconds left, measured on this worker's wall clock (a remedy restart measures anew).
 
-        A step's time is measured from the worker's first step line (so
-        tracing is left out) to its last, checkpoints included and
-        validations taken out; each validation still to come (one an epoch
-        left) is counted at the last one's time. A worker restarted by a
-        remedy measures anew. Before two step lines the worker's own step
-        time stands in, and before the first validation none is counted.
+        Once the worker has ended two epochs: the epochs left at the time
+        between its epoch ends (steps, validation and saves together; the
+        first epoch, which traced, is left out). Before that: the steps left
+        at the steady time per step (from its first step line, so tracing is
+        left out, validations taken out) plus a validation per epoch left at
+        the last one's time.
         """
         left = self.steps_left()
+        if left is None:
+            return None
+        by_epochs = self._eta_by_epochs()
+        if by_epochs is not None:
+            return by_epochs
         per_step = self.steady_step_seconds() or self.step_time
-        if left is None or not per_step or not math.isfinite(per_step):
+        if not per_step or not math.isfinite(per_step):
             return None
         validations = (self.epochs or 0) - self.epochs_done
         return left * per_step + max(0, validations) * (self.validation_seconds or 0.0)
+
+    def _eta_by_epochs(self) -> float | None:
+        """Once this worker ended two epochs: whole epochs (steps, validation, saves) at their wall time."""
+        if self.epoch_ends_seen is None or not self.epochs:
+            return None
+        first, last, count = self.epoch_ends_seen
+        if count < 2 or last <= first:
+            return None
+        per_epoch = (last - first) / (count - 1)
+        into_epoch = max(0.0, self.last_step_at - last) if self.last_step_at > last else 0.0
+        return max(0.0, (self.epochs - self.epochs_done) * per_epoch - into_epoch)
 
     def elapsed_seconds(self) -> float:
         """From the first start to the last event."""
