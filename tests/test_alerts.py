@@ -58,6 +58,7 @@ def test_a_worker_killed_by_sigkill_is_reported_crashed_by_its_supervisor(convde
     latency = time.monotonic() - killed
     post = next(p for p in catcher.posts if "crashed" in p["title"])
     assert post["type"] == "failure" and "SIGKILL" in post["message"]
+    print(f"crash alert latency {latency:.2f} s")
     assert latency < 15, latency  # the supervisor sees the death at once; sending takes the rest
 
 

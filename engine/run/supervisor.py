@@ -283,8 +283,11 @@ class Supervisor:
     def _poll_alerts(self) -> None:
         if self.alerts is None:
             return
+        liveness = worker_liveness(self.run_dir)
+        if liveness.pid is None:
+            return  # not started yet, or just died: final_alerts says crashed, with the signal, after report
         try:
-            self.alerts.poll(worker_liveness(self.run_dir))
+            self.alerts.poll(liveness)
         except Exception as error:  # noqa: BLE001 - an alert must never take the run's watcher down
             print(f"supervisor: alerts: {type(error).__name__}: {error}", file=sys.stderr)
             self.alerts = None
