@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import one_line_error, run_cli
+from conftest import event_dicts, one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,8 @@ def test_eval_matches_scikit_learn_on_model_keras_predictions(trained_run):
 
 
 def test_a_finished_run_is_evaluated_by_its_worker_before_its_finished_event(trained_run):
-    from engine.run.events import read_events
-
     home, run_dir, env = trained_run
-    events = read_events(run_dir / "events.jsonl")
+    events = event_dicts(run_dir / "events.jsonl")
     assert [e["type"] for e in events[-2:]] == ["eval", "finished"]
     evaluated = events[-2]
     assert (evaluated["trigger"], evaluated["split"], evaluated["weights"]) == ("end", "validation", "last")
@@ -65,10 +63,8 @@ def test_a_finished_run_is_evaluated_by_its_worker_before_its_finished_event(tra
 
 
 def test_eval_of_the_best_weights_scores_the_recorded_best(trained_run):
-    from engine.run.events import read_events
-
     home, run_dir, env = trained_run
-    best = [e for e in read_events(run_dir / "events.jsonl") if e["type"] == "best_checkpoint"][-1]
+    best = [e for e in event_dicts(run_dir / "events.jsonl") if e["type"] == "best_checkpoint"][-1]
     assert best["metric"] == "val_accuracy"
     done = run_cli("eval", run_dir.name, "--weights", "best", "--json", env=env, timeout=600)
     assert done.returncode == 0, done.stderr
