@@ -203,3 +203,16 @@ def test_a_resumed_worker_marks_a_restart_unless_a_remedy_already_did():
         ("restart", 80.0),
     ]
     assert history.steps_per_epoch == 200
+
+
+def test_the_best_checkpoint_is_one_marker_at_the_latest_best():
+    from engine.run.history import RunHistory
+    from engine.run.protocol import BestCheckpoint, Step
+
+    history = RunHistory()
+    history.ingest([Step(time=1.0, step=n, epoch=1, loss=1.0) for n in range(1, 11)])
+    history.ingest([BestCheckpoint(time=2.0, step=10, epoch=1, metric="val_accuracy", value=0.91)])
+    history.ingest([Step(time=3.0, step=n, epoch=2, loss=0.5) for n in range(11, 21)])
+    history.ingest([BestCheckpoint(time=4.0, step=20, epoch=2, metric="val_accuracy", value=0.95)])
+    best = [m for m in history.markers if m.kind == "best"]
+    assert len(best) == 1 and best[0].x[0] == 20 and best[0].label == "best val_accuracy 0.95"

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from engine.run.protocol import EpochEnd, Event, Oom, RemedyApplied, RunStarted, Step
+from engine.run.protocol import BestCheckpoint, EpochEnd, Event, Oom, RemedyApplied, RunStarted, Step
 
 AXES = ("step", "epoch", "time")
 """The x axes every point carries: global step, epochs done (fractional), seconds since start."""
@@ -227,6 +227,11 @@ class RunHistory:
             self._mark_restart(event)
         elif isinstance(event, EpochEnd):
             self._ingest_epoch_end(event)
+        elif isinstance(event, BestCheckpoint):
+            # One line at the best so far: the weights `eval --weights best` and export take.
+            self.markers = [m for m in self.markers if m.kind != "best"]
+            value = "" if event.value is None else f" {event.value:.4g}"
+            self.markers.append(Marker("best", self.position(event), f"best {event.metric}{value}"))
         elif event.type in MARKER_KINDS:
             self.markers.append(Marker(event.type, self.position(event), _marker_label(event)))
 

@@ -41,6 +41,7 @@ MARKER_COLORS = {
     "paused": 11,
     "resumed": 12,
     "nan": 13,
+    "best": 14,
 }
 MARKER_NAMES = {
     "oom": "oom",
@@ -49,6 +50,7 @@ MARKER_NAMES = {
     "paused": "pause",
     "resumed": "resume",
     "nan": "nan",
+    "best": "best",
 }
 NICE_MANTISSAS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 """Upper limits of the x axis: the curve fills at least ~80 % of the width, and the
