@@ -23,7 +23,7 @@ from textual.widgets import Footer, Input, OptionList, Static
 
 from engine.gpu import GpuSource
 from engine.remedies import REMEDIES
-from tui.bindings import APP_BINDINGS, MAIN_SCREEN_ACTIONS
+from tui.bindings import APP_BINDINGS, MAIN_SCREEN_ACTIONS, PALETTE
 from tui.chart_keys import ChartKeys
 from tui.engine_link import Engine
 from tui.handlers import until_shutdown
@@ -46,7 +46,7 @@ from tui.widgets.config_pane import ConfigPane
 from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.header import RunHeader
 from tui.widgets.log_pane import LogPane
-from tui.widgets.loss_chart import SMOOTHINGS, VIEWS, LossChart
+from tui.widgets.loss_chart import LossChart
 from tui.widgets.preset_list import DEFAULT_PRESET, PresetList
 from tui.widgets.queue_badge import QueueBadge
 from tui.widgets.remedy_bar import RemedyBar, remedy_title
@@ -378,36 +378,7 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Command palette entries: the app's actions, then Textual's own."""
-        entries = [
-            ("Start run", "Start the chosen preset", "start", self.action_start),
-            ("Pause / resume", "Pause or resume the run", "pause_resume", self.action_pause_resume),
-            ("Stop run", "Checkpoint and stop the run", "stop", self.action_stop),
-            ("Detach", "Stop watching; the run keeps going", "detach", self.action_detach),
-            ("Runs", "List runs, open one, overlay two", "runs", self.action_runs),
-            (
-                "Queue preset",
-                "Queue the chosen preset with the config pane's values",
-                "queue_preset",
-                self.action_queue_preset,
-            ),
-            ("Queue", "The run queue: reorder, remove, pause", "queue", self.action_queue),
-            (
-                "Save preset",
-                "Save the config pane as a user preset",
-                "save_preset",
-                self.action_save_preset,
-            ),
-            ("Chart: next view", f"One of {', '.join(VIEWS.values())}", "view", self.action_view),
-            (
-                "Chart: smoothing",
-                f"Cycle {', '.join(map(str, SMOOTHINGS))}",
-                "smoothing",
-                self.action_smoothing,
-            ),
-            ("Chart: log scale", "Linear or log y axis", "log_scale", self.action_log_scale),
-            ("Chart: x axis", "Step, epoch or wall time", "x_axis", self.action_x_axis),
-            ("Help", "Keys and how convdeck works", "help", self.action_help),
-        ]
+        entries = [(title, text, action, getattr(self, f"action_{action}")) for title, text, action in PALETTE]
         for name in REMEDIES:
             entries.append(
                 (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from textual.binding import Binding
 
 from tui.chart_keys import chart_bindings
+from tui.widgets.loss_chart import SMOOTHINGS, VIEWS
 from tui.widgets.remedy_bar import remedy_bindings
 
 # | key     | action            | applies when                          |
@@ -82,3 +83,23 @@ MAIN_SCREEN_ACTIONS = frozenset(
         "view",
     }
 )
+
+PALETTE: list[tuple[str, str, str]] = [
+    ("Start run", "Start the chosen preset", "start"),
+    ("Pause / resume", "Pause or resume the run", "pause_resume"),
+    ("Stop run", "Checkpoint and stop the run", "stop"),
+    ("Detach", "Stop watching; the run keeps going", "detach"),
+    ("Runs", "List runs, open one, overlay two", "runs"),
+    ("Queue preset", "Queue the chosen preset with the config pane's values", "queue_preset"),
+    ("Queue", "The run queue: reorder, remove, pause", "queue"),
+    ("Save preset", "Save the config pane as a user preset", "save_preset"),
+    ("Chart: next view", f"One of {', '.join(VIEWS.values())}", "view"),
+    ("Chart: smoothing", f"Cycle {', '.join(map(str, SMOOTHINGS))}", "smoothing"),
+    ("Chart: log scale", "Linear or log y axis", "log_scale"),
+    ("Chart: x axis", "Step, epoch or wall time", "x_axis"),
+    ("Help", "Keys and how convdeck works", "help"),
+]
+"""The command palette's entries: (title, help, action); the app calls ``action_<action>``.
+
+The remedies follow, one per entry in :mod:`engine.remedies`; only the entries
+whose action applies now are listed (see ``ConvdeckApp.get_system_commands``)."""
