@@ -5,7 +5,7 @@ step events (with run_started, an epoch_end every 1,000 steps and a
 checkpoint every 200), marks each run live (this process's pid and a fresh
 heartbeat), and measures in a fresh child process per figure:
 
-- ``tui``: the TUI's own path (tui/app.py ``_attach`` and ``_tail``): the run's
+- ``tui``: the TUI's own path (tui/run_watch.py ``_attach`` and ``_tail``): the run's
   facts read whole at once (``RunHandle.summary()``: what the header shows
   before the history is in; "snapshot s"), then ``RunHandle.events(
   history_steps=HISTORY_STEPS)`` folded into ``RunFacts`` and engine.run.history's
@@ -160,7 +160,7 @@ class LiveWorker:
 
 
 class LivenessPoller:
-    """tui/app.py ``_check_liveness``: in a thread, 2 s after the last check ended, what
+    """tui/run_watch.py ``_check_liveness``: in a thread, 2 s after the last check ended, what
     the app asks (``tui.app._liveness`` where it exists, else ``run.summary()``)."""
 
     def __init__(self, handle, interval: float = 2.0) -> None:
@@ -190,7 +190,7 @@ class LivenessPoller:
 async def follow_like_the_tui(
     run_dir: Path, history_steps: int | None, follow_seconds: float = 0.0, poll: bool = False
 ) -> dict:
-    """tui/app.py ``_attach`` and ``_tail``: the run's facts at once, then events in
+    """tui/run_watch.py ``_attach`` and ``_tail``: the run's facts at once, then events in
     batches, folded into RunFacts and RunHistory in INGEST_CHUNK slices.
 
     After reaching the live tail it keeps following for ``follow_seconds`` and
@@ -214,7 +214,7 @@ async def follow_like_the_tui(
     poller = LivenessPoller(handle) if poll else None
     until = None
     try:
-        snapshot = handle.summary()  # what the header shows at once (tui/app.py _attach)
+        snapshot = handle.summary()  # what the header shows at once (tui/run_watch.py _attach)
         figures["snapshot_s"] = time.perf_counter() - t0
         figures["snapshot_step"] = snapshot.step
         async for batch in handle.events(from_start=True, history_steps=history_steps):

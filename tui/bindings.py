@@ -1,0 +1,105 @@
+"""The main screen's keys: the app's own, one per remedy in the catalogue, and the chart's.
+
+:data:`APP_BINDINGS` is :attr:`tui.app.ConvdeckApp.BINDINGS`; the remedy keys come
+from :mod:`engine.remedies` through :func:`tui.widgets.remedy_bar.remedy_bindings`.
+:data:`MAIN_SCREEN_ACTIONS` are the actions that do not apply while another
+screen is on top (see ``ConvdeckApp.check_action``).
+"""
+
+from __future__ import annotations
+
+from textual.binding import Binding
+
+from tui.chart_keys import chart_bindings
+from tui.widgets.loss_chart import SMOOTHINGS, VIEWS
+from tui.widgets.remedy_bar import remedy_bindings
+
+# | key     | action            | applies when                          |
+# |---------|-------------------|---------------------------------------|
+# | enter   | start             | no live run; a valid config           |
+# | space   | pause or resume   | a live run                            |
+# | x       | stop (confirm)    | a live run                            |
+# | (each)  | a remedy          | a live run; keys in engine.remedies   |
+# | d       | detach            | a run is shown                        |
+# | s l t v | chart settings    | always                                |
+APP_BINDINGS: list[Binding] = [
+    Binding("enter", "start", "Start", tooltip="Start a run of the chosen preset", id="start"),
+    Binding(
+        "space",
+        "pause_resume",
+        "Pause/resume",
+        tooltip="Pause or resume the run",
+        id="pause-resume",
+    ),
+    Binding("x", "stop", "Stop", tooltip="Stop the run (asks first)", id="stop"),
+    Binding("d", "detach", "Detach", tooltip="Stop watching; the run keeps going", id="detach"),
+    *remedy_bindings(),  # one per remedy in engine.remedies
+    Binding("question_mark,f1", "help", "Help", tooltip="Keys and how it works", id="help"),
+    Binding("q", "quit_app", "Quit", tooltip="Quit (asks about a live run)", id="quit"),
+    Binding("slash", "filter", "Filter", tooltip="Filter the presets", id="filter"),
+    Binding(
+        "ctrl+s",
+        "save_preset",
+        "Save preset",
+        tooltip="Save the config pane as a user preset",
+        id="save-preset",
+    ),
+    Binding("o", "runs", "Runs", tooltip="List runs, open one, overlay two", id="runs"),
+    Binding("e", "eval", "Eval", show=False, tooltip="Confusion matrix, per-class figures, mistakes", id="eval"),
+    Binding(
+        "Q",
+        "queue_preset",
+        "Queue",
+        tooltip="Queue the chosen preset with the config pane's values",
+        id="queue-preset",
+    ),
+    Binding(
+        "u",
+        "queue",
+        "Queue list",
+        show=False,  # the footer has no room at 80 columns; help, the palette and Q's notice say it
+        tooltip="The run queue: reorder, remove, pause",
+        id="queue",
+    ),
+    *chart_bindings("chart", show=False),
+]
+
+MAIN_SCREEN_ACTIONS = frozenset(
+    {
+        "start",
+        "pause_resume",
+        "stop",
+        "remedy",
+        "detach",
+        "filter",
+        "save_preset",
+        "runs",
+        "eval",
+        "queue_preset",
+        "queue",
+        "smoothing",
+        "log_scale",
+        "x_axis",
+        "view",
+    }
+)
+
+PALETTE: list[tuple[str, str, str]] = [
+    ("Start run", "Start the chosen preset", "start"),
+    ("Pause / resume", "Pause or resume the run", "pause_resume"),
+    ("Stop run", "Checkpoint and stop the run", "stop"),
+    ("Detach", "Stop watching; the run keeps going", "detach"),
+    ("Runs", "List runs, open one, overlay two", "runs"),
+    ("Queue preset", "Queue the chosen preset with the config pane's values", "queue_preset"),
+    ("Queue", "The run queue: reorder, remove, pause", "queue"),
+    ("Save preset", "Save the config pane as a user preset", "save_preset"),
+    ("Chart: next view", f"One of {', '.join(VIEWS.values())}", "view"),
+    ("Chart: smoothing", f"Cycle {', '.join(map(str, SMOOTHINGS))}", "smoothing"),
+    ("Chart: log scale", "Linear or log y axis", "log_scale"),
+    ("Chart: x axis", "Step, epoch or wall time", "x_axis"),
+    ("Help", "Keys and how convdeck works", "help"),
+]
+"""The command palette's entries: (title, help, action); the app calls ``action_<action>``.
+
+The remedies follow, one per entry in :mod:`engine.remedies`; only the entries
+whose action applies now are listed (see ``ConvdeckApp.get_system_commands``)."""
