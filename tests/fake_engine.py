@@ -275,10 +275,18 @@ class FakeEngine:
         self.saved: list[tuple[str, RunConfig]] = []
         self.start_error: str | None = None
         self.now: float | None = None
+        self.rate_finder = None
+        """find_learning_rate's stand-in for tests of the L key (tests/test_lr_find.py's FakeDriver)."""
         """Set to move the fake world's clock (e.g. far past the last step, to make a run stalled)."""
 
     def list_presets(self) -> list[FakePreset]:
         return list(self.presets)
+
+    def find_learning_rate(self, config: RunConfig, steps: int, start: float, end: float, *, on_point, on_start):
+        """The range test a test hands in (``rate_finder``), as the real one is called."""
+        if self.rate_finder is None:
+            raise ConfigError("this fake engine has no range test (set rate_finder)")
+        return self.rate_finder(config, steps, start, end, on_point=on_point, on_start=on_start)
 
     def clock(self) -> float:
         """The fake world's now: its newest event, so a fake run is stalled only when a test says so."""

@@ -759,3 +759,20 @@ async def test_a_run_without_steps_for_long_shows_stalled_and_clears_when_they_r
         engine.now = None  # steps come again: the fake world's clock is their time
         run.feed(*training_events(5, start_step=21, now=last + 1.0))
         await until(pilot, lambda: "running" in str(header.render()))
+
+
+async def test_L_runs_the_range_test_and_enter_puts_its_rate_in_the_config_pane():
+    from test_lr_find import FakeDriver
+
+    engine = FakeEngine()
+    engine.rate_finder = FakeDriver()
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.presets_loaded)
+        await until(pilot, lambda: app.query_one(ConfigPane).preset is not None)
+        await pilot.press("L")
+        await until(pilot, lambda: getattr(app.screen, "test", None) is not None)
+        suggested = app.screen.test.suggested_rate
+        await pilot.press("enter")
+        await until(pilot, lambda: app.query_one(ConfigPane).values()["train"]["learning_rate"] == suggested)
+        assert engine.rate_finder.calls and engine.rate_finder.calls[0][0] == "lenet5-digits"

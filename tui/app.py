@@ -231,7 +231,7 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
             return live and self.state.phase != "restarting"
         # While a run to attach to is looked up, the preset screen's keys do not apply yet.
         preset_keys = not live and not self._attaching
-        if action in ("start", "queue_preset"):
+        if action in ("start", "queue_preset", "lr_find"):
             return preset_keys
         if action == "filter":
             return preset_keys and not isinstance(self.focused, Input)
@@ -344,6 +344,23 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
             self.notify("No run on screen: open one (o) or start one first.", severity="warning")
             return
         self.push_screen(EvalScreen(self.engine, self.run_link.run_id, self.run_link.run_dir))
+
+    def action_lr_find(self) -> None:
+        """The learning-rate range test of the config pane's settings; its rate comes back to the pane."""
+        from tui.screens.lr_find import LrFindScreen
+
+        pane = self.query_one(ConfigPane)
+        config = pane.validate() if pane.preset is not None else None
+        if config is None:
+            self.notify(f"No range test: {pane.error or 'no preset chosen yet'}", severity="error")
+            return
+
+        def use(rate: float | None) -> None:
+            if rate is not None:
+                pane.set_field("train.learning_rate", f"{rate:g}")
+                self.notify(f"train.learning_rate = {rate:g} (from the range test)")
+
+        self.push_screen(LrFindScreen(config, find=self.engine.find_learning_rate), use)
 
     def action_queue_preset(self) -> None:
         """Queue the chosen preset; the config pane's changes to it go as ``--set`` overrides."""

@@ -54,6 +54,14 @@ APP_BINDINGS: list[Binding] = [
         id="queue-preset",
     ),
     Binding(
+        "L",
+        "lr_find",
+        "LR find",
+        show=False,  # no room in the footer at 80 columns; help and the palette say it
+        tooltip="Learning-rate range test of the config pane's settings; Enter there puts its rate in the pane",
+        id="lr-find",
+    ),
+    Binding(
         "u",
         "queue",
         "Queue list",
@@ -77,6 +85,7 @@ MAIN_SCREEN_ACTIONS = frozenset(
         "eval",
         "queue_preset",
         "queue",
+        "lr_find",
         "smoothing",
         "log_scale",
         "x_axis",
@@ -92,6 +101,7 @@ PALETTE: list[tuple[str, str, str]] = [
     ("Runs", "List runs, open one, overlay two", "runs"),
     ("Queue preset", "Queue the chosen preset with the config pane's values", "queue_preset"),
     ("Queue", "The run queue: reorder, remove, pause", "queue"),
+    ("LR find", "Learning-rate range test; its suggestion goes into the config pane", "lr_find"),
     ("Save preset", "Save the config pane as a user preset", "save_preset"),
     ("Chart: next view", f"One of {', '.join(VIEWS.values())}", "view"),
     ("Chart: smoothing", f"Cycle {', '.join(map(str, SMOOTHINGS))}", "smoothing"),

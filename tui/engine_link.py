@@ -73,6 +73,10 @@ class Engine(Protocol):
         """Now, on the clock the runs' event times are on (a stall is judged against it)."""
         ...
 
+    def find_learning_rate(self, config: RunConfig, steps: int, start: float, end: float, *, on_point, on_start):
+        """The learning-rate range test (engine.run.lr_find.find_learning_rate's shape)."""
+        ...
+
 
 class RealEngine:
     """The engine of this install: ``engine.presets`` and ``engine.run.client``.
@@ -116,3 +120,8 @@ class RealEngine:
 
     def clock(self) -> float:
         return time.time()
+
+    def find_learning_rate(self, config: RunConfig, steps: int, start: float, end: float, *, on_point, on_start):
+        from engine.run.lr_find import find_learning_rate
+
+        return find_learning_rate(config, steps, start, end, on_point=on_point, on_start=on_start)

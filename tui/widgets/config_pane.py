@@ -208,6 +208,10 @@ class ConfigPane(VerticalScroll, can_focus=False):
         finally:
             self._filling = False
 
+    def set_field(self, dotted: str, text: str) -> None:
+        """Put ``text`` in the field of ``dotted`` (a text field) as if typed; it is validated."""
+        self.query_one(f"#{_field_id(dotted)}", Input).value = text
+
     def values(self) -> dict:
         """The preset's config with the fields' values laid over, as plain data."""
         from engine.config import parse_value
