@@ -43,6 +43,13 @@ _chunk_decoder = msgspec.json.Decoder(list[protocol.AnyEvent])
 KERAS_SUFFIX = ".keras"
 
 
+_ExportRow = msgspec.defstruct("ExportRow", [(name, object, None) for name in COLUMNS])
+"""A row as JSON: every column a key, in order."""
+_STEP_ROW_FORMAT = ",".join(["%s", "%s"] + ["%r"] * (len(STEP_COLUMNS) - 2)) + "," * (len(COLUMNS) - len(STEP_COLUMNS))
+"""A row that holds only a step's figures (nearly all of them), formatted in one go; None prints as "None"."""
+_STEP_ONLY = (None,) * (len(COLUMNS) - len(STEP_COLUMNS))
+
+
 class RowWriter:
     """Where rows go: a CSV file or JSON lines, one block of rows at a time."""
 
@@ -66,11 +73,27 @@ class RowWriter:
         if not self._block:
             return
         if self.kind == "csv":
-            self._csv.writerows(self._block)
+            self._write_csv(self._block)
         else:
-            lines = self._json.encode_lines([dict(zip(COLUMNS, row, strict=True)) for row in self._block])
-            self.handle.write(lines.decode())
+            self.handle.write(self._json.encode_lines([_ExportRow(*row) for row in self._block]).decode())
         self._block.clear()
+
+    def _write_csv(self, rows: list[list]) -> None:
+        # The csv module spends most of a long export on step rows; they hold numbers (or None)
+        # only, so a format string writes them and "None" becomes an empty cell. Rows with an
+        # epoch's, a validation's or an evaluation's figures (strings among them) go through csv.
+        start = 0
+        for index, row in enumerate(rows):
+            if row[len(STEP_COLUMNS) :] != list(_STEP_ONLY):
+                self._write_step_rows(rows[start:index])
+                self._csv.writerow(row)
+                start = index + 1
+        self._write_step_rows(rows[start:])
+
+    def _write_step_rows(self, rows: list[list]) -> None:
+        if rows:
+            text = "\n".join([_STEP_ROW_FORMAT % tuple(row[: len(STEP_COLUMNS)]) for row in rows])
+            self.handle.write(text.replace("None", "") + "\n")
 
 
 def export_table(run_dir: Path, outputs: dict[str, str]) -> int:
