@@ -13,11 +13,12 @@ exports in about a second with flat memory (benchmarks/export_speed.py).
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Union
 
 import msgspec
 
@@ -39,32 +40,48 @@ COLUMNS = STEP_COLUMNS + EPOCH_COLUMNS + EVAL_COLUMNS
 _INDEX = {name: index for index, name in enumerate(COLUMNS)}
 _CHUNK_BYTES = 4 << 20
 _BLOCK_ROWS = 20_000
-_chunk_decoder = msgspec.json.Decoder(list[protocol.AnyEvent])
 KERAS_SUFFIX = ".keras"
 
+_RawStep = msgspec.defstruct(
+    "RawStep",
+    [(name, msgspec.Raw, msgspec.Raw()) for name in STEP_COLUMNS],
+    tag_field="type",
+    tag="step",
+    kw_only=True,
+)
+"""A ``step`` line's figures as the JSON text the worker wrote: no number is parsed and printed again.
 
+Nearly every line of a long run is a step; keeping their text is what makes a
+million-step export take about a second. A batched line (lists) becomes a
+:class:`protocol.Step` and goes the typed way."""
+_chunk_decoder = msgspec.json.Decoder(
+    list[Union[(_RawStep, *(cls for cls in protocol.EVENT_CLASSES if cls is not Step))]]  # type: ignore[misc]
+)
 _ExportRow = msgspec.defstruct("ExportRow", [(name, object, None) for name in COLUMNS])
-"""A row as JSON: every column a key, in order."""
-_STEP_ROW_FORMAT = ",".join(["%s", "%s"] + ["%r"] * (len(STEP_COLUMNS) - 2)) + "," * (len(COLUMNS) - len(STEP_COLUMNS))
-"""A row that holds only a step's figures (nearly all of them), formatted in one go; None prints as "None"."""
-_STEP_ONLY = (None,) * (len(COLUMNS) - len(STEP_COLUMNS))
+"""A row as JSON: every column a key, in order (msgspec writes NaN and inf as null: JSON has no spelling for them)."""
+_EMPTY_TAIL = len(COLUMNS) - len(STEP_COLUMNS)
+_CSV_STEP_TAIL = b"," * _EMPTY_TAIL + b"\n"
+_JSON_STEP_FORMAT = (
+    "{" + ",".join(f'"{name}":%b' for name in STEP_COLUMNS) + "".join(f',"{name}":null' for name in COLUMNS[8:]) + "}"
+).encode()
+
+RawRow = bytes
+"""A row of a step alone: its cells' JSON text in :data:`STEP_COLUMNS` order, joined by commas (no cell of a
+plain step line holds one); an empty cell or null: none."""
 
 
 class RowWriter:
-    """Where rows go: a CSV file or JSON lines, one block of rows at a time."""
+    """Where rows go: a CSV file or JSON lines (a binary handle), one block of rows at a time."""
 
-    def __init__(self, handle: IO[str], kind: str) -> None:
+    def __init__(self, handle: IO[bytes], kind: str) -> None:
         self.handle = handle
         self.kind = kind
-        self._block: list[list] = []
+        self._block: list[RawRow | list] = []
+        self._json = msgspec.json.Encoder()
         if kind == "csv":
-            self._csv = csv.writer(handle, lineterminator="\n")
-            self._csv.writerow(COLUMNS)
-        else:
-            # msgspec writes NaN and inf as null: JSON has no spelling for them.
-            self._json = msgspec.json.Encoder()
+            self.handle.write(",".join(COLUMNS).encode() + b"\n")
 
-    def add(self, row: list) -> None:
+    def add(self, row: RawRow | list) -> None:
         self._block.append(row)
         if len(self._block) >= _BLOCK_ROWS:
             self.flush()
@@ -72,28 +89,22 @@ class RowWriter:
     def flush(self) -> None:
         if not self._block:
             return
-        if self.kind == "csv":
-            self._write_csv(self._block)
-        else:
-            self.handle.write(self._json.encode_lines([_ExportRow(*row) for row in self._block]).decode())
+        write = self._csv_line if self.kind == "csv" else self._json_line
+        self.handle.write(b"".join([write(row) for row in self._block]))
         self._block.clear()
 
-    def _write_csv(self, rows: list[list]) -> None:
-        # The csv module spends most of a long export on step rows; they hold numbers (or None)
-        # only, so a format string writes them and "None" becomes an empty cell. Rows with an
-        # epoch's, a validation's or an evaluation's figures (strings among them) go through csv.
-        start = 0
-        for index, row in enumerate(rows):
-            if row[len(STEP_COLUMNS) :] != list(_STEP_ONLY):
-                self._write_step_rows(rows[start:index])
-                self._csv.writerow(row)
-                start = index + 1
-        self._write_step_rows(rows[start:])
+    @staticmethod
+    def _csv_line(row: RawRow | list) -> bytes:
+        if type(row) is bytes:
+            return (row.replace(b"null", b"") if b"n" in row else row) + _CSV_STEP_TAIL
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerow(row)
+        return text.getvalue().encode()
 
-    def _write_step_rows(self, rows: list[list]) -> None:
-        if rows:
-            text = "\n".join([_STEP_ROW_FORMAT % tuple(row[: len(STEP_COLUMNS)]) for row in rows])
-            self.handle.write(text.replace("None", "") + "\n")
+    def _json_line(self, row: RawRow | list) -> bytes:
+        if type(row) is bytes:
+            return _JSON_STEP_FORMAT % tuple([cell or b"null" for cell in row.split(b",")]) + b"\n"
+        return self._json.encode(_ExportRow(*row)) + b"\n"
 
 
 def export_table(run_dir: Path, outputs: dict[str, str]) -> int:
@@ -109,7 +120,7 @@ def export_table(run_dir: Path, outputs: dict[str, str]) -> int:
     try:
         writers = [RowWriter(handle, kind) for kind, handle in handles.items()]
         count = 0
-        for row in iter_rows(run_dir / EVENTS_FILE):
+        for row in _iter_rows(run_dir / EVENTS_FILE):
             for writer in writers:
                 writer.add(row)
             count += 1
@@ -119,33 +130,52 @@ def export_table(run_dir: Path, outputs: dict[str, str]) -> int:
         raise ConfigError(f"cannot write {', '.join(outputs.values())}: {error.strerror}") from None
     finally:
         for handle in handles.values():
-            if handle is not sys.stdout:
+            if handle is not sys.stdout.buffer:
                 handle.close()
+            else:
+                handle.flush()
     return count
 
 
-def _open_output(path: str) -> IO[str]:
+def _open_output(path: str) -> IO[bytes]:
     if path == "-":
-        return sys.stdout
+        return sys.stdout.buffer
     try:
-        return open(path, "w", newline="", encoding="utf-8")
+        return open(path, "wb")
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}; give a path in a writable folder") from None
 
 
 def iter_rows(path: str | os.PathLike) -> Iterator[list]:
-    """The table's rows (lists in :data:`COLUMNS` order), one per step, as the events come."""
-    pending: list | None = None
+    """The table's rows (lists in :data:`COLUMNS` order, None where empty), one per step, as the events come."""
+    for row in _iter_rows(path):
+        yield _typed(row) if type(row) is bytes else row
+
+
+def _iter_rows(path: str | os.PathLike) -> Iterator[RawRow | list]:
+    pending: RawRow | list | None = None
     for event in iter_events_fast(path):
         kind = type(event)
-        if kind is Step:
-            for single in event.unbatched() if event._batched() else (event,):
+        if kind is _RawStep:
+            if pending is not None:
+                yield pending
+            pending = b",".join((event.step, event.epoch, event.time, event.loss, event.accuracy,
+                                 event.learning_rate, event.images_per_sec, event.step_time))  # fmt: skip
+            if b"[" in pending:
+                # A batched line: split it the protocol's way.
+                pending = None
+                for single in _typed_step(event).unbatched():
+                    if pending is not None:
+                        yield pending
+                    pending = _step_row(single)
+        elif kind is Step:  # from a chunk read line by line (a NaN among its lines)
+            for single in event.unbatched():
                 if pending is not None:
                     yield pending
-                pending = [single.step, single.epoch, single.time, single.loss, single.accuracy,
-                           single.learning_rate, single.images_per_sec, single.step_time,
-                           None, None, None, None, None, None, None, None, None]  # fmt: skip
+                pending = _step_row(single)
         elif kind is EpochEnd or kind is Validation or kind is Eval:
+            if type(pending) is bytes:
+                pending = _typed(pending)
             step = event.step
             if pending is None or (step is not None and step != pending[0]):
                 # Figures at a step no step line held (or not the last one): a row of their own.
@@ -156,6 +186,19 @@ def iter_rows(path: str | os.PathLike) -> Iterator[list]:
             _merge(pending, event)
     if pending is not None:
         yield pending
+
+
+def _typed_step(event: Any) -> Step:
+    fields = {name: msgspec.json.decode(raw) for name in STEP_COLUMNS if (raw := getattr(event, name))}
+    return protocol.from_dict({"type": "step", **fields})
+
+
+def _step_row(single: Step) -> list:
+    return [getattr(single, name) for name in STEP_COLUMNS] + [None] * _EMPTY_TAIL
+
+
+def _typed(row: RawRow) -> list:
+    return [msgspec.json.decode(cell) if cell else None for cell in row.split(b",")] + [None] * _EMPTY_TAIL
 
 
 def _merge(row: list, event: Event) -> None:
