@@ -89,9 +89,26 @@ class RowWriter:
     def flush(self) -> None:
         if not self._block:
             return
-        write = self._csv_line if self.kind == "csv" else self._json_line
-        self.handle.write(b"".join([write(row) for row in self._block]))
+        if self.kind == "csv":
+            self._write_csv(self._block)
+        else:
+            self.handle.write(b"".join([self._json_line(row) for row in self._block]))
         self._block.clear()
+
+    def _write_csv(self, rows: list[RawRow | list]) -> None:
+        # Runs of step rows are joined in one go, and their nulls emptied in one replace.
+        start = 0
+        for index, row in enumerate(rows):
+            if type(row) is not bytes:
+                self._write_step_rows(rows[start:index])
+                self.handle.write(self._csv_line(row))
+                start = index + 1
+        self._write_step_rows(rows[start:])
+
+    def _write_step_rows(self, rows: list[RawRow]) -> None:
+        if rows:
+            text = _CSV_STEP_TAIL.join(rows) + _CSV_STEP_TAIL
+            self.handle.write(text.replace(b"null", b"") if b"null" in text else text)
 
     @staticmethod
     def _csv_line(row: RawRow | list) -> bytes:
