@@ -5,7 +5,8 @@ Fabricates a run whose events.jsonl holds ``--steps`` step events (default
 every 200: benchmarks/attach_long_run.py's ``fabricate``), then measures, for
 CSV and for JSON lines:
 
-- ``seconds``: engine.run.export.export_table in this process, the file read and written whole;
+- ``seconds``: engine.run.export.export_table in this process, the file read and written whole
+  (wall clock, and this process's CPU time: the figure to read on a shared, loaded machine);
 - ``rss growth``: the process's peak RSS over its RSS before the export (flat memory: a few MB);
 - ``heap peak``: Python's heap peak under tracemalloc, in a second pass (tracemalloc slows it);
 - ``cli``: the whole command, ``python -m tui.cli export RUN --csv FILE``, start to end.
@@ -43,15 +44,15 @@ def _rss_bytes() -> int:
 
 def measure(run_dir: Path, kind: str, out: Path) -> dict:
     before = _rss_bytes()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     rows = export_table(run_dir, {kind: str(out)})
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tracemalloc.start()
     export_table(run_dir, {kind: str(out)})
     _, heap_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"kind": kind, "rows": rows, "seconds": seconds, "rss_growth": max(0, peak - before),
+    return {"kind": kind, "rows": rows, "seconds": seconds, "cpu": cpu, "rss_growth": max(0, peak - before),
             "heap_peak": heap_peak, "out_bytes": out.stat().st_size}  # fmt: skip
 
 
@@ -67,7 +68,7 @@ def main() -> None:
         print(f"events.jsonl: {args.steps:,} steps, {size / 1e6:.0f} MB")
         for kind in ("csv", "json"):
             result = measure(run_dir, kind, home / f"out.{kind}")
-            print(f"{kind:5} {result['rows']:,} rows  {result['seconds']:.2f} s  "
+            print(f"{kind:5} {result['rows']:,} rows  {result['seconds']:.2f} s ({result['cpu']:.2f} s CPU)  "
                   f"rss growth {result['rss_growth'] / 1e6:.1f} MB  heap peak {result['heap_peak'] / 1e6:.1f} MB  "
                   f"({result['out_bytes'] / 1e6:.0f} MB written)")  # fmt: skip
         env = {**os.environ, "CONVDECK_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
