@@ -38,8 +38,8 @@ COLUMNS = STEP_COLUMNS + EPOCH_COLUMNS + EVAL_COLUMNS
 """Every column of the export, in order."""
 
 _INDEX = {name: index for index, name in enumerate(COLUMNS)}
-_CHUNK_BYTES = 4 << 20
-_BLOCK_ROWS = 20_000
+_CHUNK_BYTES = 1 << 20
+_BLOCK_ROWS = 5_000
 KERAS_SUFFIX = ".keras"
 
 _RawStep = msgspec.defstruct(
