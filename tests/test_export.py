@@ -131,3 +131,16 @@ def test_keras_and_savedmodel_export_of_a_tiny_run(convdeck_home, tmp_path):
     model = keras.models.load_model(keras_file, compile=False)
     assert model.count_params() > 0
     assert os.path.isdir(saved / "variables")
+
+
+def test_a_failed_export_leaves_an_existing_file_as_it_was(convdeck_home, tmp_path):
+    make_run(convdeck_home, "20250101-000000-a", _events())
+    kept = tmp_path / "s.csv"
+    kept.write_text("mine\n")
+    line = one_line_error(
+        run_cli("export", "20250101-000000-a", "--csv", str(kept), "--json", str(tmp_path / "no" / "s.json"))
+    )
+    assert str(tmp_path / "no" / "s.json") in line
+    assert kept.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+    assert "stdout" in one_line_error(run_cli("export", "20250101-000000-a", "--csv", "-", "--json", "-"))

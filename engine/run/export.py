@@ -128,14 +128,22 @@ class RowWriter:
 def export_table(run_dir: Path, outputs: dict[str, str]) -> int:
     """Write the run's table to each of ``outputs`` (``{"csv": path, "json": path}``; ``-`` is stdout).
 
+    Each file is written beside its path and moved there when whole, so a
+    failed export leaves an existing file as it was.
+
     Returns:
         How many rows each output got.
 
     Raises:
-        ConfigError: an output cannot be written (names the path).
+        ConfigError: an output cannot be written (names the path), or two go to stdout.
     """
-    handles = {kind: _open_output(path) for kind, path in outputs.items()}
+    if list(outputs.values()).count("-") > 1:
+        raise ConfigError("only one of --csv and --json can go to stdout (-); give the other a file")
+    handles: dict[str, IO[bytes]] = {}
+    done = False
     try:
+        for kind, path in outputs.items():
+            handles[kind] = _open_output(path)
         writers = [RowWriter(handle, kind) for kind, handle in handles.items()]
         count = 0
         for row in _iter_rows(run_dir / EVENTS_FILE):
@@ -144,14 +152,12 @@ def export_table(run_dir: Path, outputs: dict[str, str]) -> int:
             count += 1
         for writer in writers:
             writer.flush()
+        done = True
     except OSError as error:
         raise ConfigError(f"cannot write {', '.join(outputs.values())}: {error.strerror}") from None
     finally:
-        for handle in handles.values():
-            if handle is not sys.stdout.buffer:
-                handle.close()
-            else:
-                handle.flush()
+        for kind, handle in handles.items():
+            _close_output(handle, outputs[kind], done)
     return count
 
 
@@ -159,9 +165,24 @@ def _open_output(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdout.buffer
     try:
-        return open(path, "wb")
+        return open(_partial(path), "wb")
     except OSError as error:
         raise ConfigError(f"cannot write {path}: {error.strerror}; give a path in a writable folder") from None
+
+
+def _close_output(handle: IO[bytes], path: str, done: bool) -> None:
+    if handle is sys.stdout.buffer:
+        handle.flush()
+        return
+    handle.close()
+    if done:
+        os.replace(_partial(path), path)
+    else:
+        Path(_partial(path)).unlink(missing_ok=True)
+
+
+def _partial(path: str) -> str:
+    return f"{path}.part"
 
 
 def iter_rows(path: str | os.PathLike) -> Iterator[list]:
