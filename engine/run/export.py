@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -77,24 +78,16 @@ class RowWriter:
     def __init__(self, handle: IO[bytes], kind: str) -> None:
         self.handle = handle
         self.kind = kind
-        self._block: list[RawRow | list] = []
         self._json = msgspec.json.Encoder()
         if kind == "csv":
             self.handle.write(",".join(COLUMNS).encode() + b"\n")
 
-    def add(self, row: RawRow | list) -> None:
-        self._block.append(row)
-        if len(self._block) >= _BLOCK_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._block:
-            return
+    def write(self, rows: list[RawRow | list]) -> None:
+        """Write a block of rows."""
         if self.kind == "csv":
-            self._write_csv(self._block)
+            self._write_csv(rows)
         else:
-            self.handle.write(b"".join([self._json_line(row) for row in self._block]))
-        self._block.clear()
+            self.handle.write(b"".join([self._json_line(row) for row in rows]))
 
     def _write_csv(self, rows: list[RawRow | list]) -> None:
         # Runs of step rows are joined in one go, and their nulls emptied in one replace.
@@ -146,12 +139,11 @@ def export_table(run_dir: Path, outputs: dict[str, str]) -> int:
             handles[kind] = _open_output(path)
         writers = [RowWriter(handle, kind) for kind, handle in handles.items()]
         count = 0
-        for row in _iter_rows(run_dir / EVENTS_FILE):
+        rows = _iter_rows(run_dir / EVENTS_FILE)
+        while block := list(itertools.islice(rows, _BLOCK_ROWS)):
             for writer in writers:
-                writer.add(row)
-            count += 1
-        for writer in writers:
-            writer.flush()
+                writer.write(block)
+            count += len(block)
         done = True
     except OSError as error:
         raise ConfigError(f"cannot write {', '.join(outputs.values())}: {error.strerror}") from None
