@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import click
 
 from engine.config import ConfigError
-from tui.cli import evaluate, fit_batch, follow, listing, lr_find, notify, queue, steer, sweep, tidy
+from tui.cli import evaluate, export, fit_batch, follow, listing, lr_find, notify, queue, steer, sweep, tidy
 from tui.cli.common import EXIT_DONE, EXIT_INTERRUPTED, EXIT_USAGE
 from tui.terminal import user_error
 
@@ -48,6 +48,7 @@ for _command in (
     sweep.sweep,
     notify.notify,
     evaluate.evaluate,
+    export.export,
     tidy.rm,
     tidy.prune,
 ):
