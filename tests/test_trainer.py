@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -73,6 +74,7 @@ class Run:
     result: str | None = None
     error: BaseException | None = None
     calls: list[int] = field(default_factory=list)  # steps per tf.function call
+    compiled: Any = None  # the trainer's own compiled multi-step function
     saved: dict[int, dict] = field(default_factory=dict)  # checkpoint step -> state then
 
     @property
@@ -128,7 +130,7 @@ def start(
     trainer.setup(resume=resume)
     run = Run(trainer, writer, control, run_dir)
     holder.append(run)
-    real_calls = trainer._train_calls
+    real_calls = run.compiled = trainer._train_calls
 
     def counted(iterator, steps, nan_step):
         run.calls.append(int(steps))
