@@ -15,8 +15,8 @@ one to the next, once with ``train.jit_compile=false`` and once with
 
 From the medians it prints XLA's step speed-up, its extra start-up cost (the
 difference of the first calls) and the break-even: the steps a run must
-train for XLA's faster steps to repay that cost. ``engine.train.xla`` takes
-its CPU threshold from this figure.
+train for XLA's faster steps to repay that cost: the figures behind
+``engine.train.xla``'s choice for "auto".
 
 Usage:
   python benchmarks/xla_cost.py [--preset lenet5-digits] [--epochs 10]

@@ -191,8 +191,8 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixed_precision: bool = False
     accumulation_steps: Count = 1
-    # XLA for the train step: "auto" where it pays (a GPU; on a CPU a run long
-    # enough to earn its compile time back), true or false to force it.
+    # XLA for the train step: "auto" where it pays, on GPUs (on a CPU its steps
+    # measured slower: engine/train/xla.py); true or false to force it.
     jit_compile: Literal["auto"] | bool = "auto"
     # Steps run inside one tf.function call. 0: sized from the measured step time
     # so a call lasts about a quarter of a second, and pause, stop and remedies,

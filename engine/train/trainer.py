@@ -286,9 +286,9 @@ class Trainer:
         self._evaluate = tf.function(self._evaluate_dataset)
 
     def _use_xla(self) -> bool:
-        """``train.jit_compile`` resolved for this run: "auto" weighs its devices and length."""
+        """``train.jit_compile`` resolved for this run: "auto" is XLA on GPUs only."""
         on_gpu = all(tf.DeviceSpec.from_string(d).device_type == "GPU" for d in self.dist.local_devices)
-        return use_xla(self.config.train.jit_compile, on_gpu, self.total_steps - self.step)
+        return use_xla(self.config.train.jit_compile, on_gpu)
 
     def _loss_and_accuracy(self, outputs, labels, examples=None):
         """Loss and accuracy of a batch; with ``examples``, this replica's share of an update's.
