@@ -13,9 +13,12 @@ from __future__ import annotations
 import threading
 
 from conftest import wait_for
-from test_trainer import WAIT, Run, finish, new_run_dir, start
+from test_trainer import WAIT, Run, config, finish, new_run_dir, start
 
-from engine.train.trainer import MAX_STEPS_PER_CALL, TARGET_CALL_SECONDS
+from engine.run.control import ControlState
+from engine.run.events import EventWriter, read_events
+from engine.train.faults import parse_faults
+from engine.train.trainer import MAX_STEPS_PER_CALL, TARGET_CALL_SECONDS, Trainer
 
 # Slow-ish steps: LeNet-5 on 224x224x3 synthetic images, batch 32, no validation.
 SLOW = [
@@ -103,3 +106,26 @@ def test_a_fixed_steps_per_call_is_kept(tmp_path):
     run = finish(start(new_run_dir(tmp_path), [*overrides, "train.steps_per_call=3"]))
     assert run.result == "completed"
     assert run.calls == [3, 3, 3]
+
+
+def test_a_calls_steps_are_on_disk_before_the_next_call_starts(tmp_path):
+    run_dir = new_run_dir(tmp_path)
+    # A writer that would hold step events back for a minute, were they not written each call.
+    writer = EventWriter(run_dir / "events.jsonl", flush_interval=60.0)
+    overrides = ["data.image_size=[28, 28]", "train.epochs=1", "train.steps_per_epoch=12"]
+    trainer = Trainer(config(*overrides, home=run_dir), run_dir, writer, ControlState(), parse_faults(""))
+    trainer.setup()
+    compiled = trainer._train_calls
+    seen: list[tuple[int, list[int]]] = []  # (steps done, steps in the file) as each call starts
+
+    def reading_the_file_first(iterator, steps, nan_step):
+        on_disk = [e["step"] for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+        seen.append((trainer.step, on_disk))
+        return compiled(iterator, steps, nan_step)
+
+    trainer._train_calls = reading_the_file_first
+    assert trainer.run() == "completed"
+    writer.close()
+    assert len(seen) >= 3
+    for done, on_disk in seen:
+        assert on_disk == list(range(1, done + 1))

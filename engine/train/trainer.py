@@ -603,6 +603,9 @@ class Trainer:
                 step_time=round(per_step, 5),
             )
         self.last_metrics.update(loss=float(result.losses[-1]), accuracy=float(result.accuracies[-1]))
+        # One write a call (a quarter of a second or so): the next call may be long, or its
+        # data stall, and viewers must see the steps done so far, not wait for a later event.
+        self.events.flush()
         self._update_status("running", epoch)
         self._write_summaries(result)
         # Counted from the last save, an epoch end's too: at most checkpoint_every steps are
