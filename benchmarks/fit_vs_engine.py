@@ -117,6 +117,7 @@ def child(
     other_trainers: list[str],
 ) -> dict:
     import keras
+    import tensorflow as tf
 
     from engine.models import build_model
     from engine.presets import load_preset
@@ -127,10 +128,13 @@ def child(
     from engine.train.faults import Faults
     from engine.train.optimizers import make_optimizer
     from engine.train.trainer import Trainer
+    from engine.train.xla import use_xla
 
     preset, overrides, _, _ = WORKLOADS[workload]
     config = load_preset(preset, [*overrides, *extra, f"train.epochs={1 + epochs}"])
     train = config.train
+    # fit gets XLA exactly where the engine's "auto" takes it (on a GPU).
+    jit_compile = use_xla(train.jit_compile, on_gpu=bool(tf.config.list_logical_devices("GPU")))
     precision.apply_policy(train.mixed_precision)
     bundle = load_data(config.data, train.batch_size, seed=train.seed)
     steps_per_epoch = max(1, bundle.steps_per_epoch // train.accumulation_steps)
@@ -158,7 +162,7 @@ def child(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["sparse_categorical_accuracy"],
             steps_per_execution=spe,
-            jit_compile=train.jit_compile,
+            jit_compile=jit_compile,
         )
         timer = EpochTimer(optimizer)
         model.fit(

@@ -199,8 +199,13 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixed_precision: bool = False
     accumulation_steps: Count = 1
-    jit_compile: bool = False
-    # Steps run inside one tf.function call; 0 picks it from measured step time.
+    # XLA for the train step: "auto" where it pays, on GPUs (on a CPU its steps
+    # measured slower: engine/train/xla.py); true or false to force it.
+    jit_compile: Literal["auto"] | bool = "auto"
+    # Steps run inside one tf.function call. 0: sized from the measured step time
+    # so a call lasts about a quarter of a second, and pause, stop and remedies,
+    # obeyed between calls, answer within half a second (or one step, if longer).
+    # N: exactly N, and those wait for up to N steps.
     steps_per_call: CountOrZero = 0
     # Steps between checkpoints, counted from the last one (epoch ends save too):
     # a killed worker loses at most this many steps.
@@ -232,6 +237,14 @@ class TrainConfig(_Section):
                 "or early_stop_patience to 0"
             )
         return self
+
+    @field_validator("jit_compile", mode="before")
+    @classmethod
+    def _jit_setting(cls, value: Any) -> Any:
+        # Strict: a 1 or a "yes" read as a bool would hide a typo of "auto".
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ValueError(f'got {value!r}; expected "auto", true or false')
 
     @field_validator("on_oom", mode="before")
     @classmethod

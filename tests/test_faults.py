@@ -68,6 +68,14 @@ def test_several_rules_with_spaces_and_empty_items():
         "nan:step>3",
         "boom:step=3",
         "oom:step=3;nan:step=4",
+        "oom:seconds=3",
+        "nan:seconds=3",
+        "stall:batch_size>3",
+        "stall:step=1.5",
+        "oom:step=2.0",
+        "stall:seconds=",
+        "stall:seconds=-1",
+        "stall",
     ],
 )
 def test_bad_rules_are_config_errors(rule):
@@ -130,3 +138,28 @@ def test_an_oom_and_a_nan_at_the_same_step_both_fire(tmp_path):
     assert not again.oom_at(5, 1) and again.pending_nan_steps() == {5}
     again.mark_fired("nan", 5)
     assert parse_faults("nan:step=5", fired_path=fired_path).next_fault_step(0) is None
+
+
+def test_stall_rules():
+    faults = parse_faults("stall:step=5,stall:seconds=3")
+    assert faults.stall_steps == {5}
+    assert faults.stall_seconds == 3.0
+    assert faults.active
+    assert not faults.oom_at(5, 10_000) and faults.pending_nan_steps() == set()
+    assert parse_faults("stall:step=2,stall:step=9,stall:seconds=0.25").stall_seconds == 0.25
+
+
+def test_a_stall_lasts_an_hour_unless_told():
+    assert parse_faults("stall:step=5").stall_seconds == 3600.0
+
+
+def test_a_stall_holds_its_step_back_once_and_stays_fired_across_a_restart(tmp_path):
+    fired_path = tmp_path / ".faults-fired"
+    faults = parse_faults("stall:step=5,stall:seconds=3,oom:step=8", fired_path=fired_path)
+    assert faults.next_fault_step(0) == 5  # the steps before it are reported before it stalls
+    assert faults.take_stall(4) == 0.0
+    assert faults.take_stall(5) == 3.0
+    assert faults.take_stall(5) == 0.0
+    assert faults.next_fault_step(4) == 8
+    again = parse_faults("stall:step=5,stall:seconds=3", fired_path=fired_path)
+    assert again.take_stall(5) == 0.0 and again.next_fault_step(0) is None

@@ -9,6 +9,7 @@ checkpoint saved, pause from another thread) instead of sleeping.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -33,6 +35,7 @@ from engine.run.events import EventWriter, read_events
 from engine.run.store import create_run_dir
 from engine.train.faults import parse_faults
 from engine.train.trainer import OutOfMemory, Trainer
+from engine.train.xla import use_xla
 
 PRESET = "lenet5-digits"
 SMALL = ["data.image_size=[28, 28]"]
@@ -74,6 +77,7 @@ class Run:
     result: str | None = None
     error: BaseException | None = None
     calls: list[int] = field(default_factory=list)  # steps per tf.function call
+    compiled: Any = None  # the trainer's own compiled multi-step function
     saved: dict[int, dict] = field(default_factory=dict)  # checkpoint step -> state then
 
     @property
@@ -129,7 +133,7 @@ def start(
     trainer.setup(resume=resume)
     run = Run(trainer, writer, control, run_dir)
     holder.append(run)
-    real_calls = trainer._train_calls
+    real_calls = run.compiled = trainer._train_calls
 
     def counted(iterator, steps, nan_step):
         run.calls.append(int(steps))
@@ -396,6 +400,8 @@ def test_resume_with_no_checkpoint_starts_from_step_one(tmp_path):
 
 def test_pause_from_another_thread_then_resume_loses_no_step(tmp_path):
     overrides = [*SMALL, "train.epochs=1", "train.steps_per_epoch=12", "train.checkpoint_every=100"]
+    # Calls of 3 steps: one ends at step 3, so the pause sent then lands before the next.
+    overrides.append("train.steps_per_call=3")
     pause_sent, paused_seen = threading.Event(), threading.Event()
     reached_step_3 = threading.Event()
     status_while_paused: list[dict] = []
@@ -676,6 +682,23 @@ def test_tensorflow_resource_exhausted_in_a_call_becomes_out_of_memory(tmp_path)
 # ----- what a config can ask for ---------------------------------------------------------
 
 
+# ----- run health: a stalled input pipeline --------------------------------------------
+
+
+def test_stall_fault_holds_step_n_back_then_the_run_goes_on(tmp_path):
+    overrides = [*SMALL, "train.epochs=1", "train.steps_per_epoch=8"]
+    run = train(new_run_dir(tmp_path), overrides, faults="stall:step=5,stall:seconds=3")
+    assert run.result == "completed"
+    assert_consecutive(run.steps())
+    assert run.steps()[-1] == 8
+    # Steps 1-4 are reported before the stall (a call ends at step 4), and step 5
+    # only once its batch came, 3 s later (event times are rounded to milliseconds).
+    ends = list(itertools.accumulate(run.calls))
+    assert 4 in ends and 5 in ends, run.calls
+    times = {e["step"]: e["time"] for e in run.of("step")}
+    assert times[5] - times[4] >= 3.0 - 0.002
+
+
 def test_gradient_accumulation_halves_the_steps_and_matches_the_big_batch(tmp_path):
     whole = start(new_run_dir(tmp_path, "whole"), [*SMALL, "train.epochs=1"])
     halved = start(
@@ -724,11 +747,31 @@ def test_jit_compile_trains_like_the_plain_step(tmp_path, reference):
     overrides = [*SMALL, "train.epochs=1", "train.steps_per_epoch=4", "train.jit_compile=true"]
     run = train(new_run_dir(tmp_path), overrides)
     assert run.result == "completed"
+    assert run.trainer.jit_compile is True and run.events[0]["jit_compile"] is True
     got = run.losses()
     expected = reference.losses()
     np.testing.assert_allclose(
         [got[s] for s in range(1, 5)], [expected[s] for s in range(1, 5)], rtol=1e-3
     )
+
+
+def test_jit_compile_auto_leaves_a_short_run_on_a_cpu_without_xla(reference):
+    assert reference.trainer.config.train.jit_compile == "auto"
+    assert reference.trainer.jit_compile is False
+    assert reference.events[0]["jit_compile"] is False
+
+
+@pytest.mark.parametrize(
+    "setting, on_gpu, expected",
+    [
+        ("auto", True, True),  # on a GPU XLA pays
+        ("auto", False, False),  # on a CPU its steps are slower
+        (True, False, True),  # forced
+        (False, True, False),
+    ],
+)
+def test_use_xla(setting, on_gpu, expected):
+    assert use_xla(setting, on_gpu) is expected
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -232,3 +233,30 @@ def describe(raw: RawData, train_examples: int, val_examples: int) -> str:
         f"{raw.name}: {train_examples} train / {val_examples} val, "
         f"{height}x{width}x{channels}, {raw.num_classes} classes"
     )
+
+
+def with_delays(dataset: tf.data.Dataset, delay_before: Callable[[int], float]) -> tf.data.Dataset:
+    """``dataset`` with element k held back ``delay_before(k)`` seconds: a stalled pipeline.
+
+    For the ``stall`` fault (:mod:`engine.train.faults`). The wait happens
+    when the consumer asks for element k, not when a prefetch would produce
+    it: the map is the pipeline's last stage and nothing prefetches after
+    it. The caller's own process keeps running meanwhile (the sleep releases
+    the GIL).
+    """
+
+    def wait(index):
+        seconds = delay_before(int(index))
+        if seconds > 0:
+            time.sleep(seconds)
+        return True
+
+    def delayed(index, element):
+        waited = tf.py_function(wait, [index], tf.bool)
+        with tf.control_dependencies([waited]):
+            return tf.nest.map_structure(tf.identity, element)
+
+    options = tf.data.Options()
+    # tf.data would otherwise add a prefetch after a synchronous last map, running it early.
+    options.experimental_optimization.inject_prefetch = False
+    return dataset.enumerate().map(delayed).with_options(options)

@@ -32,7 +32,7 @@ from engine.run.events import EventWriter
 from engine.run.facts import FINISHED_REASONS
 from engine.train import precision
 from engine.train.best import BestKeeper
-from engine.train.data import DataBundle, load_data
+from engine.train.data import DataBundle, load_data, with_delays
 from engine.train.evaluate import evaluate_model, record_evaluation
 from engine.train.faults import Faults
 from engine.train.optimizers import current_learning_rate, make_optimizer
@@ -46,13 +46,17 @@ from engine.train.strategy import (
     scratch_checkpoint_dir,
     take_chief_state,
 )
+from engine.train.xla import use_xla
 
+# More steps a call gain nothing measurable: one device sync per 64 steps is noise.
 MAX_STEPS_PER_CALL = 64
 # One training iterator serves enough epochs for this many steps (see _iterator_at)...
 ITERATOR_MIN_STEPS = 2000
 # ...but never more epochs than this, each a dataset built up front.
 ITERATOR_MAX_EPOCHS = 32
-# A call this long keeps pause/stop responsive and events flowing smoothly.
+# Controls are obeyed between calls, so a call's length is how long pause, stop and a
+# remedy wait (one step at least). Aiming at a quarter of a second keeps a call under
+# half a second even when the next steps run twice as slow as the last ones.
 TARGET_CALL_SECONDS = 0.25
 AUX_LOSS_WEIGHT = 0.3  # GoogLeNet's weight for its auxiliary classifiers
 
@@ -299,11 +303,16 @@ class Trainer:
     # ----- the compiled step -------------------------------------------------
 
     def _compile_functions(self) -> None:
-        train = self.config.train
         self._nan_faults = bool(self.faults.nan_steps)
-        self._replica_step_fn = tf.function(self._replica_step, jit_compile=train.jit_compile)
+        self.jit_compile = self._use_xla()
+        self._replica_step_fn = tf.function(self._replica_step, jit_compile=self.jit_compile)
         self._train_calls = tf.function(self._train_loop, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_dataset)
+
+    def _use_xla(self) -> bool:
+        """``train.jit_compile`` resolved for this run: "auto" is XLA on GPUs only."""
+        on_gpu = all(tf.DeviceSpec.from_string(d).device_type == "GPU" for d in self.dist.local_devices)
+        return use_xla(self.config.train.jit_compile, on_gpu)
 
     def _loss_and_accuracy(self, outputs, labels, examples=None):
         """Loss and accuracy of a batch; with ``examples``, this replica's share of an update's.
@@ -467,6 +476,7 @@ class Trainer:
             chief=self.dist.is_chief,
             cluster=self.dist.cluster,
             precision=self.policy,
+            jit_compile=self.jit_compile,
             model_name=self.model.name,
             parameters=int(self.model.count_params()),
             data=self.data.description,
@@ -522,9 +532,24 @@ class Trainer:
             dataset = dataset.concatenate(self.data.train_for_epoch(later).take(batches_per_epoch))
         # Hides the start of each epoch's pipeline behind the end of the one before.
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
+        if self.faults.stall_steps:
+            dataset = self._with_stall_fault(dataset)
         self._iterator = iter(self.dist.strategy.experimental_distribute_dataset(_shard_by_data(dataset)))
         self._iterator_end, self._iterator_position = end, None
         return self._iterator
+
+    def _with_stall_fault(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """The ``stall:step=N`` fault: step N's batch comes ``stall:seconds`` late, once.
+
+        Called as the iterator is made, whose first batch is the next step's.
+        """
+        first_step, batches_per_step = self.step + 1, self.config.train.accumulation_steps
+
+        def delay_before(index: int) -> float:
+            step, micro_batch = divmod(index, batches_per_step)
+            return 0.0 if micro_batch else self.faults.take_stall(first_step + step)
+
+        return with_delays(dataset, delay_before)
 
     def _steps_for_next_call(self, epoch_end: int) -> int:
         next_checkpoint = self._last_save_step + self.config.train.checkpoint_every
@@ -547,7 +572,7 @@ class Trainer:
         except tf.errors.ResourceExhaustedError as error:
             self._after_oom(str(error))
         result.seconds = time.perf_counter() - started
-        self._tune_steps_per_call(result.seconds / steps)
+        self._size_next_call(steps, result.seconds)
         self._report_call(result, epoch)
 
     def _raise_injected_oom(self) -> None:
@@ -569,15 +594,20 @@ class Trainer:
         first_line = message.strip().splitlines()[0] if message.strip() else "out of memory"
         raise OutOfMemory(self.step + 1, self.config.train.batch_size, first_line)
 
-    def _tune_steps_per_call(self, seconds_per_step: float) -> None:
+    def _size_next_call(self, steps: int, seconds: float) -> None:
+        """The next call's steps: as many as this call's time per step fits in TARGET_CALL_SECONDS.
+
+        Learnt afresh from every call, so a run whose steps slow down (a busier
+        machine, a longer epoch pipeline start) shortens its calls at once. The
+        first call starts with one step, and its time includes tracing (and XLA
+        compiling): it overstates a step, so the second call is short too and
+        measures a real one. The count reaches the compiled loop as a tensor,
+        so a new count never retraces it.
+        """
         if self.config.train.steps_per_call:
             return  # fixed by the user
-        if getattr(self, "_warm", False):
-            wanted = int(TARGET_CALL_SECONDS / max(seconds_per_step, 1e-6))
-            self.steps_per_call = max(1, min(MAX_STEPS_PER_CALL, wanted))
-        else:
-            self._warm = True  # the first call includes tracing; don't learn from it
-            self.steps_per_call = 4
+        wanted = int(TARGET_CALL_SECONDS * steps / max(seconds, 1e-6))
+        self.steps_per_call = max(1, min(MAX_STEPS_PER_CALL, wanted))
 
     def _report_call(self, result: CallResult, epoch: int) -> None:
         steps = len(result.losses)
@@ -601,6 +631,9 @@ class Trainer:
                 step_time=round(per_step, 5),
             )
         self.last_metrics.update(loss=float(result.losses[-1]), accuracy=float(result.accuracies[-1]))
+        # One write a call (a quarter of a second or so): the next call may be long, or its
+        # data stall, and viewers must see the steps done so far, not wait for a later event.
+        self.events.flush()
         self._update_status("running", epoch)
         self._write_summaries(result)
         # Counted from the last save, an epoch end's too: at most checkpoint_every steps are
