@@ -6,8 +6,10 @@ import click
 
 from engine.presets import load_preset
 from engine.run.queue import ENDED, RunQueue
+from engine.run.queue_eta import queue_eta, run_figures
 from engine.run.queue_runner import runner_pid, start_runner
 from tui.cli.common import EXIT_DONE, print_json, print_table, set_option
+from tui.progress import fmt_duration
 
 
 @click.group(invoke_without_command=True)
@@ -41,6 +43,12 @@ def show_queue(as_json: bool) -> int:
     pid = runner_pid()
     paused = " (paused: `convdeck queue resume` goes on)" if store.paused() else ""
     click.echo(f"runner: {'pid ' + str(pid) if pid else 'not running'}{paused}", err=True)
+    eta = queue_eta(entries, *run_figures(None))
+    click.echo(
+        f"left: {fmt_duration(eta.total)} (running {fmt_duration(eta.running)}, "
+        f"waiting {fmt_duration(eta.waiting)}; a waiting run counts as long as its preset's finished ones)",
+        err=True,
+    )
     return EXIT_DONE
 
 

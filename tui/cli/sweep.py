@@ -8,10 +8,12 @@ from dataclasses import asdict
 import click
 
 from engine.run.queue import RunQueue
+from engine.run.queue_eta import queue_eta, run_figures
 from engine.run.queue_runner import start_runner
 from engine.run.sweep import METRIC_DIRECTIONS, PRUNERS, SAMPLERS, Sweep, SweepSpec
 from engine.run.sweep_space import KINDS, check_against, parse_space
 from tui.cli.common import EXIT_DONE, print_json, print_table, set_option
+from tui.progress import fmt_duration
 
 
 class _SweepGroup(click.Group):
@@ -79,7 +81,10 @@ def show(name: str, storage: str | None, as_json: bool) -> int:
     headers = list(rows[0])
     print_table([h.upper() for h in headers], [[_cell(row[h]) for h in headers] for row in rows])
     done = "done" if study.done() else "in progress"
-    click.echo(f"sweep {name}: {len(rows)} of {study.spec.trials} trials, {done}", err=True)
+    entries = [e for e in RunQueue().entries() if e.sweep == name]
+    eta = queue_eta(entries, *run_figures(None), not_yet_queued=max(0, study.spec.trials - len(rows)))
+    left = "" if study.done() else f", about {fmt_duration(eta.total)} left"
+    click.echo(f"sweep {name}: {len(rows)} of {study.spec.trials} trials, {done}{left}", err=True)
     return EXIT_DONE
 
 
