@@ -80,6 +80,8 @@ class RunStarted(Event, tag="run_started"):
     epochs: int | None = None
     total_steps: int | None = None
     resumed_from_step: int | None = None
+    jit_compile: bool | None = None
+    """Whether the step runs compiled by XLA (``train.jit_compile``, ``auto`` resolved)."""
 
 
 class Step(Event, tag="step"):
