@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import threading
 
-from conftest import wait_for
+from conftest import event_dicts, wait_for
 from test_trainer import WAIT, Run, config, finish, new_run_dir, start
 
 from engine.run.control import ControlState
-from engine.run.events import EventWriter, read_events
+from engine.run.events import EventWriter
 from engine.train.faults import parse_faults
 from engine.train.trainer import MAX_STEPS_PER_CALL, TARGET_CALL_SECONDS, Trainer
 
@@ -119,7 +119,7 @@ def test_a_calls_steps_are_on_disk_before_the_next_call_starts(tmp_path):
     seen: list[tuple[int, list[int]]] = []  # (steps done, steps in the file) as each call starts
 
     def reading_the_file_first(iterator, steps, nan_step):
-        on_disk = [e["step"] for e in read_events(run_dir / "events.jsonl") if e["type"] == "step"]
+        on_disk = [e["step"] for e in event_dicts(run_dir / "events.jsonl") if e["type"] == "step"]
         seen.append((trainer.step, on_disk))
         return compiled(iterator, steps, nan_step)
 

@@ -353,7 +353,8 @@ def assert_same_weights(path_a: str, path_b: str) -> None:
     ``_trainable_variables`` and the rest (BatchNorm statistics) under ``model/``.
     """
     a, b = tf.train.load_checkpoint(path_a), tf.train.load_checkpoint(path_b)
-    position = ("epoch/", "examples_in_epoch/", "save_counter/", "_CHECKPOINTABLE")
+    # Progress and the best-so-far bookkeeping (engine.train.best) are not weights.
+    position = ("epoch/", "examples_in_epoch/", "save_counter/", "_CHECKPOINTABLE", "best_", "validations_since_best")
     keys = [key for key in a.get_variable_to_shape_map() if not key.startswith(position)]
     assert sum("_trainable_variables" in key for key in keys) >= 10, keys
     assert set(keys) <= set(b.get_variable_to_shape_map())

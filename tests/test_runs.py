@@ -59,8 +59,14 @@ def make_run(home: Path, run_id: str, config: RunConfig | None = None) -> Path:
     return run_dir
 
 
-# The events' time: recent, since a live run whose last step is old would rightly be stalled.
+# The events' time. A live run whose last step is old would rightly read as stalled; these
+# fabricated runs are judged on their events alone (stalls: tests/test_facts.py).
 EVENT_TIME = round(time.time(), 3)
+
+
+@pytest.fixture(autouse=True)
+def no_stall_verdicts(monkeypatch):
+    monkeypatch.setenv("CONVDECK_STALL_MIN_SECONDS", "1e12")
 
 
 def write_events(run_dir: Path, *events: dict, torn: str = "") -> None:
