@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from engine.config import ConfigError
+from engine.errors import seconds_from_env
 
 # How long a multi-worker run waits for every other worker to be reachable.
 WORKER_TIMEOUT_ENV = "CONVDECK_WORKER_TIMEOUT"
@@ -129,13 +130,4 @@ def workers_tf_config(workers: str, index: int) -> str:
 
 def worker_timeout() -> float:
     """Seconds to wait for the other workers (``CONVDECK_WORKER_TIMEOUT``, default 300)."""
-    raw = os.environ.get(WORKER_TIMEOUT_ENV)
-    if not raw:
-        return DEFAULT_WORKER_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ConfigError(f"{WORKER_TIMEOUT_ENV}: got {raw!r}; expected seconds > 0")
-    return value
+    return seconds_from_env(WORKER_TIMEOUT_ENV, DEFAULT_WORKER_TIMEOUT)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, seconds_from_env
 from engine.run import lock
 from engine.run.checkpoint_files import CHECKPOINTS_DIR
 from engine.run.events import EVENTS_FILE
@@ -256,16 +256,7 @@ def worker_alive(run_dir: Path) -> int | None:
 
 def heartbeat_stale_seconds() -> float:
     """How old a heartbeat makes an owning worker ``hung`` (``$CONVDECK_HEARTBEAT_STALE_SECONDS``)."""
-    text = os.environ.get(HEARTBEAT_STALE_ENV)
-    if not text:
-        return HEARTBEAT_STALE_SECONDS
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise ConfigError(f"{HEARTBEAT_STALE_ENV} must be a number of seconds above 0; got {text!r}")
-    return seconds
+    return seconds_from_env(HEARTBEAT_STALE_ENV, HEARTBEAT_STALE_SECONDS)
 
 
 def claim_run(run_dir: Path) -> lock.RunLock:
