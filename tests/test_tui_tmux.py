@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tui.widgets.header import SHOWN_PHASES
+
 # About 15 s (TensorFlow's import is most of it; 35 s on a machine busy with other
 # suites): not marked slow.
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -103,6 +105,13 @@ def tmux(convdeck_home: Path):
         convdeck("ctl", run["run_id"], "stop")
 
 
+def assert_live_header(screen: str) -> None:
+    """The header names a training run: ``running``, or the phase it shows instead (``validating``...)."""
+    words = ("running", *SHOWN_PHASES)
+    header = screen.splitlines()[0]
+    assert any(word in header for word in words), f"no word of {words} in the header: {header!r}"
+
+
 def test_train_kill_the_terminal_and_attach_again(tmux: Tmux, convdeck_home: Path) -> None:
     assert CONVDECK.exists(), f"the console script is not installed next to {sys.executable}"
     tmux.launch("first", str(CONVDECK))
@@ -126,7 +135,7 @@ def test_train_kill_the_terminal_and_attach_again(tmux: Tmux, convdeck_home: Pat
         120,  # the worker imports TensorFlow first
         "the run's first steps",
     )
-    assert "running" in first.splitlines()[0]
+    assert_live_header(first)
     moved = tmux.wait_for(
         "first",
         lambda s: (header_step(s) or 0) > header_step(first) and "loss" in s,
@@ -150,5 +159,5 @@ def test_train_kill_the_terminal_and_attach_again(tmux: Tmux, convdeck_home: Pat
         60,
         "the same run, still training, after `convdeck attach`",
     )
-    assert "running" in again.splitlines()[0]
+    assert_live_header(again)
     tmux.wait_for("second", lambda s: "x: step" in s, 30, "the chart of the attached run")
