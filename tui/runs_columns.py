@@ -127,15 +127,19 @@ def shorten_at_dash(text: str, width: int) -> str:
     A run id is a start time, the preset and a random tail; the time and the tail
     tell runs apart, so they stay: ``20261202-163701-lenet5-digits-ab12`` in 22
     cells reads ``20261202-163701-…-ab12``, in 30 ``20261202-163701-lenet5-…-ab12``.
-    Text with no ``-`` to cut at, or too narrow for its tail, is cut at its end with
-    the ellipsis (an id has no spaces to wrap at).
+    Too narrow for the tail, it keeps whole words from the start; with no ``-`` to
+    cut at, it is cut at its end with the ellipsis (an id has no spaces to wrap at).
     """
     if len(text) <= width:
         return text
+    room = width - len(ELLIPSIS)
     tail_start = text.rfind("-")
     tail = text[tail_start:] if tail_start > 0 else ""
-    room = width - len(ELLIPSIS) - len(tail)
-    cut = text.rfind("-", 0, room)
-    if not tail or cut <= 0:
-        return text[: max(0, width - len(ELLIPSIS))] + ELLIPSIS
-    return text[: cut + 1] + ELLIPSIS + tail
+    if tail and room > len(tail):
+        cut = text.rfind("-", 0, room - len(tail))
+        if cut > 0:
+            return text[: cut + 1] + ELLIPSIS + tail
+    cut = text.rfind("-", 0, room)  # no room for the tail: whole words from the start
+    if cut > 0:
+        return text[: cut + 1] + ELLIPSIS
+    return text[: max(0, room)] + ELLIPSIS

@@ -62,9 +62,8 @@ class SettingsDiffScreen(Screen[None]):
     """
 
     BINDINGS = [
+        # s and r (sort, reverse) are the table's own keys; the title line names them.
         Binding("escape", "app.pop_screen", "Back", tooltip="Back to the runs", id="settings_diff.close"),
-        Binding("s", "sort", "Sort", tooltip="Sort by the next column", id="settings_diff.sort"),
-        Binding("r", "reverse", "Reverse", tooltip="Reverse the order", id="settings_diff.reverse"),
     ]
 
     def __init__(self, runs: list[RunFacts]) -> None:
@@ -102,9 +101,3 @@ class SettingsDiffScreen(Screen[None]):
         """A setting right-aligns when every value it has is a number."""
         values = [record[1 + index] for record in self.comparison.records]
         return all(value is None or value.is_number for value in values)
-
-    def action_sort(self) -> None:
-        self.query_one(SortableTable).action_next_sort()
-
-    def action_reverse(self) -> None:
-        self.query_one(SortableTable).action_reverse_sort()
