@@ -257,6 +257,24 @@ async def test_s_sorts_by_each_column_in_turn_and_r_reverses():
         assert [str(record[1]) for record in table.records] == ["128", "128", "128", "256"]
 
 
+async def test_a_click_on_a_header_sorts_by_it_and_a_second_click_reverses():
+    app = make_app(four_runs())
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_runs(pilot)
+        await pilot.press("space", "space", "space", "d")
+        await until(pilot, lambda: isinstance(app.screen, SettingsDiffScreen))
+        table = app.screen.query_one(SortableTable)
+        columns = list(table.columns.values())
+        index = [str(column.key.value) for column in columns].index("final_loss")
+        x = sum(column.get_render_width(table) for column in columns[:index]) + 1
+        await pilot.click(SortableTable, offset=(x, 0))
+        assert (table.sort_column, table.sort_reverse) == ("final_loss", False)
+        losses = [record[-2] for record in table.records]
+        assert losses == sorted(losses)
+        await pilot.click(SortableTable, offset=(x, 0))
+        assert (table.sort_column, table.sort_reverse) == ("final_loss", True)
+
+
 async def test_with_one_run_d_and_c_say_how_to_mark_two():
     app = make_app(four_runs()[:1])
     async with app.run_test(size=(100, 30)) as pilot:

@@ -108,7 +108,10 @@ class RunsScreen(Screen[str | None]):
         self.columns_layout = choose_layout(texts, self.size.width or self.app.size.width)
         table.clear(columns=True)
         for column in self.columns_layout.columns:
-            table.add_column(Text(column.label, justify="right" if column.numeric else "left"), key=column.key)
+            label = Text(column.label, justify="right" if column.numeric else "left")
+            # The mark column keeps its glyph's width when no run is marked yet: a mark is drawn in place.
+            width = len(MARK) if column.key == "mark" else None
+            table.add_column(label, key=column.key, width=width)
         for run, text in zip(self.runs, texts, strict=True):
             table.add_row(*self._row(run, text), key=run.run_id)
         if self.runs:
@@ -120,7 +123,7 @@ class RunsScreen(Screen[str | None]):
         for column in self.columns_layout.columns:
             text = texts[column.key]
             if column.key == "mark":
-                cells.append(Text(MARK if run.run_id in self.marked else "", "bold"))
+                cells.append(self._mark(run.run_id))
             elif column.key == "run":
                 cells.append(Text(shorten_at_dash(text, self.columns_layout.run_width)))
             elif column.key == "status":
@@ -128,6 +131,9 @@ class RunsScreen(Screen[str | None]):
             else:
                 cells.append(Text(text, justify="right" if column.numeric else "left"))
         return cells
+
+    def _mark(self, run_id: str) -> Text:
+        return Text(MARK if run_id in self.marked else "", "bold")
 
     def _current(self) -> str | None:
         table = self.query_one(DataTable)
@@ -154,8 +160,9 @@ class RunsScreen(Screen[str | None]):
             self.marked.remove(run_id)
         else:
             self.marked.append(run_id)
-        self._fill()
-        self.query_one(DataTable).action_cursor_down()
+        table = self.query_one(DataTable)
+        table.update_cell(run_id, "mark", self._mark(run_id))  # one cell, not the whole list again
+        table.action_cursor_down()
 
     def chosen(self) -> list[str]:
         """The marked runs, in the order marked; the one under the cursor joins when fewer than two are."""
