@@ -176,7 +176,7 @@ def test_80_columns_show_id_status_epoch_val_acc_and_start_and_100_show_more():
 def test_the_chosen_columns_always_fit_and_the_first_six_are_always_there(width, id_length, status):
     rows = [cells("2" * id_length, status)]
     layout = choose_layout(rows, width)
-    widths = {key: max(len(column.label), len(rows[0][key])) for column in COLUMNS for key in [column.key]}
+    widths = {column.key: max(len(column.label), len(rows[0][column.key])) for column in COLUMNS}
     widths["mark"], widths["run"] = 1, layout.run_width
     used = sum(widths[column.key] + 2 * CELL_PADDING for column in layout.columns)
     assert used <= width - SCROLLBAR

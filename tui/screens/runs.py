@@ -89,10 +89,9 @@ class RunsScreen(Screen[str | None]):
             return
         self.app.call_from_thread(self.show_runs, runs, now)
 
-    def show_runs(self, runs: list[RunFacts], now: float | None = None) -> None:
-        """Fill the table, newest first; ``now`` (the engine's clock) dates the starts."""
-        if now is not None:
-            self._now = now
+    def show_runs(self, runs: list[RunFacts], now: float) -> None:
+        """Fill the table, newest first; ``now`` (the engine's clock) says which start was today."""
+        self._now = now
         self.runs = sorted(runs, key=lambda r: r.started or 0, reverse=True)
         known = {run.run_id for run in self.runs}
         self.marked = [run_id for run_id in self.marked if run_id in known]

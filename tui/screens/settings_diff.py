@@ -12,7 +12,7 @@ from engine.run.facts import RunFacts
 from engine.run.run_comparison import SettingValue, compare_runs
 from tui.runs_columns import MIN_RUN_WIDTH, shorten_at_dash
 from tui.widgets.header import STATUS_STYLES
-from tui.widgets.sortable_table import Column, SortableTable, count, figure
+from tui.widgets.sortable_table import Column, SortableTable, count
 
 SETTING_PREFIX = "setting:"
 """Column keys of settings: a config key can never clash with a figure's column."""
@@ -31,6 +31,11 @@ def _run_id(value: str) -> Text:
     return Text(shorten_at_dash(value, MIN_RUN_WIDTH))
 
 
+def _accuracy(value: float | None) -> Text:
+    # Four places, as the runs screen prints it: the same run reads the same in both.
+    return Text("—" if value is None else f"{value:.4f}", justify="right")
+
+
 def _loss(value: float | None) -> Text:
     return Text("—" if value is None else f"{value:.4f}", justify="right")
 
@@ -41,7 +46,7 @@ def _status(value: str) -> Text:
 
 # Headers take two lines (a setting's section over its name) so that more columns fit 80 cells.
 FIGURE_COLUMNS = (
-    Column("best_val_accuracy", "best\nval acc", figure),
+    Column("best_val_accuracy", "best\nval acc", _accuracy),
     Column("best_epoch", "best\nepoch", count),
     Column("final_loss", "final\nloss", _loss),
     Column("status", "\nstatus", _status, numeric=False),
