@@ -476,6 +476,21 @@ def test_plain_display_names_each_phase_before_the_first_step_once():
     ]
 
 
+def test_plain_display_waits_a_full_period_after_the_first_step(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("tui.progress.time.monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    display = PlainDisplay(stream, line_every=5.0)
+    clock[0] = 10.0
+    display.handle(as_events(started(run_id="r1")))
+    clock[0] = 20.0  # the first step, after 10 s of compiling: a few img/s, an ETA of hours
+    display.handle(as_events(step(1)))
+    clock[0] = 26.0
+    display.handle(as_events(step(2)))
+    step_lines = [line for line in stream.getvalue().splitlines() if " step " in line]
+    assert len(step_lines) == 1 and step_lines[0].startswith("epoch 1/2  step 2/20")
+
+
 def test_plain_display_says_the_newest_checkpoint_once_when_the_worker_ends():
     stream = io.StringIO()
     display = PlainDisplay(stream, line_every=60.0)

@@ -281,6 +281,10 @@ class PlainDisplay:
         words = waiting_words(self.facts)
         if words is not None and words != self._phase_said:
             self._write(words)
+        elif words is None and self._phase_said is not None:
+            # The first step came: its figures hold the compile time (a few img/s, an ETA of
+            # hours). The first step line waits a full period of steady steps instead.
+            self._last_line = time.monotonic()
         self._phase_said = words
 
     def _show(self, event: Event) -> None:
