@@ -384,12 +384,69 @@ def apply_override(data: dict, assignment: str) -> dict:
     parts = key.split(".")
     target = data
     for part in parts[:-1]:
-        node = target.setdefault(part, {})
-        if not isinstance(node, dict):
+        if not isinstance(target.get(part, {}), dict):
             raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
-        target = node
+        target = target.get(part, {})
+    # Checked here, not at validation: the whole dotted key is known, so the hint can name
+    # the section a bare `batch_size` belongs to (a preset's file is checked when validated).
+    if not _names_a_setting(parts):
+        close = _closest_settings(key)
+        hint = f"did you mean {' or '.join(close)}?" if close else (
+            "a setting is section.field, in " + ", ".join(_setting_keys(sections_only=True))
+        )
+        raise ConfigError(f"--set {assignment!r}: unknown field {key!r}; {hint}")
+    target = data
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
     target[parts[-1]] = parse_value(raw.strip())
     return data
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _names_a_setting(parts: list[str]) -> bool:
+    """Whether the dotted key ``parts`` names a field (or section) of :class:`RunConfig`."""
+    model: Any = RunConfig
+    for index, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        if _is_section(field.annotation):
+            model = field.annotation
+            continue
+        # A free-form table (model.kwargs) takes any key below it.
+        free_form = field.annotation is dict or getattr(field.annotation, "__origin__", None) is dict
+        return index == len(parts) - 1 or free_form
+    return True
+
+
+def _setting_keys(model: Any = None, prefix: str = "", sections_only: bool = False) -> list[str]:
+    """Every dotted key of the config schema (``train.batch_size``...), or only its sections."""
+    keys = []
+    for name, field in (model or RunConfig).model_fields.items():
+        if _is_section(field.annotation):
+            keys += [prefix + name] if sections_only else _setting_keys(field.annotation, f"{prefix}{name}.")
+        elif not sections_only:
+            keys.append(prefix + name)
+    return keys
+
+
+def _closest_settings(key: str) -> list[str]:
+    """The dotted keys closest to ``key``: by their last part (``batch_size``), else whole."""
+    keys = _setting_keys()
+    by_name: dict[str, list[str]] = {}
+    for dotted in keys:
+        by_name.setdefault(dotted.rsplit(".", 1)[-1], []).append(dotted)
+    section, _, name = key.rpartition(".")
+    close = [
+        dotted
+        for match in difflib.get_close_matches(name, list(by_name), n=2, cutoff=0.75)
+        for dotted in by_name[match]
+    ]
+    in_section = [dotted for dotted in close if dotted.startswith(f"{section}.")]
+    return in_section or close or difflib.get_close_matches(key, keys, n=2, cutoff=0.6)
 
 
 def deep_merge(base: dict, override: dict) -> dict:

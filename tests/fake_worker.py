@@ -8,7 +8,7 @@ codes are tested without TensorFlow. Its events go through the worker's own
 writer (engine.run.events.EventWriter), so each is checked against its
 declaration in engine.run.protocol. FAKE_WORKER_MODE picks the story:
 
-- ``complete``: 2 epochs of 3 steps, then ``finished`` (exit 0)
+- ``complete``: 2 epochs of 3 steps, each ending with a ``checkpoint``, then ``finished`` (exit 0)
 - ``fail``: ``failed`` with a traceback path (exit 1)
 - ``user_error``: ``failed`` with ``user_error: true`` (exit 2)
 - ``crash``: a step, then SIGKILL to itself (no final event)
@@ -93,6 +93,7 @@ def complete(worker: FakeWorker) -> int:
             val_loss=0.25,
             val_accuracy=0.875 + epoch / 100,
         )
+        worker.emit("checkpoint", step=worker.step, path=f"checkpoints/ckpt-{worker.step}")
     worker.emit(
         "finished",
         reason="completed",

@@ -30,9 +30,9 @@ from conftest import (
     wait_for,
 )
 
-from engine.run import protocol
+from engine.run import lock, protocol
 from engine.run.protocol import Step
-from engine.run.store import summarize_run
+from engine.run.store import LOCK_FILE, summarize_run, worker_liveness
 from tui.progress import JsonLinesDisplay, PlainDisplay, make_display
 
 FINISHED = {
@@ -145,6 +145,29 @@ def test_show_prints_status_config_best_and_last_metrics(convdeck_home):
     assert "[train]" in out and "batch_size = 128" in out
 
 
+def test_show_says_units_and_never_none(convdeck_home):
+    fabricate_runs(convdeck_home)
+    out = run_cli("show", "20250101").stdout
+    last_step = "step 20  epoch 2  loss 0.2000  accuracy 0.8000  learning_rate 0.001  900 img/s"
+    assert re.search(rf"^last step\s+{last_step}$", out, re.M)
+    assert re.search(r"^final\s+20 steps  elapsed 12 s  ", out, re.M)
+    # A worker that builds its model: no start time, no step, and what it does in words.
+    make_run(convdeck_home, "20250105-000000-lenet5-digits-eeee", [{"type": "building"}], pid="self")
+    out = run_cli("show", "20250105").stdout
+    assert re.search(r"^status\s+running, building model$", out, re.M)
+    assert re.search(r"^started\s+not yet$", out, re.M)
+    assert re.search(r"^progress\s+no step yet$", out, re.M)
+    # Events that leave out what they may: a checkpoint without its step, a bare stop.
+    stopped = {"type": "finished", "reason": "stopped"}
+    sparse = [started(), step(4), {"type": "checkpoint", "path": "ckpt"}, stopped]
+    make_run(convdeck_home, "20250106-000000-lenet5-digits-ffff", sparse)
+    out = run_cli("show", "20250106").stdout
+    assert re.search(r"^checkpoint\s+step \?: ckpt$", out, re.M)
+    assert re.search(r"^final\s+-$", out, re.M)
+    for run in ("20250101", "20250102", "20250103", "20250104", "20250105", "20250106"):
+        assert "None" not in run_cli("show", run).stdout, run
+
+
 def test_show_of_a_crashed_run_with_a_torn_line(convdeck_home):
     fabricate_runs(convdeck_home)
     result = run_cli("show", "20250102-000000-lenet5-digits-bbbb", "--json")
@@ -191,6 +214,7 @@ def test_show_of_a_run_with_an_unreadable_config(convdeck_home):
         (["run", "--set", "train.batch_size=0"], "train.batch_size: got 0"),
         (["run", "--set", "train.epochs=-1"], "train.epochs: got -1"),
         (["run", "--set", "train.batchsize=64"], "unknown field 'train.batchsize'"),
+        (["run", "--set", "batch_size=64"], "unknown field 'batch_size'; did you mean train.batch_size?"),
         (["run", "--set", "model.arch=resnett"], "did you mean 'resnet'"),
         (["run", "--set", "train.batch_size"], "expected section.field=VALUE"),
         (["run", "--set", "data.image_size=[8, 8]"], "needs images of at least 28x28; got 8x8"),
@@ -216,6 +240,13 @@ def test_a_malformed_user_preset_names_file_and_line(convdeck_home):
     (user / "broken.toml").write_text('description = "ok"\n[train]\nbatch_size = = 3\n')
     error = one_line_error(run_cli("run", "broken"))
     assert str(user / "broken.toml") in error and "line 3" in error
+
+
+def test_version_and_attach_help(convdeck_home):
+    version = run_cli("--version")
+    assert version.returncode == 0 and re.fullmatch(r"convdeck \S+\n", version.stdout)
+    usage = run_cli("attach", "--help")
+    assert usage.returncode == 0 and "Usage: convdeck attach [OPTIONS] [RUN]" in usage.stdout
 
 
 def test_resume_and_ctl_refuse_finished_runs(convdeck_home):
@@ -257,8 +288,14 @@ def test_run_follows_to_the_end_with_plain_lines_in_a_pipe(convdeck_home, fake_w
     result = run_cli("run")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert re.match(r"run \S+ started on CPU:0", lines[0])
+    # While the worker starts, the log says what it waits for (this fake loads no TensorFlow).
+    assert lines[0] == "loading TensorFlow"
+    assert re.match(r"run \S+ started on CPU:0", lines[1])
+    assert lines[2] == "compiling the first step"
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/2", "2/2"]
+    # Every epoch end is saved: only the last checkpoint is news, once, before the last line.
+    assert [line for line in lines if "checkpoint" in line] == ["checkpoint at step 6"]
+    assert lines[-2] == "checkpoint at step 6"
     assert "val_accuracy 0.8950" in lines[-1] and "completed" in lines[-1]
     assert "\x1b" not in result.stdout and "━" not in result.stdout
 
@@ -359,7 +396,8 @@ def test_detach_then_runs_ctl_and_resume(convdeck_home, fake_worker):
     fake_worker("serve")
     result = run_cli("run", "--detach")
     assert result.returncode == 0, result.stderr
-    run_id = result.stdout.strip().splitlines()[-1].split()[-1]
+    run_id = result.stdout.strip()  # the id alone on stdout: RUN=$(convdeck run --detach)
+    assert re.fullmatch(r"\d{8}-\d{6}-\S+", run_id) and f"convdeck attach {run_id}" in result.stderr
     assert [r["status"] for r in runs_json() if r["run_id"] == run_id] == ["running"]
     assert wait_for(lambda: (convdeck_home / "runs" / run_id / "control.sock").exists(), 10)
     reply = json.loads(run_cli("ctl", run_id[:20], "status").stdout)
@@ -371,7 +409,7 @@ def test_detach_then_runs_ctl_and_resume(convdeck_home, fake_worker):
     fake_worker("complete")
     result = run_cli("resume", run_id)
     assert result.returncode == 0, result.stderr
-    assert re.match(rf"run {run_id} resumed from step \d+", result.stdout)
+    assert re.search(rf"^run {run_id} resumed from step \d+", result.stdout, re.M)
     assert summarize_run(run_dir).status == "finished"
 
 
@@ -390,10 +428,10 @@ def test_plain_display_writes_epoch_lines_and_throttled_step_lines():
     display.handle(as_events(step(2, 1, 0.8), epoch_end(1, 0.75), {"type": "paused", "step": 2}))
     display.close()
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "run r1 started on CPU:0"
-    assert lines[1].startswith("epoch 1/2  step 1/20  loss 0.9000  accuracy 0.8000  900 img/s")
-    assert lines[2].startswith("epoch 1/2  loss 0.3000  accuracy 0.9000  val_loss 0.3500")
-    assert lines[3] == "paused at step 2 (go on: convdeck ctl r1 resume)"
+    assert lines[:3] == ["loading TensorFlow", "run r1 started on CPU:0", "compiling the first step"]
+    assert lines[3].startswith("epoch 1/2  step 1/20  loss 0.9000  accuracy 0.8000  900 img/s")
+    assert lines[4].startswith("epoch 1/2  loss 0.3000  accuracy 0.9000  val_loss 0.3500")
+    assert lines[5] == "paused at step 2 (go on: convdeck ctl r1 resume)"
 
 
 def test_plain_display_says_how_to_answer_an_out_of_memory():
@@ -408,11 +446,11 @@ def test_plain_display_says_how_to_answer_an_out_of_memory():
     }
     PlainDisplay(stream).handle(as_events(started(run_id="r1"), oom, applied))
     lines = stream.getvalue().splitlines()
-    assert lines[1] == (
+    assert lines[-2] == (
         "out of memory at step 7 with batch 128; remedies: halve-batch; "
         "waiting for one: convdeck ctl r1 remedy halve-batch"
     )
-    assert lines[2] == "remedy halve-batch applied at step 7: train.batch_size 128 -> 64"
+    assert lines[-1] == "remedy halve-batch applied at step 7: train.batch_size 128 -> 64"
 
 
 def test_plain_display_keeps_quiet_between_step_lines():
@@ -420,7 +458,58 @@ def test_plain_display_keeps_quiet_between_step_lines():
     display = PlainDisplay(stream, line_every=60.0)
     for n in range(1, 100):
         display.handle(as_events(step(n)))
-    assert stream.getvalue() == ""
+    assert stream.getvalue() == "loading TensorFlow\n"  # said once, as the display opens
+
+
+def test_plain_display_names_each_phase_before_the_first_step_once():
+    stream = io.StringIO()
+    display = PlainDisplay(stream, line_every=60.0)
+    display.handle(as_events({"type": "building"}))
+    display.handle(as_events({"type": "log", "message": "data: digits"}))  # no phase change
+    display.handle(as_events(started(run_id="r1"), step(1), step(2)))
+    assert stream.getvalue().splitlines() == [
+        "loading TensorFlow",
+        "building model",
+        "data: digits",
+        "run r1 started on CPU:0",
+        "compiling the first step",
+    ]
+
+
+def test_plain_display_waits_a_full_period_after_the_first_step(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("tui.progress.time.monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    display = PlainDisplay(stream, line_every=5.0)
+    clock[0] = 10.0
+    display.handle(as_events(started(run_id="r1")))
+    clock[0] = 20.0  # the first step, after 10 s of compiling: a few img/s, an ETA of hours
+    display.handle(as_events(step(1)))
+    clock[0] = 26.0
+    display.handle(as_events(step(2)))
+    step_lines = [line for line in stream.getvalue().splitlines() if " step " in line]
+    assert len(step_lines) == 1 and step_lines[0].startswith("epoch 1/2  step 2/20")
+
+
+def test_plain_display_says_the_newest_checkpoint_once_when_the_worker_ends():
+    stream = io.StringIO()
+    display = PlainDisplay(stream, line_every=60.0)
+    display.handle(as_events(started(run_id="r1"), step(1, 1), epoch_end(1, 0.7)))
+    display.handle(as_events({"type": "checkpoint", "step": 1}, step(2, 2)))
+    display.handle(as_events({"type": "checkpoint", "step": 2}))
+    assert "checkpoint" not in stream.getvalue()  # each epoch end is saved: no news
+    display.handle(as_events({"type": "finished", "reason": "stopped", "steps": 2}))
+    display.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[-1] == "checkpoint at step 2" and sum("checkpoint" in line for line in lines) == 1
+
+
+def test_plain_display_says_the_newest_checkpoint_when_it_closes_without_an_end():
+    stream = io.StringIO()
+    display = PlainDisplay(stream, line_every=60.0)
+    display.handle(as_events(started(run_id="r1"), {"type": "checkpoint", "step": 0}, step(1)))
+    display.close()  # the worker died, or Ctrl-C twice: where the run can go on from
+    assert stream.getvalue().splitlines()[-1] == "checkpoint at step 0"
 
 
 def test_json_display_writes_strict_json():
@@ -461,8 +550,17 @@ def test_run_lenet5_digits_reports_its_accuracy(convdeck_home):
     accuracy = re.search(r"completed: val_accuracy (\d\.\d+)", result.stdout)
     assert accuracy and float(accuracy.group(1)) > 0.5, result.stdout
     assert "\x1b" not in result.stdout
+    # The wait before the first step is named, phase by phase, in the order the worker goes.
+    waits = ["loading TensorFlow", "building model", "compiling the first step"]
+    assert [line for line in result.stdout.splitlines() if line in waits] == waits
     (run,) = runs_json()
     assert run["status"] == "finished" and run["preset"] == "lenet5-digits"
+    # The CLI returned at the run's last event; the worker ends by itself, cleanly, and
+    # lets go of the run (its supervisor found nothing to report: no worker_exit).
+    run_dir = convdeck_home / "runs" / run["run_id"]
+    assert wait_for(lambda: worker_liveness(run_dir).pid is None, 60)
+    assert lock.wait_free(run_dir / LOCK_FILE, 10)
+    assert "worker_exit" not in (run_dir / "events.jsonl").read_text()
 
 
 @needs_worker
@@ -498,9 +596,11 @@ def test_real_run_interrupted_then_resumed_continues_its_steps(convdeck_home):
     result = run_cli("resume", run_id, "--json", timeout=120)
     assert result.returncode == 0, result.stderr
     resumed = [json.loads(line) for line in result.stdout.splitlines()]
-    assert resumed[0]["type"] == "run_started" and resumed[0]["resumed_from_step"] > 0
+    assert resumed[0]["type"] == "building"  # TensorFlow loaded; the model comes next
+    restart = next(e for e in resumed if e["type"] == "run_started")
+    assert restart["resumed_from_step"] > 0
     first_step = next(e for e in resumed if e["type"] == "step")
-    assert first_step["step"] == resumed[0]["resumed_from_step"] + 1
+    assert first_step["step"] == restart["resumed_from_step"] + 1
     assert resumed[-1]["reason"] == "completed"
     assert summarize_run(convdeck_home / "runs" / run_id).status == "finished"
 

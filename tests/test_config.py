@@ -267,6 +267,24 @@ def test_apply_override_rejects_missing_key_or_equals(assignment):
         apply_override({}, assignment)
 
 
+@pytest.mark.parametrize(
+    ("assignment", "hint"),
+    [
+        ("batch_size=64", "did you mean train.batch_size?"),  # the section left out
+        ("train.batchsize=64", "did you mean train.batch_size?"),
+        ("trian.epochs=2", "did you mean train.epochs?"),
+        ("seed=1", "did you mean data.seed or train.seed?"),
+        ("lr=0.1", "a setting is section.field, in model, data, train, notify"),
+    ],
+)
+def test_apply_override_names_the_closest_settings_of_an_unknown_key(assignment, hint):
+    data = {"train": {"epochs": 3}}
+    with pytest.raises(ConfigError, match="unknown field") as error:
+        apply_override(data, assignment)
+    assert str(error.value).endswith(hint) and "\n" not in str(error.value)
+    assert data == {"train": {"epochs": 3}}  # nothing applied
+
+
 def test_apply_override_rejects_assigning_into_a_scalar():
     data = {"train": {"batch_size": 128}}
     with pytest.raises(ConfigError, match="'batch_size' is a value, not a section"):

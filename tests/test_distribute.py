@@ -238,7 +238,7 @@ def test_two_workers_finish_and_only_the_chief_records(convdeck_home: Path, clus
     assert (runs[0] / "model.keras").exists()
 
     # The other worker keeps its start and its end, nothing of the chief's record.
-    assert {e["type"] for e in other} <= {"run_started", "finished", "log", "worker_exit"}
+    assert {e["type"] for e in other} <= {"building", "run_started", "finished", "log", "worker_exit"}
     assert of_type(other, "run_started")[0]["chief"] is False
     assert of_type(other, "finished")[-1]["steps"] == 10
     assert not list((runs[1] / "checkpoints").iterdir())

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from engine.run import protocol
 from engine.run.facts import LogFolder, RunFacts, read_facts
 from engine.run.protocol import (
+    Building,
     Checkpoint,
     EpochEnd,
     Failed,
@@ -96,6 +97,7 @@ other_events = st.one_of(
     st.builds(Finished, time=times, reason=st.sampled_from(["completed", "stopped", "nan"])),
     st.builds(Failed, time=times, error=st.just("boom")),
     st.builds(WorkerExit, time=times, final_event=st.booleans(), signal=st.just("SIGKILL")),
+    st.builds(Building, time=times),
 )
 logs = st.lists(st.one_of(step(), step(), other_events), max_size=40)
 garbage = st.sampled_from(
@@ -210,6 +212,21 @@ def test_a_resumed_run_is_running_again_with_nothing_left_of_its_stop():
     assert (facts.step, facts.started, facts.resumes) == (4, 100.0, 1)
     facts.apply(steps(5, 6))
     assert facts.phase == "training" and facts.step == 6
+
+
+def test_a_starting_worker_loads_tensorflow_then_builds_then_compiles():
+    facts = folded([])
+    assert facts.phase == "starting"
+    facts.apply([Building(time=99.0)])
+    assert (facts.status, facts.phase) == ("running", "building")
+    facts.apply([started()])
+    assert facts.phase == "loading"
+    facts.apply(steps(1, 2))
+    assert facts.phase == "training"
+    # A resume's worker builds again; a worker that fails while building has ended.
+    facts.apply([Finished(time=103.0, reason="stopped"), Building(time=104.0)])
+    assert facts.phase == "ended"
+    assert folded([Building(time=99.0), Failed(time=100.0, error="no data")]).phase == "ended"
 
 
 def test_the_model_and_steps_per_epoch_follow_the_remedies():

@@ -5,6 +5,8 @@ images/s and ETA, with a line per finished epoch above it. When stdout is a
 file or a pipe the same figures go out as plain lines, one per epoch and one
 every few seconds of steps, so a log never holds bar characters or ANSI
 codes. ``--json`` prints the events themselves, one JSON object a line.
+Before the first step both name what the worker does meanwhile (the run's
+phase: loading TensorFlow, building model, compiling the first step).
 
 Imports neither TensorFlow nor Textual.
 """
@@ -18,8 +20,9 @@ import time
 from typing import Any, Protocol, TextIO
 
 from engine.run import protocol
-from engine.run.facts import RunFacts
+from engine.run.facts import PHASE_WORDS, WAITING_PHASES, RunFacts
 from engine.run.protocol import (
+    TERMINAL_EVENTS,
     Checkpoint,
     EpochEnd,
     Event,
@@ -83,12 +86,32 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    """``1:02:03`` / ``2:03``, or '-' (unknown, or not finite)."""
+    """``2.8 s``, ``42 s``, ``2 m 03 s``, ``1 h 02 m 03 s``, or '-' (unknown, or not finite).
+
+    Units on every figure: ``0:03`` could be minutes or hours.
+    """
     if seconds is None or not math.isfinite(seconds):
         return "-"
+    if seconds < 10:
+        return f"{max(seconds, 0.0):.1f} s"
     minutes, secs = divmod(int(seconds + 0.5), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    if hours:
+        return f"{hours} h {minutes:02d} m {secs:02d} s"
+    return f"{minutes} m {secs:02d} s" if minutes else f"{secs} s"
+
+
+def fmt_rate(images_per_sec: float | None) -> str:
+    """``9,759 img/s``, or '-'."""
+    if images_per_sec is None or not math.isfinite(images_per_sec):
+        return "- img/s"
+    return f"{images_per_sec:,.0f} img/s"
+
+
+def waiting_words(facts: RunFacts) -> str | None:
+    """What a worker does before its first step (``loading TensorFlow``...), or None once it steps."""
+    phase = facts.phase
+    return PHASE_WORDS[phase] if phase in WAITING_PHASES else None
 
 
 def epoch_label(facts: RunFacts, epoch: int | None = None) -> str:
@@ -124,7 +147,7 @@ def step_line(facts: RunFacts) -> str:
         f"step {step_label(facts)}",
         f"loss {fmt(facts.last_loss)}",
         f"accuracy {fmt(facts.last_accuracy)}",
-        f"{fmt(facts.images_per_sec, 0)} img/s",
+        fmt_rate(facts.images_per_sec),
         f"ETA {fmt_duration(facts.eta_seconds())}",
     ]
     return "  ".join(parts)
@@ -229,7 +252,11 @@ def _strict_json(value: Any) -> Any:
 
 
 class PlainDisplay:
-    """Plain lines for a file or a pipe: one per epoch end, one every ``line_every`` s of steps."""
+    """Plain lines for a file or a pipe: one per epoch end, one every ``line_every`` s of steps.
+
+    Before the first step, a line for each phase the worker goes through
+    (``loading TensorFlow``...), so a log never looks stuck for those seconds.
+    """
 
     def __init__(self, stream: TextIO, line_every: float = 5.0) -> None:
         self.stream = stream
@@ -237,14 +264,28 @@ class PlainDisplay:
         self.facts = RunFacts()
         self._last_line = time.monotonic()
         self._unprinted_steps = False
+        self._held_checkpoint: Checkpoint | None = None
+        self._phase_said: str | None = None
+        self._say_phase()
 
     def handle(self, events: list[Event]) -> None:
         for event in events:
             self.facts.fold(event)
             self._show(event)
+            self._say_phase()
         if self._unprinted_steps and time.monotonic() - self._last_line >= self.line_every:
             self._write(step_line(self.facts))
             self._unprinted_steps = False
+
+    def _say_phase(self) -> None:
+        words = waiting_words(self.facts)
+        if words is not None and words != self._phase_said:
+            self._write(words)
+        elif words is None and self._phase_said is not None:
+            # The first step came: its figures hold the compile time (a few img/s, an ETA of
+            # hours). The first step line waits a full period of steady steps instead.
+            self._last_line = time.monotonic()
+        self._phase_said = words
 
     def _show(self, event: Event) -> None:
         if isinstance(event, Step):
@@ -252,8 +293,21 @@ class PlainDisplay:
         elif isinstance(event, EpochEnd):
             self._write(epoch_line(self.facts, event))
             self._unprinted_steps = False
+        elif isinstance(event, Checkpoint):
+            # A log reader learns nothing from "checkpoint at step N" after every epoch line
+            # (each epoch end is saved) or every checkpoint_every steps; what they need is
+            # where the run can go on from once this worker is done: the newest checkpoint,
+            # said once, just before the run's last line (or when the display closes).
+            self._held_checkpoint = event
+        elif isinstance(event, TERMINAL_EVENTS):
+            self._say_held_checkpoint()
         elif (line := event_line(event, self.facts.run_id or "RUN")) is not None:
             self._write(line)
+
+    def _say_held_checkpoint(self) -> None:
+        if self._held_checkpoint is not None:
+            self._write(event_line(self._held_checkpoint) or "")
+            self._held_checkpoint = None
 
     def _write(self, line: str) -> None:
         self.stream.write(line + "\n")
@@ -264,6 +318,7 @@ class PlainDisplay:
         self._write(message)
 
     def close(self) -> None:
+        self._say_held_checkpoint()  # a crash or a detach: where the run could go on from
         self.stream.flush()
 
 
@@ -272,16 +327,14 @@ class BarDisplay:
 
     def __init__(self, stream: TextIO) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
         self.facts = RunFacts()
         self.console = Console(file=stream)
         self.bar = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
+            TextColumn("{task.fields[doing]}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[accuracy]}"),
-            TextColumn("{task.fields[images_per_sec]} img/s  ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[figures]}"),
             console=self.console,
             refresh_per_second=4,
         )
@@ -290,15 +343,21 @@ class BarDisplay:
 
     def _fields(self) -> dict[str, str]:
         facts = self.facts
-        return {
-            "epoch": epoch_label(facts),
-            "loss": fmt(facts.last_loss),
-            "accuracy": fmt(facts.last_accuracy),
-            "images_per_sec": fmt(facts.images_per_sec, 0),
+        waiting = waiting_words(facts)
+        if waiting is not None:
+            # Before the first step no figure means anything yet: say what the worker does.
+            return {"doing": waiting, "figures": ""}
+        validating = "  validating" if facts.phase == "validating" else ""
+        figures = [
+            step_label(facts),
+            f"loss {fmt(facts.last_loss)}",
+            f"acc {fmt(facts.last_accuracy)}",
+            fmt_rate(facts.images_per_sec),
             # The run's own ETA (engine.run.facts): rich's estimate would count a
             # resumed run's earlier steps as done in no time.
-            "eta": fmt_duration(facts.eta_seconds()),
-        }
+            f"ETA {fmt_duration(facts.eta_seconds())}",
+        ]
+        return {"doing": f"epoch {epoch_label(facts)}{validating}", "figures": "  ".join(figures)}
 
     def handle(self, events: list[Event]) -> None:
         for event in events:

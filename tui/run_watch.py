@@ -18,7 +18,7 @@ from textual import on, work
 from textual.app import App
 from textual.widgets import OptionList
 
-from engine.run.facts import RunFacts
+from engine.run.facts import PHASE_WORDS, RunFacts
 from engine.run.history import RunHistory
 from engine.run.protocol import (
     Event,
@@ -255,6 +255,8 @@ class RunWatching(App[int]):
             text = "No run yet. Pick a preset and press Enter."
         elif state.phase in ("starting", "restarting"):
             text = f"{_name(state)}: the worker is starting (TensorFlow loads first)…"
+        elif state.phase == "building":
+            text = f"{_name(state)}: {PHASE_WORDS['building']}…"
         elif state.live:
             text = f"{_name(state)}: waiting for the first step…"
         else:

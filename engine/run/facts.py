@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from engine.run import protocol
 from engine.run.events import STEP_LINE_PREFIX
 from engine.run.protocol import (
+    Building,
     Checkpoint,
     EpochEnd,
     Event,
@@ -59,7 +60,8 @@ STALL_STEP_FACTOR = 20.0
 """A live run with no step for max(STALL_MIN_SECONDS, STALL_STEP_FACTOR x its steady step time) is stalled."""
 STALL_MIN_ENV = "CONVDECK_STALL_MIN_SECONDS"  # tests shorten the minute
 PHASES = (
-    "starting",  # the worker loads TensorFlow and its data: no run_started yet
+    "starting",  # the worker loads TensorFlow: no event yet
+    "building",  # TensorFlow loaded (a building event): it reads its data and builds the model
     "loading",  # run_started, no step yet: the first call traces and compiles
     "training",
     "validating",  # the epoch's last step is done, its epoch_end not yet
@@ -69,6 +71,20 @@ PHASES = (
     "ended",
 )
 """What the worker is doing, as far as its events tell."""
+PHASE_WORDS = {
+    "starting": "loading TensorFlow",
+    "building": "building model",
+    "loading": "compiling the first step",
+    "training": "training",
+    "validating": "validating",
+    "paused": "paused",
+    "waiting": "waiting for a remedy",
+    "restarting": "restarting",
+    "ended": "ended",
+}
+"""Each phase as a person reads it (``convdeck run`` while it waits, ``convdeck show``)."""
+WAITING_PHASES = ("starting", "building", "loading")
+"""The phases before a worker's first step: it works, but no figure moves yet."""
 FINISHED_REASONS = ("completed", "early_stop")
 """A ``finished`` event's reasons for a run that trained as asked: every epoch, or until
 ``train.early_stop_patience`` saw no more gain. Its status is ``finished``."""
@@ -129,6 +145,8 @@ class RunFacts:
     pending_oom: Oom | None = None
     restarting: str | None = None
     nan_step: int | None = None
+    building: bool = False
+    """A worker has loaded TensorFlow and builds its model: no run_started yet."""
     stepped_since_start: bool = False
     unreadable_lines: int = 0
     liveness: Liveness | None = None
@@ -178,10 +196,13 @@ class RunFacts:
             self.step = event.resumed_from_step
         # A new worker: what ended or waited before is over (a stop, a crash, an OOM).
         self.ended = self.died = self.pending_oom = self.restarting = self.nan_step = None
-        self.paused = self.stepped_since_start = False
+        self.paused = self.stepped_since_start = self.building = False
         self.rate_origin = None  # a new worker traces again, maybe at another batch size
         self.validated_since_origin = 0.0
         self.epoch_ends_seen = None
+
+    def _on_building(self, event: Building) -> None:
+        self.building = True
 
     def _on_step(self, event: Step) -> None:
         last = event.last()
@@ -263,7 +284,7 @@ class RunFacts:
     def _on_terminal(self, event: Finished | Failed) -> None:
         self.ended = event
         self.pending_oom = self.restarting = None
-        self.paused = False
+        self.paused = self.building = False
 
     def _on_worker_exit(self, event: WorkerExit) -> None:
         if not event.final_event:
@@ -271,6 +292,7 @@ class RunFacts:
             # "failed" (of the run it resumed) no longer describes the run.
             self.died, self.ended = event, None
             self.pending_oom = self.restarting = None
+            self.building = False
 
     def restart_requested(self, remedy: str) -> None:
         """The worker accepted ``remedy``: it checkpoints and restarts with it (its events follow)."""
@@ -338,6 +360,8 @@ class RunFacts:
             return "waiting"
         if self.paused:
             return "paused"
+        if self.building:
+            return "building"
         if not self.starts:
             return "starting"
         if not self.stepped_since_start:
@@ -548,6 +572,7 @@ class RunFacts:
 
 _HANDLERS: dict[type, Any] = {
     RunStarted: RunFacts._on_run_started,
+    Building: RunFacts._on_building,
     Step: RunFacts._on_step,
     EpochEnd: RunFacts._on_epoch_end,
     Checkpoint: RunFacts._on_checkpoint,

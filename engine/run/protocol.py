@@ -84,6 +84,14 @@ class RunStarted(Event, tag="run_started"):
     """Whether the step runs compiled by XLA (``train.jit_compile``, ``auto`` resolved)."""
 
 
+class Building(Event, tag="building"):
+    """TensorFlow is loaded: the worker reads its data and builds the model (``run_started`` follows).
+
+    It tells a front end the worker's slow start apart: loading TensorFlow before it,
+    building the model after it, compiling the first step after ``run_started``.
+    """
+
+
 class Step(Event, tag="step"):
     """One optimizer step (or several, as parallel lists): that batch's figures, as Keras gives them.
 
@@ -339,6 +347,7 @@ EVENT_CLASSES: tuple[type[Event], ...] = (
     Validation,
     BestCheckpoint,
     Eval,
+    Building,
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in EVENT_CLASSES}
 """Every event type, by its ``type`` tag."""

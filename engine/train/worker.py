@@ -146,6 +146,8 @@ class Worker:
         from engine.train.memory import free_gpu_bytes, warn_if_memory_short
         from engine.train.trainer import ApplyRemedy, OutOfMemory, Trainer
 
+        # TensorFlow took most of the start; say so, so a front end can tell what the rest is.
+        self.events.emit("building")
         # NVML's free memory before TensorFlow starts on the GPU and takes some.
         free_before = free_gpu_bytes()
 

@@ -28,9 +28,6 @@ from tui.progress import Display, JsonLinesDisplay, fmt, fmt_duration, make_disp
 from tui.terminal import one_line as _one_line
 from tui.terminal import user_error
 
-# After its last event the worker still saves and closes; wait a little so
-# a `convdeck runs` right after sees it gone, but never hang on it.
-EXIT_GRACE_SECONDS = 3.0
 # How long Ctrl-C keeps asking a starting worker (no socket yet) to stop
 # before falling back to SIGTERM, which the worker treats the same way.
 STOP_RETRY_SECONDS = 10.0
@@ -253,7 +250,10 @@ def _report(handle: client.RunHandle, outcome: _Outcome, display: Display) -> in
     event = outcome.terminal
     if event is None:
         return _report_crash(handle)
-    handle.wait_exit(EXIT_GRACE_SECONDS)
+    # No wait for the worker's exit: its last event comes after its last file (checkpoint,
+    # model.keras, eval.json), so the run is done; tearing TensorFlow down takes it a second
+    # or two more, alone. Its status is already the terminal event's, and `convdeck resume`
+    # waits for an exiting worker to let go of the run's lock.
     if isinstance(event, Failed):
         return _report_failure(handle, event)
     if not quiet:

@@ -10,13 +10,13 @@ import click
 from engine.config import config_to_toml
 from engine.presets import list_presets
 from engine.run import client
-from engine.run.facts import RunFacts
+from engine.run.facts import PHASE_WORDS, RunFacts
 from tui.cli.common import (
     EXIT_DONE,
     print_json,
     print_table,
 )
-from tui.progress import fmt, fmt_duration
+from tui.progress import fmt, fmt_duration, fmt_rate
 from tui.terminal import one_line as _one_line
 
 
@@ -124,7 +124,7 @@ def show(run_ref: str, as_json: bool) -> int:
 def _show_rows(facts: RunFacts) -> list[tuple[str, str]]:
     status = facts.status + (f" ({_one_line(facts.reason)})" if facts.reason else "")
     if facts.live and facts.phase not in ("training", facts.status):
-        status += f", {facts.phase}"
+        status += f", {PHASE_WORDS[facts.phase]}"
     model = facts.model + (f" (config revision {facts.revision})" if facts.revision else "")
     rows = [
         ("run", facts.run_id),
@@ -132,7 +132,7 @@ def _show_rows(facts: RunFacts) -> list[tuple[str, str]]:
         ("status", status),
         ("preset", facts.preset),
         ("model", model),
-        ("started", _when(facts.started)),
+        ("started", _when(facts.started) if facts.started else "not yet"),
         ("progress", _progress(facts)),
     ]
     if facts.pid and facts.live:
@@ -141,11 +141,13 @@ def _show_rows(facts: RunFacts) -> list[tuple[str, str]]:
 
 
 def _progress(facts: RunFacts) -> str:
+    if not facts.step and not facts.epoch:
+        return "no step yet"
     epochs = f"/{facts.epochs}" if facts.epochs else ""
     total = f"/{facts.total_steps}" if facts.total_steps else ""
     text = f"epoch {facts.epoch}{epochs}, step {facts.step}{total}"
     if facts.images_per_sec:
-        text += f", {facts.images_per_sec:,.0f} img/s"
+        text += f", {fmt_rate(facts.images_per_sec)}"
     eta = facts.eta_seconds()
     if facts.status == "running" and eta is not None:
         text += f", ETA {fmt_duration(eta)}"
@@ -160,11 +162,13 @@ def _metric_rows(facts: RunFacts) -> list[tuple[str, str]]:
     if metrics["last_epoch"]:
         rows.append(("last epoch", _figures(metrics["last_epoch"])))
     if best := metrics["best"]:
-        rows.append(("best", f"val_accuracy {fmt(best['val_accuracy'])} at epoch {best['epoch']}"))
+        epoch = _known(best["epoch"])
+        rows.append(("best", f"val_accuracy {fmt(best['val_accuracy'])} at epoch {epoch}"))
     if final := metrics["final"]:
         rows.append(("final", _figures(final)))
     if checkpoint := metrics["checkpoint"]:
-        rows.append(("checkpoint", f"step {checkpoint.get('step')} {checkpoint.get('path', '')}"))
+        where = f": {checkpoint['path']}" if checkpoint.get("path") else ""
+        rows.append(("checkpoint", f"step {_known(checkpoint.get('step'))}{where}"))
     if facts.resumes or facts.remedies:
         remedies = ", ".join(facts.remedies) or "none"
         rows.append(("history", f"resumed {facts.resumes}x; remedies: {remedies}"))
@@ -176,9 +180,33 @@ def _metric_rows(facts: RunFacts) -> list[tuple[str, str]]:
     return rows
 
 
+def _known(value: object) -> str:
+    return "?" if value is None else str(value)
+
+
+# Figures whose name alone does not say their unit, or that read better in words.
+_FIGURE_TEXT = {
+    "steps": lambda value: f"{value:,} steps",
+    "elapsed": lambda value: f"elapsed {fmt_duration(value)}",
+    "learning_rate": lambda value: f"learning_rate {value:.3g}",
+    "images_per_sec": fmt_rate,
+    "step_time": lambda value: f"{value * 1000:.1f} ms a step",
+    "train_examples": lambda value: f"over {value:,} examples",
+}
+
+
 def _figures(values: dict) -> str:
-    return "  ".join(
-        f"{name} {fmt(value) if isinstance(value, float) else value}"
-        for name, value in values.items()
-        if name not in ("reason",)
-    )
+    """``step 88  epoch 2  loss 0.1293  learning_rate 0.002  9,759 img/s``: units said, None as '-'."""
+    parts = []
+    for name, value in values.items():
+        if name == "reason":
+            continue  # the status line says it
+        if value is None:
+            parts.append(f"{name} -")
+        elif name in _FIGURE_TEXT and isinstance(value, (int, float)):
+            parts.append(_FIGURE_TEXT[name](value))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            parts.append(f"{name} {value}")  # a count, not a measure: no decimals
+        else:
+            parts.append(f"{name} {fmt(value)}")
+    return "  ".join(parts) or "-"
