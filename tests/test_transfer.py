@@ -137,23 +137,6 @@ def test_transfer_settings_are_checked_in_one_line(override, expected):
     assert expected in str(error.value) and "\n" not in str(error.value)
 
 
-def test_offline_imagenet_names_the_file_and_where_it_goes(monkeypatch, tmp_path):
-    from keras.src.applications import mobilenet_v2
-
-    def offline(name, origin, **kwargs):
-        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", offline)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    cfg = transfer_config("imagenet").model.model_copy(update={"freeze_base": False})
-    with pytest.raises(ConfigError) as error:
-        build_model(cfg, (160, 160, 3), 5)
-    message = str(error.value)
-    assert "\n" not in message and "Temporary failure in name resolution" in message
-    assert f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5 into {tmp_path}/models/" in message
-    assert "model.weights to the path" in message
-
-
 def test_the_preset_is_the_tutorials_recipe():
     config = load_preset("mobilenetv2-flowers-transfer")
     assert (config.model.arch, config.model.weights, config.model.include_top) == ("mobilenetv2", "imagenet", False)
@@ -235,3 +218,21 @@ def test_resume_after_the_stage_keeps_it(tmp_path, weights_file):
     assert rates and rates == pytest.approx([LEARNING_RATE * FACTOR] * len(rates))
     for old, new in zip(means, moving_means(base), strict=True):
         np.testing.assert_array_equal(old, new)
+
+
+def test_the_resnet18_remedy_leaves_the_transfer_settings_behind():
+    from engine.remedies import apply_remedy
+
+    config, changes = apply_remedy("resnet18", load_preset("mobilenetv2-flowers-transfer"))
+    assert (config.model.weights, config.model.freeze_base, config.train.fine_tune_at_epoch) == (None, False, None)
+    assert changes["model.weights"] == ["imagenet", None]
+    _, plain = apply_remedy("resnet18", load_preset("mobilenetv2-flowers"))
+    assert "model.weights" not in plain and "train.fine_tune_at_epoch" not in plain
+
+
+def test_a_saved_transfer_model_loads_back(tmp_path, weights_file):
+    model = build_model(transfer_config(weights_file[0]).model, SHAPE, 4)
+    model.save(tmp_path / "model.keras")
+    images = np.random.default_rng(1).random((2, *SHAPE), dtype=np.float32)
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    np.testing.assert_allclose(loaded(images), model(images), atol=1e-5)
