@@ -188,7 +188,8 @@ def test_head_then_fine_tune_with_bn_in_inference_mode(tmp_path, weights_file):
     rates = {e["epoch"]: e["learning_rate"] for e in writer.events if e["type"] == "step"}
     assert rates == {1: pytest.approx(LEARNING_RATE), 2: pytest.approx(LEARNING_RATE * FACTOR)}  # 1-based
     logs = [e["message"] for e in writer.events if e["type"] == "log" and e["message"].startswith("transfer:")]
-    assert len(logs) == 2 and "head only" in logs[0] and "fine-tuning from epoch 2" in logs[1]
+    assert len(logs) == 3 and "mobilenet_v2.preprocess_input (pixels scaled to [-1, 1]" in logs[0]
+    assert "head only" in logs[1] and "fine-tuning from epoch 2" in logs[2]
 
 
 def test_resume_after_the_stage_keeps_it(tmp_path, weights_file):

@@ -6,6 +6,8 @@ unfrozen and the rate scaled, the same as the run it continues. The rate's facto
 is a variable the schedule multiplies by (``ScaledRate``), so the optimizer and its
 checkpointed state stay the same object through the change.
 
+The base's BatchNorm layers stay frozen in every stage (engine.models.transfer).
+
 The optimizer is built over every variable the run may ever train
 (:meth:`FineTuning.tunable_variables`), frozen ones included: its slots then
 exist from the first checkpoint on, and a checkpoint restores into it whatever
@@ -20,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from engine.config import ConfigError, RunConfig
+from engine.models.registry import input_preprocessing
 from engine.models.transfer import base_of, keep_batch_norm_frozen
 
 HEAD = "head"
@@ -86,6 +89,17 @@ class FineTuning:
 
     def _trainable_params(self) -> int:
         return sum(math.prod(v.shape) for v in self.model.trainable_variables)
+
+
+def preprocessing_note(config: RunConfig) -> str | None:
+    """A line for the run's log when the images go through a family's ``preprocess_input``."""
+    keras_base = input_preprocessing(config.model)
+    if keras_base is None:
+        return None
+    return (
+        f"transfer: images go through keras.applications.{keras_base.module}.preprocess_input "
+        f"({keras_base.preprocessing}) for the pretrained weights, not per-channel standardisation"
+    )
 
 
 def first_unfrozen_layer(base: keras.Model, fine_tune_from: float | str) -> int:

@@ -35,7 +35,7 @@ from engine.train.best import BestKeeper
 from engine.train.data import DataBundle, load_data, standardizes, with_delays
 from engine.train.evaluate import evaluate_model, record_evaluation
 from engine.train.faults import Faults
-from engine.train.fine_tune import FineTuning
+from engine.train.fine_tune import FineTuning, preprocessing_note
 from engine.train.optimizers import current_learning_rate, make_optimizer
 from engine.train.strategy import (
     Agreement,
@@ -450,6 +450,8 @@ class Trainer:
         self._emit_started()
         for warning in [*self.data.warnings, *self._validation_warnings()]:
             self.events.emit("log", level="warning", message=warning)
+        if preprocessing_note(self.config):
+            self.events.emit("log", level="info", message=preprocessing_note(self.config))
         self._started = time.monotonic()
         # A restore point before the first step: a NaN or an out-of-memory
         # error early on has good weights to go back to.
