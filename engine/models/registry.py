@@ -93,7 +93,7 @@ FAMILIES: dict[str, Family] = {
         lambda cfg: 32,
         # keras.applications' other modes, should a family build on them: "caffe" (resnet50,
         # vgg16: BGR minus ImageNet's mean) and "torch" (densenet: [0, 1] standardised).
-        keras_base=KerasBase("mobilenet_v2", "pixels scaled to [-1, 1] (mode 'tf')"),
+        keras_base=KerasBase("mobilenet_v2", "pixels scaled to [-1, 1], mode 'tf'"),
     ),
 }
 # A user's "module:function" decides for itself; its own errors are translated.
