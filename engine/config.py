@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import sys
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
     AfterValidator,
@@ -87,8 +87,15 @@ class ModelConfig(_Section):
     block_config: list[int] = Field(default_factory=lambda: [6, 12, 24, 16])
     # MobileNetV2 (tf.keras.applications).
     alpha: float = Field(1.0, gt=0)
+    # "imagenet" or a weights file's path: the network starts from pretrained weights, and
+    # its inputs go through its keras.applications family's preprocess_input (registry.py).
     weights: Optional[str] = None
     include_top: bool = True
+    # Transfer learning: train only the new head on the base (keras.applications' part).
+    freeze_base: bool = False
+    # What train.fine_tune_at_epoch unfreezes: the base's layers from this one (a name) to
+    # the top, or this top fraction of them (0.3: the top 30%; 1.0: the whole base).
+    fine_tune_from: Union[float, str] = 1.0
     # "auto" picks the 3x3 small-image stem for inputs of 64 pixels or less.
     stem: Literal["auto", "small", "imagenet"] = "auto"
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -111,6 +118,17 @@ class ModelConfig(_Section):
         # TOML has no null, so presets write "none" for random initialisation.
         if value is None or value.lower() in ("", "none"):
             return None
+        return value
+
+    @field_validator("fine_tune_from")
+    @classmethod
+    def _layer_or_fraction(cls, value: Union[float, str]) -> Union[float, str]:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("got ''; expected a layer name of the base or a fraction in (0, 1]")
+            return value
+        if not 0 < value <= 1:
+            raise ValueError(f"got {value}; expected a fraction of the base's layers in (0, 1] (0.3: the top 30%)")
         return value
 
     @field_validator("blocks", "block_config")
@@ -197,6 +215,11 @@ class TrainConfig(_Section):
     step_epochs: Count = 10
     step_gamma: float = Field(0.1, gt=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Transfer learning's second stage: after this many epochs the top of the base
+    # (model.fine_tune_from) unfreezes and the learning rate is multiplied by
+    # fine_tune_lr_factor (unset: no such stage).
+    fine_tune_at_epoch: Optional[Count] = None
+    fine_tune_lr_factor: float = Field(0.1, gt=0, le=1)
     mixed_precision: bool = False
     accumulation_steps: Count = 1
     # XLA for the train step: "auto" where it pays, on GPUs (on a CPU its steps
@@ -289,6 +312,17 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
+    @model_validator(mode="after")
+    def _transfer_settings_fit(self) -> RunConfig:
+        # Read now: the family table (engine.models.registry) imports this module.
+        from engine.models.registry import check_transfer_settings
+
+        try:
+            check_transfer_settings(self.model, self.train.epochs, self.train.fine_tune_at_epoch)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return self
+
 
 def _did_you_mean(value: str, choices: Any) -> str:
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
@@ -322,7 +356,8 @@ def describe_validation_error(error: ValidationError, source: str = "") -> str:
         )
     message = first["msg"].removeprefix("Value error, ")
     if first["type"].startswith("value_error"):
-        return f"{prefix}{where}: {message}"
+        # A check across sections (loc empty) names its own fields.
+        return f"{prefix}{where}: {message}" if loc else f"{prefix}{message}"
     message = message.replace("Input should be", "must be").replace("Input", "value")
     return f"{prefix}{where}: got {first.get('input')!r}; {message}"
 

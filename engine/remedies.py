@@ -122,6 +122,18 @@ def _resnet18_blocker(config: RunConfig, replicas: int) -> str | None:
     return "the model is already ResNet [2,2,2,2]" if is_resnet18(config) else None
 
 
+def _resnet18_change(config: RunConfig) -> dict:
+    change = {"model.arch": "resnet", "model.blocks": list(RESNET18_BLOCKS), "model.block_type": "basic"}
+    # convdeck's ResNet has no pretrained base: the transfer settings go with the old model.
+    transfer = {"model.weights": None, "model.freeze_base": False, "train.fine_tune_at_epoch": None}
+    section = {"model": config.model, "train": config.train}
+    for dotted, off in transfer.items():
+        part, _, field = dotted.partition(".")
+        if getattr(section[part], field) != off:
+            change[dotted] = off
+    return change
+
+
 def _resnet18_effect(config: RunConfig) -> str:
     return f"model {config.model.arch} -> ResNet [2,2,2,2] on the same data: fresh weights and optimizer"
 
@@ -164,11 +176,7 @@ REMEDIES: dict[str, Remedy] = {
             key="r",
             label="ResNet-18",
             title="switch the model to ResNet [2,2,2,2]",
-            change=lambda config: {
-                "model.arch": "resnet",
-                "model.blocks": list(RESNET18_BLOCKS),
-                "model.block_type": "basic",
-            },
+            change=_resnet18_change,
             effect=_resnet18_effect,
             blocker=_resnet18_blocker,
             fresh_model=True,

@@ -13,6 +13,10 @@ with ``include_top = false``.
 ``weights`` may also be the path of a weights file for the network without
 its classifier, or none (unset, or the string "none") to train from scratch.
 ImageNet weights need 3-channel images; from scratch, 1 channel works as is.
+
+With weights (or ``freeze_base``) the network is built for transfer learning
+(engine.models.transfer): the images go through ``mobilenet_v2.preprocess_input``
+and the network is one nested layer, the base, called in inference mode.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import keras
 from keras import layers
 
 from engine.config import ConfigError, ModelConfig
+from engine.models import transfer
 from engine.models.common import image_input, logits_head, one_line
+from engine.models.registry import input_preprocessing
 
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
@@ -37,14 +43,45 @@ def build(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int)
     weights = normalised_weights(cfg.weights)
     _check_weights(weights, cfg.alpha, input_shape)
     keep_keras_top = _keras_top_fits(weights, cfg.include_top, input_shape, num_classes)
+    if weights is None and not cfg.freeze_base:
+        # From scratch: one flat graph, as runs before transfer learning were built.
+        inputs = image_input(input_shape)
+        features = _keras_mobilenet(inputs, input_shape, cfg.alpha, weights, keep_keras_top)
+        return keras.Model(inputs, _head(features, cfg, num_classes, keep_keras_top), name=_name(cfg))
+    return _transfer_model(cfg, input_shape, num_classes, weights, keep_keras_top)
+
+
+def _transfer_model(cfg: ModelConfig, input_shape, num_classes: int, weights, keep_keras_top: bool):
+    """The base nested as one layer behind its preprocessing (engine.models.transfer)."""
+    if cfg.freeze_base and keep_keras_top:
+        raise ConfigError(
+            "model.freeze_base: with include_top and 1000 classes Keras' own ImageNet classifier "
+            "is kept, and freezing the base would leave nothing to train; set model.include_top = false"
+        )
     inputs = image_input(input_shape)
-    features = _keras_mobilenet(inputs, input_shape, cfg.alpha, weights, keep_keras_top)
+    images = transfer.preprocessed(inputs, input_preprocessing(cfg))
+    base = keras.Model(*_base_io(input_shape, cfg.alpha, weights, keep_keras_top), name=transfer.BASE_NAME)
+    base.trainable = not cfg.freeze_base
+    transfer.keep_batch_norm_frozen(base)
+    features = base(images, training=False)  # the guide's call; see engine.models.transfer
+    return keras.Model(inputs, _head(features, cfg, num_classes, keep_keras_top), name=_name(cfg))
+
+
+def _base_io(input_shape, alpha: float, weights, keep_keras_top: bool):
+    # A base of its own input, renamed: a fixed name is the handle freezing and fine-tuning use.
+    base_inputs = keras.Input(shape=input_shape, name="base_image")
+    return base_inputs, _keras_mobilenet(base_inputs, input_shape, alpha, weights, keep_keras_top)
+
+
+def _head(features, cfg: ModelConfig, num_classes: int, keep_keras_top: bool):
     if keep_keras_top:
         # Keras' top computes in the policy's dtype; the cast keeps logits float32.
-        outputs = layers.Activation("linear", dtype="float32", name="logits")(features)
-    else:
-        outputs = logits_head(features, num_classes, cfg.dropout)
-    return keras.Model(inputs, outputs, name=f"mobilenetv2_{cfg.alpha:0.2f}")
+        return layers.Activation("linear", dtype="float32", name="logits")(features)
+    return logits_head(features, num_classes, cfg.dropout)
+
+
+def _name(cfg: ModelConfig) -> str:
+    return f"mobilenetv2_{cfg.alpha:0.2f}"
 
 
 def normalised_weights(weights: str | None) -> str | None:
@@ -116,8 +153,9 @@ def _weights_error(error, weights, alpha, input_shape, keep_keras_top) -> Config
     cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
     return ConfigError(
         f"model.weights 'imagenet': cannot get the MobileNetV2 weights ({reason}); "
-        f'set model.weights = "none" to train from scratch, or download '
-        f"{WEIGHTS_URL}{file_name} into {cache}/ on a machine with internet"
+        f"download {WEIGHTS_URL}{file_name} into {cache}/ on a machine with internet, "
+        f'set model.weights to the path of a copy of that file, or model.weights = "none" to '
+        "train from scratch"
     )
 
 

@@ -25,11 +25,30 @@ SMALL_IMAGE_MAX = 64
 
 
 @dataclass(frozen=True)
+class KerasBase:
+    """A ``keras.applications`` network that a family builds on, and pretrained weights load into.
+
+    ``module`` names ``keras.applications.<module>``, whose ``preprocess_input``
+    the images go through (from 0..255) whenever ``model.weights`` is set: the
+    weights were trained on images prepared that way, not on convdeck's
+    per-channel standardisation. ``preprocessing`` says what it does, for people.
+    """
+
+    module: str
+    preprocessing: str
+
+
+@dataclass(frozen=True)
 class Family:
-    """A family's module (with ``build(cfg, input_shape, num_classes)``) and its minimum size."""
+    """A family's module (with ``build(cfg, input_shape, num_classes)``) and its minimum size.
+
+    ``keras_base``: the keras.applications network it builds on, for the families
+    that take pretrained weights (``model.weights``, ``freeze_base``, fine-tuning).
+    """
 
     module: str
     min_size: Callable[[ModelConfig], int]
+    keras_base: KerasBase | None = None
 
 
 def _by_stem(small: int, imagenet: int) -> Callable[[ModelConfig], int]:
@@ -69,7 +88,13 @@ FAMILIES: dict[str, Family] = {
     # 32, as keras.applications.DenseNet121, or more for longer block configs.
     "densenet": Family("densenet", _densenet_min),
     # keras.applications.MobileNetV2 refuses images under 32x32.
-    "mobilenetv2": Family("mobilenetv2", lambda cfg: 32),
+    "mobilenetv2": Family(
+        "mobilenetv2",
+        lambda cfg: 32,
+        # keras.applications' other modes, should a family build on them: "caffe" (resnet50,
+        # vgg16: BGR minus ImageNet's mean) and "torch" (densenet: [0, 1] standardised).
+        keras_base=KerasBase("mobilenet_v2", "pixels scaled to [-1, 1], mode 'tf'"),
+    ),
 }
 # A user's "module:function" decides for itself; its own errors are translated.
 USER_FAMILY = Family("user", lambda cfg: 1)
@@ -104,6 +129,52 @@ def min_input_size(cfg: ModelConfig) -> int:
         ConfigError: ``cfg.arch`` names no known architecture.
     """
     return family_for(cfg.arch).min_size(cfg)
+
+
+def input_preprocessing(cfg: ModelConfig) -> KerasBase | None:
+    """The keras.applications base whose ``preprocess_input`` this model's images go through.
+
+    None: the images get convdeck's per-channel standardisation instead (no
+    pretrained weights, or a family without a keras.applications base). The
+    one place both the data pipeline and the model builder ask.
+    """
+    if cfg.weights is None or ":" in cfg.arch:
+        return None
+    return family_for(cfg.arch).keras_base
+
+
+def check_transfer_settings(cfg: ModelConfig, epochs: int, fine_tune_at_epoch: int | None) -> None:
+    """Refuse transfer-learning settings that cannot work together, one line each.
+
+    Raises:
+        ConfigError: weights or freezing asked of a family without a keras.applications
+            base, or a fine-tune stage that would never start or has nothing frozen before it.
+    """
+    if ":" in cfg.arch or cfg.arch not in FAMILIES:
+        return  # a user's builder reads its own settings; an unknown arch is refused elsewhere
+    takes_weights = sorted(name for name, family in FAMILIES.items() if family.keras_base)
+    asked = [name for name, on in (("weights", cfg.weights), ("freeze_base", cfg.freeze_base)) if on]
+    if fine_tune_at_epoch is not None:
+        asked.append("train.fine_tune_at_epoch")
+    if asked and FAMILIES[cfg.arch].keras_base is None:
+        setting = asked[0] if "." in asked[0] else f"model.{asked[0]}"
+        raise ConfigError(
+            f"{setting}: model.arch {cfg.arch!r} is built by convdeck, with no pretrained base; "
+            f"transfer learning needs one of {', '.join(takes_weights)}"
+        )
+    if fine_tune_at_epoch is None:
+        return
+    if fine_tune_at_epoch >= epochs:
+        raise ConfigError(
+            f"train.fine_tune_at_epoch: got {fine_tune_at_epoch}; the run has {epochs} epochs, "
+            f"so fine-tuning would never start (expected 1 to {epochs - 1}, or raise train.epochs)"
+        )
+    if not cfg.freeze_base:
+        raise ConfigError(
+            f"train.fine_tune_at_epoch: got {fine_tune_at_epoch}, but model.freeze_base is false: "
+            "the base trains from the start and there is nothing to unfreeze; set "
+            "model.freeze_base = true (the head trains alone until then)"
+        )
 
 
 def use_small_variant(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> bool:

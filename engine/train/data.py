@@ -25,7 +25,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from engine.config import ConfigError, DataConfig
+from engine.config import ConfigError, DataConfig, RunConfig
 from engine.datasets.digits import open_digits
 from engine.datasets.folder import open_folder
 from engine.datasets.images import augment_batch, crop_padding_for, normalizer
@@ -40,6 +40,7 @@ from engine.datasets.sources import (
 )
 from engine.datasets.synthetic import open_synthetic
 from engine.datasets.tfds_source import open_tfds
+from engine.models.registry import input_preprocessing
 
 # "auto" holds decoded splits in memory below this size (float32 pixels).
 CACHE_LIMIT_BYTES = 512 * 2**20
@@ -95,7 +96,9 @@ class DataBundle:
         return self._epoch_batches(epoch, skip_batches)
 
 
-def load_data(data_cfg: DataConfig, batch_size: int, *, seed: int = 0) -> DataBundle:
+def load_data(
+    data_cfg: DataConfig, batch_size: int, *, seed: int = 0, standardize: bool = True
+) -> DataBundle:
     """Open ``data_cfg.dataset`` and batch it for training.
 
     Args:
@@ -104,6 +107,9 @@ def load_data(data_cfg: DataConfig, batch_size: int, *, seed: int = 0) -> DataBu
             size, unless the training split is smaller than one batch.
         seed: Seeds the per-epoch shuffles and augmentation (the train/val
             split is fixed by ``data_cfg.seed``).
+        standardize: False leaves the images in [0, 1] whatever ``data.normalize``
+            says: the model preprocesses them itself, as its pretrained weights
+            expect (``engine.models.registry.input_preprocessing`` decides).
 
     Raises:
         ConfigError: the dataset cannot be found, read or prepared as configured.
@@ -114,7 +120,7 @@ def load_data(data_cfg: DataConfig, batch_size: int, *, seed: int = 0) -> DataBu
     check_classes(raw, data_cfg)
     if raw.train.count == 0:
         raise ConfigError(f"dataset {data_cfg.dataset}: the training split has no examples")
-    mean, std = normalization_stats(raw, data_cfg)
+    mean, std = normalization_stats(raw, data_cfg, standardize)
     train = normalized(raw.train, mean, std)
     val = normalized(raw.val, mean, std) if raw.val else None
     epoch_batches = EpochBatches(train, batch_size, seed, data_cfg)
@@ -168,10 +174,18 @@ def estimated_bytes(raw: RawData) -> int:
     return examples * math.prod(raw.input_shape) * 4
 
 
-def normalization_stats(raw: RawData, data_cfg: DataConfig) -> tuple[list[float], list[float]]:
+def standardizes(config: RunConfig) -> bool:
+    """Whether the run's images get per-channel standardisation: not when its model
+    preprocesses them for pretrained weights (the family table decides which)."""
+    return input_preprocessing(config.model) is None
+
+
+def normalization_stats(
+    raw: RawData, data_cfg: DataConfig, standardize: bool = True
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the training images (identity when not normalising)."""
     channels = raw.input_shape[-1]
-    if not data_cfg.normalize or raw.normalized:
+    if not (standardize and data_cfg.normalize) or raw.normalized:
         return [0.0] * channels, [1.0] * channels
     # In memory the whole split is cheap to read; a stream is sampled.
     in_memory = isinstance(raw.train, TensorSource)

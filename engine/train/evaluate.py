@@ -29,6 +29,7 @@ from engine.train.data import (
     normalization_stats,
     normalized,
     open_raw,
+    standardizes,
     validation_batches,
 )
 from engine.train.strategy import configure_devices
@@ -111,7 +112,7 @@ def open_split(
     if normalization is None:
         # The statistics as training measured them: over the cached split when it caches.
         raw = apply_cache_setting(raw, config.data)
-        normalization = normalization_stats(raw, config.data)
+        normalization = normalization_stats(raw, config.data, standardizes(config))
     mean, std = normalization
     source = raw.val if split == "validation" else raw.train
     if source is None:
@@ -159,6 +160,8 @@ def load_weights(run_dir: Path, config: RunConfig, input_shape, num_classes: int
         directory = directory / BEST_DIR
     latest = tf.train.latest_checkpoint(str(directory)) if directory.is_dir() else None
     if latest is None and weights == "last" and (run_dir / "model.keras").exists():
+        import engine.models.transfer  # noqa: F401 - registers the preprocessing layer it may hold
+
         return tf.keras.models.load_model(run_dir / "model.keras", compile=False)
     if latest is None:
         what = "no best checkpoint yet (set train.best_metric)" if weights == "best" else "no checkpoint"

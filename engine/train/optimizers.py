@@ -27,9 +27,35 @@ def make_schedule(train: TrainConfig, steps_per_epoch: int, total_steps: int):
     return rate
 
 
-def make_optimizer(train: TrainConfig, steps_per_epoch: int, total_steps: int):
-    """The configured optimizer with its schedule, loss-scaled where precision needs it."""
+class ScaledRate(keras.optimizers.schedules.LearningRateSchedule):
+    """A rate or schedule times a factor held in a variable: the fine-tune stage's lower rate.
+
+    The factor changes when a stage begins (engine.train.fine_tune); the
+    schedule underneath keeps counting as before.
+    """
+
+    def __init__(self, rate, factor: tf.Variable) -> None:
+        self.rate = rate
+        self.factor = factor
+
+    def __call__(self, step):
+        rate = self.rate(step) if callable(self.rate) else self.rate
+        return tf.cast(rate, tf.float32) * self.factor
+
+    def get_config(self) -> dict:
+        return {"rate": self.rate, "factor": float(self.factor.numpy())}
+
+
+def make_optimizer(
+    train: TrainConfig, steps_per_epoch: int, total_steps: int, rate_factor: tf.Variable | None = None
+):
+    """The configured optimizer with its schedule, loss-scaled where precision needs it.
+
+    ``rate_factor``: a variable the rate is multiplied by (see ``ScaledRate``).
+    """
     rate = make_schedule(train, steps_per_epoch, total_steps)
+    if rate_factor is not None:
+        rate = ScaledRate(rate, rate_factor)
     if train.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(
             rate, momentum=train.momentum, weight_decay=train.weight_decay or None

@@ -32,9 +32,10 @@ from engine.run.events import EventWriter
 from engine.run.facts import FINISHED_REASONS
 from engine.train import precision
 from engine.train.best import BestKeeper
-from engine.train.data import DataBundle, load_data, with_delays
+from engine.train.data import DataBundle, load_data, standardizes, with_delays
 from engine.train.evaluate import evaluate_model, record_evaluation
 from engine.train.faults import Faults
+from engine.train.fine_tune import FineTuning, preprocessing_note
 from engine.train.optimizers import current_learning_rate, make_optimizer
 from engine.train.strategy import (
     Agreement,
@@ -203,13 +204,17 @@ class Trainer:
         self._check_batch_divides()
         tf.keras.utils.set_random_seed(train.seed)
         self.policy = precision.apply_policy(train.mixed_precision)
-        self.data: DataBundle = load_data(self.config.data, train.batch_size, seed=train.seed)
+        self.data: DataBundle = load_data(
+            self.config.data, train.batch_size, seed=train.seed, standardize=standardizes(self.config)
+        )
         self.steps_per_epoch = self._steps_per_epoch()
         self.total_steps = self.steps_per_epoch * train.epochs
         with self.dist.strategy.scope():
             self.model = build_model(self.config.model, self.data.input_shape, self.data.num_classes)
-            self.optimizer = make_optimizer(train, self.steps_per_epoch, self.total_steps)
-            self.optimizer.build(self.model.trainable_variables)
+            self.fine_tuning = FineTuning(self.config, self.model)
+            rate_factor = self.fine_tuning.rate_factor if train.fine_tune_at_epoch else None
+            self.optimizer = make_optimizer(train, self.steps_per_epoch, self.total_steps, rate_factor)
+            self.optimizer.build(self.fine_tuning.tunable_variables())
             self._make_checkpointing()
         self.restored_from = self._restore(sync=False) if resume else None
         if self.restored_from is None and progress_from:
@@ -445,12 +450,15 @@ class Trainer:
         self._emit_started()
         for warning in [*self.data.warnings, *self._validation_warnings()]:
             self.events.emit("log", level="warning", message=warning)
+        if preprocessing_note(self.config):
+            self.events.emit("log", level="info", message=preprocessing_note(self.config))
         self._started = time.monotonic()
         # A restore point before the first step: a NaN or an out-of-memory
         # error early on has good weights to go back to.
         self.save_checkpoint()
         try:
             while self.epoch < self.config.train.epochs:
+                self._enter_stage(self.epoch)
                 try:
                     self._train_epoch(self.epoch)
                 except _Rewind:
@@ -459,6 +467,13 @@ class Trainer:
         except StopTraining as stop:
             return self.finish(str(stop))
         return self.finish("completed")
+
+    def _enter_stage(self, epoch: int) -> None:
+        """Freeze or unfreeze the base for ``epoch`` (transfer learning); retrace when it changed."""
+        message = self.fine_tuning.enter(epoch)
+        if message:
+            self._compile_functions()  # the traced steps hold the old list of trainable variables
+            self.events.emit("log", level="info", message=message)
 
     def _emit_started(self) -> None:
         self.events.emit(
