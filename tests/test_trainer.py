@@ -310,6 +310,7 @@ def test_one_iterator_serves_the_run_with_each_epochs_batches_and_a_new_one_neve
     # A jump (as a NaN rewind makes one): a new iterator, the same compiled loop.
     run.compiled(trainer._iterator_at(1, 2 * BATCH), tf.constant(2), tf.constant(-1, tf.int64))
     assert run.compiled.experimental_get_tracing_count() == 1
+    assert trainer._evaluate.experimental_get_tracing_count() == 1  # traced before the first step
     iterator = trainer._iterator_at(1, 2 * BATCH)
     got = [next(iterator) for _ in range(2 + 4)]
     expected = [*list(trainer.data.train_for_epoch(1, 2))[:2], *list(trainer.data.train_for_epoch(2))[:4]]

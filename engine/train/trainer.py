@@ -441,6 +441,7 @@ class Trainer:
         self._emit_started()
         for warning in [*self.data.warnings, *self._validation_warnings()]:
             self.events.emit("log", level="warning", message=warning)
+        self._warm_up_validation()
         self._started = time.monotonic()
         # A restore point before the first step: a NaN or an out-of-memory
         # error early on has good weights to go back to.
@@ -715,6 +716,17 @@ class Trainer:
         best = self.best_val_accuracy
         self.best_val_accuracy = val_accuracy if best is None else max(best, val_accuracy)
         return {"val_loss": val_loss, "val_accuracy": val_accuracy}
+
+    def _warm_up_validation(self) -> None:
+        """Trace (and first run) the evaluation on one validation batch, before the first step.
+
+        A run pays this once anyway; paid here, with the start-up, every
+        validation afterwards costs what the next ones will, so the first
+        epoch's end already tells the ETA what a validation costs. The
+        evaluation changes no weight and draws no random number.
+        """
+        if self.data.val is not None:
+            self._evaluate(self.data.val.take(1))
 
     def _steps_to_next_validation(self) -> int | None:
         """Steps to the next validation inside an epoch (``train.val_every_steps``), or None."""
