@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -11,7 +12,8 @@ import tensorflow as tf
 
 from engine.config import ConfigError, DataConfig
 from engine.datasets import network
-from engine.train.data import DataBundle, load_data
+from engine.datasets.sources import StreamSource
+from engine.train.data import DataBundle, EpochBatches, load_data
 
 DIGITS = 1797
 
@@ -120,6 +122,27 @@ def test_skip_batches_gives_exactly_the_tail_of_the_epoch(augment):
     whole = batches_of(bundle.train_for_epoch(1))
     assert_same_batches(whole[5:], batches_of(bundle.train_for_epoch(1, skip_batches=5)))
     assert batches_of(bundle.train_for_epoch(1, skip_batches=len(whole))) == []
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_epochs_back_to_back_are_each_epoch_as_train_for_epoch_makes_it(augment):
+    """One iterator trains a whole run: its epochs, made inside tf.data, are the resumable ones."""
+    config = DataConfig(augment_flip=augment, augment_crop=augment)
+    bundle = load_data(config, batch_size=100, seed=3)
+    expected = batches_of(bundle.train_for_epoch(1, skip_batches=5))[: 12 - 5]
+    for epoch in (2, 3):
+        expected += batches_of(bundle.train_for_epoch(epoch))[:12]
+    assert_same_batches(expected, batches_of(bundle.train_for_epochs(1, 4, 12, skip_batches=5)))
+
+
+def test_a_streamed_split_shuffles_each_epoch_alike_made_eagerly_or_inside_tf_data():
+    records = tf.data.Dataset.range(40)
+    source = StreamSource(records, lambda r: (tf.fill([2, 2, 1], tf.cast(r, tf.float32)), r), 40, 16)
+    epochs = EpochBatches(source, batch_size=8, seed=7, data_cfg=DataConfig())
+    bundle = dataclasses.replace(load_data(DataConfig(), batch_size=8), _epoch_batches=epochs)
+    expected = batches_of(epochs(0, 1)) + batches_of(epochs(1, 0)) + batches_of(epochs(2, 0))
+    assert_same_batches(expected, batches_of(bundle.train_for_epochs(0, 3, 5, skip_batches=1)))
+    assert not np.array_equal(expected[0][1], expected[4][1])
 
 
 def test_augmentation_changes_train_images_but_not_validation():

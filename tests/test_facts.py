@@ -260,6 +260,14 @@ def test_the_eta_counts_the_epochs_left_at_the_steady_wall_time_per_step():
     assert facts.total_steps == 30 and facts.epoch == 2 and facts.epochs_done == 1
 
 
+def test_a_first_validation_longer_than_an_epochs_training_is_counted_in_full():
+    """The worker traces the evaluation before its first step: a long first validation is a
+    large validation set, and every epoch left pays for it."""
+    facts = folded([started(), *steps(1, 10), EpochEnd(time=130.0, epoch=1, step=10)])
+    assert facts.validation_seconds == 20.0 and facts.steady_step_seconds() == 1.0
+    assert facts.eta_seconds() == 20 * 1.0 + 2 * 20.0
+
+
 def test_before_a_steady_rate_the_workers_step_time_stands_in():
     facts = folded([started(), *steps(1, 1)])
     assert facts.steady_step_seconds() is None and facts.eta_seconds() == 29 * 0.5

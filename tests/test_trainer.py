@@ -291,6 +291,34 @@ def test_final_model_is_saved_as_model_keras(reference):
 # ----- checkpoints and exact resume -------------------------------------------------
 
 
+def test_one_iterator_serves_the_run_with_each_epochs_batches_and_a_new_one_never_retraces(tmp_path):
+    """Later epochs are made inside tf.data: no iterator (nor trace) per epoch, and the batches
+    of every epoch are ``train_for_epoch``'s (the order a resume reproduces)."""
+    run = start(new_run_dir(tmp_path), [*SMALL, "train.epochs=3", "train.steps_per_epoch=4"])
+    trainer, made = run.trainer, []
+    make_iterator = trainer._iterator_at
+
+    def counted(epoch: int, examples_in_epoch: int):
+        iterator = make_iterator(epoch, examples_in_epoch)
+        if not made or iterator is not made[-1]:
+            made.append(iterator)
+        return iterator
+
+    trainer._iterator_at = counted
+    assert finish(run).result == "completed"
+    assert len(made) == 1 and len(run.steps()) == 12
+    # A jump (as a NaN rewind makes one): a new iterator, the same compiled loop.
+    run.compiled(trainer._iterator_at(1, 2 * BATCH), tf.constant(2), tf.constant(-1, tf.int64))
+    assert run.compiled.experimental_get_tracing_count() == 1
+    assert trainer._evaluate.experimental_get_tracing_count() == 1  # traced before the first step
+    iterator = trainer._iterator_at(1, 2 * BATCH)
+    got = [next(iterator) for _ in range(2 + 4)]
+    expected = [*list(trainer.data.train_for_epoch(1, 2))[:2], *list(trainer.data.train_for_epoch(2))[:4]]
+    for (images, labels), (want_images, want_labels) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(labels, want_labels)
+        np.testing.assert_array_equal(images, want_images)
+
+
 def test_resume_restores_weights_optimizer_step_and_data_position(tmp_path, reference):
     run_dir = new_run_dir(tmp_path)
 

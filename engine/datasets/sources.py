@@ -12,7 +12,9 @@ Three shapes of source cover every dataset:
   seeded shuffle buffer, and skipping batches reads through them.
 
 Every epoch order is a pure function of ``(seed, epoch)``, so a resumed run
-sees exactly the batches the interrupted one would have seen.
+sees exactly the batches the interrupted one would have seen. The pair may be
+Python ints or an int64 tensor of two (an epoch number known only inside a
+dataset function that makes every epoch in turn): both give the same order.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Optional, Union
 import numpy as np
 import tensorflow as tf
 
-# (seed, epoch): the stateless seed of one epoch's order; None keeps source order.
-EpochOrder = Optional[tuple[int, int]]
+# (seed, epoch): the stateless seed of one epoch's order, as two ints or an int64
+# tensor of two; None keeps source order.
+EpochOrder = Optional[Union[tuple[int, int], tf.Tensor]]
 ImageFn = Callable[[tf.Tensor], tf.Tensor]
 ExampleFn = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 AUTOTUNE = tf.data.AUTOTUNE
@@ -47,11 +50,23 @@ def permutation(count: int, order: EpochOrder) -> tf.Tensor:
     indices = tf.range(count, dtype=tf.int64)
     if order is None:
         return indices
-    return tf.random.experimental.stateless_shuffle(indices, seed=list(order))
+    return tf.random.experimental.stateless_shuffle(indices, seed=order_tensor(order))
 
 
-def int_seed(order: tuple[int, int]) -> int:
-    """A well-mixed non-negative int seed for stateful ops that take one integer."""
+def order_tensor(order: tuple[int, int] | tf.Tensor) -> tf.Tensor:
+    """``(seed, epoch)`` as the int64 tensor of two that stateless random ops take."""
+    return tf.cast(order, tf.int64)
+
+
+def int_seed(order: tuple[int, int] | tf.Tensor) -> int | tf.Tensor:
+    """A well-mixed non-negative int seed for stateful ops that take one integer.
+
+    For a tensor ``order`` (inside a dataset function), the same number as a
+    scalar int64 tensor: numpy mixes it, once per epoch, as it does eagerly.
+    """
+    if isinstance(order, tf.Tensor):
+        mixed = tf.py_function(lambda pair: int_seed(tuple(int(v) for v in pair.numpy())), [order], tf.int64)
+        return tf.reshape(mixed, [])
     words = [value % 2**32 for value in order]
     return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
 

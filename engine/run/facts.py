@@ -223,16 +223,10 @@ class RunFacts:
 
     def _on_epoch_end(self, event: EpochEnd) -> None:
         if self.rate_origin is not None and self.last_step_at and math.isfinite(event.time):
-            # The epoch's last step line came just before: the gap is the validation.
-            seconds = max(0.0, event.time - self.last_step_at)
-            if self.validation_seconds is None or self.epoch_ends_seen is not None:
-                self.validation_seconds = seconds
-            else:
-                # This worker's first validation also traced the evaluation step: until a
-                # steady one is seen, count it at most as long as an epoch's training.
-                epoch_training = (self.steady_step_seconds() or 0.0) * (self.steps_per_epoch or 0)
-                self.validation_seconds = min(seconds, epoch_training) if epoch_training else seconds
-            self.validated_since_origin += seconds
+            # The epoch's last step line came just before: the gap is the validation (the
+            # worker traces the evaluation before its first step, so the first one is steady too).
+            self.validation_seconds = max(0.0, event.time - self.last_step_at)
+            self.validated_since_origin += self.validation_seconds
         if math.isfinite(event.time):
             first, _, count = self.epoch_ends_seen or (event.time, event.time, 0)
             self.epoch_ends_seen = (first, event.time, count + 1)
@@ -328,7 +322,10 @@ class RunFacts:
             return None
         origin_time, origin_step = self.rate_origin
         steps = self.step - origin_step
-        seconds = self.last_step_at - origin_time - self.validated_since_origin
+        # Up to the last epoch end when it came after the last step: the validation just
+        # taken out lies inside the span (before the next step, it would be taken twice).
+        until = max(self.last_step_at, self.epoch_ends_seen[1] if self.epoch_ends_seen else 0.0)
+        seconds = until - origin_time - self.validated_since_origin
         if steps <= 0 or seconds <= 0:
             return None
         return seconds / steps
@@ -478,7 +475,10 @@ class RunFacts:
         first epoch, which traced, is left out). Before that: the steps left
         at the steady time per step (from its first step line, so tracing is
         left out, validations taken out) plus a validation per epoch left at
-        the last one's time.
+        the last one's time, the first one's included, however long: the
+        worker traces the evaluation before its first step, so no validation
+        pays for a trace (a cap at an epoch's training once stood in for
+        that, and priced a long validation set's steady time too low).
         """
         left = self.steps_left()
         if left is None:

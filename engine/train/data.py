@@ -8,7 +8,8 @@ seeded per-epoch shuffling and batching.
 
 An epoch's batches are a pure function of ``(seed, epoch)``, so
 ``train_for_epoch(epoch, skip_batches=k)`` resumes a run exactly where it
-stopped. Mistakes in the data config raise ``ConfigError`` with one line.
+stopped, and ``train_for_epochs`` gives many epochs back to back, each made
+only as the one before it ends. Mistakes in the data config raise ``ConfigError`` with one line.
 
 Call this after the worker has configured its devices (memory growth,
 virtual CPUs): building datasets initialises TensorFlow's runtime.
@@ -32,11 +33,13 @@ from engine.datasets.images import augment_batch, crop_padding_for, normalizer
 from engine.datasets.sources import (
     AUTOTUNE,
     BatchIndexedSource,
+    EpochOrder,
     RawData,
     Source,
     TensorSource,
     channel_stats,
     materialize,
+    order_tensor,
 )
 from engine.datasets.synthetic import open_synthetic
 from engine.datasets.tfds_source import open_tfds
@@ -76,9 +79,7 @@ class DataBundle:
     description: str
     # What opening the data left out (e.g. images that cannot be decoded), for the run's log.
     warnings: list[str] = field(default_factory=list)
-    _epoch_batches: Optional[Callable[[int, int], tf.data.Dataset]] = field(
-        default=None, repr=False, compare=False
-    )
+    _epoch_batches: Optional[EpochBatches] = field(default=None, repr=False, compare=False)
 
     def train_for_epoch(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
         """One epoch's training batches, shuffled by ``(seed, epoch)``.
@@ -94,6 +95,33 @@ class DataBundle:
             # A bundle built by hand (a test's fake data): every epoch is ``train``.
             return self.train.skip(skip_batches)
         return self._epoch_batches(epoch, skip_batches)
+
+    def train_for_epochs(
+        self, first: int, end: int, batches_per_epoch: int, skip_batches: int = 0
+    ) -> tf.data.Dataset:
+        """Epochs ``first`` to ``end - 1`` back to back: what one iterator trains a whole run on.
+
+        Each epoch yields exactly the first ``batches_per_epoch`` batches of
+        ``train_for_epoch(epoch)`` (``first`` less its ``skip_batches``). The
+        epochs after the first are made inside tf.data, by a function of the
+        epoch number run as the one before ends: no Python, no new graph and
+        no pipeline start on the training thread however long the run.
+
+        Args:
+            first: The epoch the batches start in.
+            end: The epoch after the last one.
+            batches_per_epoch: Batches an epoch trains on (the rest are left out).
+            skip_batches: Batches of ``first`` already trained on.
+        """
+        head = self.train_for_epoch(first, skip_batches).take(max(0, batches_per_epoch - skip_batches))
+        if self._epoch_batches is None:
+            later = self.train.take(batches_per_epoch).repeat(max(0, end - first - 1))
+        else:
+            make = self._epoch_batches
+            later = tf.data.Dataset.range(first + 1, end).flat_map(
+                lambda epoch: make(epoch, 0).take(batches_per_epoch)
+            )
+        return head.concatenate(later)
 
 
 def load_data(
@@ -215,8 +243,12 @@ class EpochBatches:
         self.flip = data_cfg.augment_flip
         self.crop_padding = crop_padding_for(data_cfg.image_size) if data_cfg.augment_crop else 0
 
-    def __call__(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
-        order = (self.seed, epoch)
+    def __call__(self, epoch: int | tf.Tensor, skip_batches: int) -> tf.data.Dataset:
+        """The batches of ``epoch``: an int, or an int64 scalar inside a dataset function."""
+        if isinstance(epoch, int):
+            order = (self.seed, epoch)
+        else:
+            order = tf.stack([tf.constant(self.seed, tf.int64), epoch])
         batches = self.train.batches(
             self.batch_size,
             order=order,
@@ -227,10 +259,10 @@ class EpochBatches:
             batches = self.augmented(batches.enumerate(start=skip_batches), order)
         return batches.prefetch(AUTOTUNE)
 
-    def augmented(self, numbered_batches: tf.data.Dataset, order: tuple[int, int]):
+    def augmented(self, numbered_batches: tf.data.Dataset, order: EpochOrder):
         # Each batch's randomness comes from (seed, epoch, batch number), so a
         # resumed epoch augments its remaining batches exactly as before.
-        epoch_seed = tf.constant(order, tf.int64)
+        epoch_seed = order_tensor(order)
 
         def augment(batch_number, batch):
             images, labels = batch

@@ -51,10 +51,6 @@ from engine.train.xla import use_xla
 
 # More steps a call gain nothing measurable: one device sync per 64 steps is noise.
 MAX_STEPS_PER_CALL = 64
-# One training iterator serves enough epochs for this many steps (see _iterator_at)...
-ITERATOR_MIN_STEPS = 2000
-# ...but never more epochs than this, each a dataset built up front.
-ITERATOR_MAX_EPOCHS = 32
 # Controls are obeyed between calls, so a call's length is how long pause, stop and a
 # remedy wait (one step at least). Aiming at a quarter of a second keeps a call under
 # half a second even when the next steps run twice as slow as the last ones.
@@ -452,6 +448,7 @@ class Trainer:
             self.events.emit("log", level="warning", message=warning)
         if preprocessing_note(self.config):
             self.events.emit("log", level="info", message=preprocessing_note(self.config))
+        self._warm_up_validation()
         self._started = time.monotonic()
         # A restore point before the first step: a NaN or an out-of-memory
         # error early on has good weights to go back to.
@@ -520,14 +517,17 @@ class Trainer:
         self._iterator_position = (epoch + 1, 0)
 
     def _iterator_at(self, epoch: int, examples_in_epoch: int):
-        """An iterator whose next batch is the one at this position; one serves many epochs.
+        """An iterator whose next batch is the one at this position; one serves the whole run.
 
         Making a (distributed) iterator and tearing it down costs 0.1-0.4 s of
         Python and thread start-up: more than a whole epoch of a small model on
-        small data. So one iterator runs through a window of epochs, each
+        small data. So one iterator runs through every epoch left, each
         epoch's batches exactly those of ``train_for_epoch`` (the order a
-        resume reproduces), and is remade only when the window ends or the
-        position jumps (a NaN rewind).
+        resume reproduces), and is remade only when the position jumps (a NaN
+        rewind) or the run gains epochs. The later epochs are made inside
+        tf.data as the one before ends (``train_for_epochs``): building them
+        up front, in windows of 32 epochs, cost an epoch of LeNet on digits
+        1-10 s every 32 epochs.
         """
         if (
             self._iterator is not None
@@ -538,13 +538,13 @@ class Trainer:
             return self._iterator
         self._iterator = None  # let the old one go before making the next
         train = self.config.train
-        window = max(1, min(ITERATOR_MAX_EPOCHS, -(-ITERATOR_MIN_STEPS // self.steps_per_epoch)))
-        end = min(train.epochs, epoch + window)
-        batches_per_epoch = self.steps_per_epoch * train.accumulation_steps
-        skip = examples_in_epoch // train.batch_size
-        dataset = self.data.train_for_epoch(epoch, skip_batches=skip).take(batches_per_epoch - skip)
-        for later in range(epoch + 1, end):
-            dataset = dataset.concatenate(self.data.train_for_epoch(later).take(batches_per_epoch))
+        end = train.epochs
+        dataset = self.data.train_for_epochs(
+            epoch,
+            end,
+            batches_per_epoch=self.steps_per_epoch * train.accumulation_steps,
+            skip_batches=examples_in_epoch // train.batch_size,
+        )
         # Hides the start of each epoch's pipeline behind the end of the one before.
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
         if self.faults.stall_steps:
@@ -731,6 +731,17 @@ class Trainer:
         best = self.best_val_accuracy
         self.best_val_accuracy = val_accuracy if best is None else max(best, val_accuracy)
         return {"val_loss": val_loss, "val_accuracy": val_accuracy}
+
+    def _warm_up_validation(self) -> None:
+        """Trace (and first run) the evaluation on one validation batch, before the first step.
+
+        A run pays this once anyway; paid here, with the start-up, every
+        validation afterwards costs what the next ones will, so the first
+        epoch's end already tells the ETA what a validation costs. The
+        evaluation changes no weight and draws no random number.
+        """
+        if self.data.val is not None:
+            self._evaluate(self.data.val.take(1))
 
     def _steps_to_next_validation(self) -> int | None:
         """Steps to the next validation inside an epoch (``train.val_every_steps``), or None."""
