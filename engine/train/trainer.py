@@ -448,6 +448,7 @@ class Trainer:
             self.events.emit("log", level="warning", message=warning)
         if preprocessing_note(self.config):
             self.events.emit("log", level="info", message=preprocessing_note(self.config))
+        self._enter_stage(self.epoch)  # first: a stage change retraces, which would undo the warm-up
         self._warm_up_validation()
         self._started = time.monotonic()
         # A restore point before the first step: a NaN or an out-of-memory
