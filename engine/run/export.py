@@ -66,7 +66,7 @@ _chunk_decoder = msgspec.json.Decoder(
 _step_cells = operator.attrgetter(*STEP_COLUMNS)
 _EMPTY_TAIL = len(COLUMNS) - len(STEP_COLUMNS)
 
-Row = Union[Any, list]
+Row = Any
 """A row: a :data:`StepRow`, or a list in :data:`COLUMNS` order (None where empty) where figures were merged,
 a line was batched or a chunk had to be read line by line."""
 
@@ -189,9 +189,9 @@ def iter_row_blocks(path: str | os.PathLike) -> Iterator[list[Row]]:
     """
     rows: list[Row] = []
     for events in iter_event_chunks(path):
-        plain = [index for index, event in enumerate(events) if type(event) is not StepRow]
+        others = [index for index, event in enumerate(events) if type(event) is not StepRow]
         start = 0
-        for index in plain:
+        for index in others:
             rows.extend(events[start:index])
             _add_event(rows, events[index])
             start = index + 1
