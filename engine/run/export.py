@@ -53,13 +53,15 @@ StepRow = msgspec.defstruct(
     tag_field="type",
     tag="step",
     kw_only=True,
+    gc=False,
 )
 """A ``step`` line as a row: its :data:`STEP_COLUMNS`, in order, as JSON text (``null`` where the line has none).
 
 Nearly every line of a long run is a step; keeping their text is what makes a
 million-step export take about a second. The other columns of its row are
 empty (figures merged into a row make it a typed row); a batched line (lists)
-goes the typed way too."""
+goes the typed way too. Untracked by the garbage collector (its cells are bytes:
+no cycle), so a million of them set off no collections."""
 _chunk_decoder = msgspec.json.Decoder(
     list[Union[(StepRow, *(cls for cls in protocol.EVENT_CLASSES if cls is not Step))]]  # type: ignore[misc]
 )
