@@ -10,8 +10,8 @@ msgspec in one call. A plain step line becomes a :data:`StepRow`, a row whose
 cells are the JSON text the worker wrote, so no number is parsed or printed
 again: a run of such rows goes to JSON lines in one ``encode_lines`` call and
 to CSV in one join. Rows are written a chunk at a time, so memory does not grow
-with the run; a million-step run exports to CSV in about 1 s and to JSON lines
-in about 1.3 s (benchmarks/export_speed.py).
+with the run: a million-step run exports to CSV in 1.1 s of CPU and to JSON
+lines in 1.5 s, with a 12 MB heap peak (benchmarks/export_speed.py).
 """
 
 from __future__ import annotations
