@@ -9,7 +9,7 @@ CSV and for JSON lines:
   (wall clock, and this process's CPU time: the figure to read on a shared, loaded machine);
 - ``rss growth``: the process's peak RSS over its RSS before the export (flat memory: a few MB);
 - ``heap peak``: Python's heap peak under tracemalloc, in a second pass (tracemalloc slows it);
-- ``cli``: the whole command, ``python -m tui.cli export RUN --csv FILE``, start to end.
+- ``cli``: the whole command, ``python -m tui.cli export RUN --csv FILE`` (and ``--json``), start to end.
 
 Goal (issue 13, item 5): a million-step run exports in under 2 s with flat memory.
 
@@ -72,10 +72,11 @@ def main() -> None:
                   f"rss growth {result['rss_growth'] / 1e6:.1f} MB  heap peak {result['heap_peak'] / 1e6:.1f} MB  "
                   f"({result['out_bytes'] / 1e6:.0f} MB written)")  # fmt: skip
         env = {**os.environ, "CONVDECK_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tui.cli", "export", run_dir.name, "--csv", str(home / "cli.csv")],
-                       env=env, check=True, capture_output=True)  # fmt: skip
-        print(f"cli   convdeck export --csv, start to end: {time.perf_counter() - start:.2f} s")
+        for kind in ("csv", "json"):
+            start = time.perf_counter()
+            command = [sys.executable, "-m", "tui.cli", "export", run_dir.name, f"--{kind}", str(home / f"cli.{kind}")]
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            print(f"cli   convdeck export --{kind}, start to end: {time.perf_counter() - start:.2f} s")
     finally:
         if args.keep:
             print(f"kept {home}")

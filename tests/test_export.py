@@ -144,3 +144,20 @@ def test_a_failed_export_leaves_an_existing_file_as_it_was(convdeck_home, tmp_pa
     assert kept.read_text() == "mine\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
     assert "stdout" in one_line_error(run_cli("export", "20250101-000000-a", "--csv", "-", "--json", "-"))
+
+
+def test_the_files_do_not_depend_on_how_the_file_is_chunked(tmp_path, monkeypatch):
+    # Small chunks put step rows, merged rows and batched lines at every place in a block the writers see.
+    from engine.run import export
+
+    run_dir = make_run(tmp_path, "r", _events())
+
+    def files() -> dict[str, bytes]:
+        export.export_table(run_dir, {"csv": str(tmp_path / "s.csv"), "json": str(tmp_path / "s.json")})
+        return {kind: (tmp_path / f"s.{kind}").read_bytes() for kind in ("csv", "json")}
+
+    whole = files()
+    for chunk_bytes in (7, 120, 400):
+        monkeypatch.setattr(export, "_CHUNK_BYTES", chunk_bytes)
+        assert files() == whole, chunk_bytes
+    assert whole["json"].count(b"\n") == whole["csv"].count(b"\n") - 1 == 6
