@@ -111,7 +111,7 @@ async def test_each_remedy_key_after_an_oom(key, name):
         await until(pilot, lambda: app.state.status == "waiting")
         bar = app.query_one(RemedyBar)
         assert bar.has_class("-open")
-        assert "batch 256 -> 128" in str(bar.render())
+        assert "batch 256 -> 128" in bar.plain
         await pilot.press(key)
         await until(pilot, lambda: app.state.status == "running")
         assert run.commands == [("remedy", {"name": name})]

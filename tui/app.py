@@ -226,9 +226,14 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         live = self._live()
         if action in ("pause_resume", "stop"):
             return live
+        if action in ("pause", "resume"):
+            # Space names what it does now; nothing to pause while an OOM waits for a remedy.
+            return live and self.state.status == ("running" if action == "pause" else "paused")
         if action == "remedy":
             # A remedy restarts the worker: not while it is already restarting.
             return live and self.state.phase != "restarting"
+        if action == "offered_remedy":  # the footer's remedy keys: while an OOM waits
+            return live and self.state.status == "waiting"
         # While a run to attach to is looked up, the preset screen's keys do not apply yet.
         preset_keys = not live and not self._attaching
         if action in ("start", "queue_preset", "lr_find"):

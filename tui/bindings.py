@@ -17,20 +17,17 @@ from tui.widgets.remedy_bar import remedy_bindings
 # | key     | action            | applies when                          |
 # |---------|-------------------|---------------------------------------|
 # | enter   | start             | no live run; a valid config           |
-# | space   | pause or resume   | a live run                            |
+# | space   | pause / resume    | a running / a paused run              |
 # | x       | stop (confirm)    | a live run                            |
 # | (each)  | a remedy          | a live run; keys in engine.remedies   |
+# | A       | attach            | no run shown; a run is live           |
 # | d       | detach            | a run is shown                        |
 # | s l t v | chart settings    | always                                |
 APP_BINDINGS: list[Binding] = [
     Binding("enter", "start", "Start", tooltip="Start a run of the chosen preset", id="start"),
-    Binding(
-        "space",
-        "pause_resume",
-        "Pause/resume",
-        tooltip="Pause or resume the run",
-        id="pause-resume",
-    ),
+    # One key, two entries: the footer names what space does now (and fits 80 columns).
+    Binding("space", "pause", "Pause", tooltip="Pause the run (space again resumes it)", id="pause"),
+    Binding("space", "resume", "Resume", tooltip="Resume the paused run", id="resume"),
     Binding("x", "stop", "Stop", tooltip="Stop the run (asks first)", id="stop"),
     Binding("d", "detach", "Detach", tooltip="Stop watching; the run keeps going", id="detach"),
     *remedy_bindings(),  # one per remedy in engine.remedies
@@ -76,8 +73,11 @@ MAIN_SCREEN_ACTIONS = frozenset(
     {
         "start",
         "pause_resume",
+        "pause",
+        "resume",
         "stop",
         "remedy",
+        "offered_remedy",
         "detach",
         "filter",
         "save_preset",

@@ -414,6 +414,14 @@ class RunWatching(App[int]):
             self._show_state()
             self._update_placeholder()
 
+    def action_pause(self) -> None:
+        """Pause the running run."""
+        self.send("pause")
+
+    def action_resume(self) -> None:
+        """Resume the paused run."""
+        self.send("resume")
+
     def action_pause_resume(self) -> None:
         """Pause a running run, resume a paused one."""
         if self.state is not None:
@@ -448,6 +456,10 @@ class RunWatching(App[int]):
             "the worker checkpoints and restarts with it",
             "yellow",
         )
+
+    def action_offered_remedy(self, name: str) -> None:
+        """A remedy key while an OOM waits (the footer's entry): as :meth:`action_remedy`."""
+        self.action_remedy(name)
 
     def action_detach(self) -> None:
         """Stop watching; a live run keeps training."""

@@ -2,7 +2,7 @@
 
 NVML is polled off the UI thread by a thread worker; the next poll is armed
 only when the previous one has reported, so polls never pile up behind a
-slow driver. With no driver the panel says why in one line and shows the
+slow driver. With no driver the panel says why in one row (the whole reason in its tooltip) and shows the
 host's CPU and memory instead.
 
 Each poll repaints only the characters that changed, and the sparkline keeps
@@ -12,7 +12,6 @@ the panel costs the terminal little while a run trains.
 
 from __future__ import annotations
 
-import textwrap
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from rich.text import Text
 from textual import on
 
 from engine.gpu import GIB, GpuDevice, GpuSample, GpuSource, HostStats
+from tui.fit import clip_words, fit_parts
 from tui.messages import GpuSampled
 from tui.widgets.diffed import DiffedWidget
 
@@ -139,6 +139,8 @@ class GpuPanel(DiffedWidget):
                     level = 100 * device.memory_used / device.memory_total
                 self.history.setdefault(device.index, self._new_history()).add(level or 0)
         self.set_class(sample.unavailable is not None, "-no-gpu")
+        if self.tooltip != sample.unavailable:
+            self.tooltip = sample.unavailable
         self.set_class(sample.error is not None, "-error")
         title = f"GPU · {len(self.devices)}" if self.devices else "GPU"
         if self.border_title != title:
@@ -168,9 +170,9 @@ class GpuPanel(DiffedWidget):
         if sample is None:
             return [Text("reading GPUs…", "dim")]
         if sample.unavailable:
-            reason = textwrap.wrap(sample.unavailable, max(20, width)) or [""]
-            lines = [Text(line, "yellow") for line in reason]
-            return lines + self._host_lines(sample.host, width)
+            # One row at any width, ending at a word; the whole reason is the panel's tooltip.
+            reason = Text(clip_words(sample.unavailable, max(20, width)), "yellow")
+            return [reason, *self._host_lines(sample.host, width)]
         lines = [Text(sample.error, "bold red")] if sample.error else []
         dim = sample.error is not None
         return lines + [self._device_line(d, width, dim) for d in self.devices]
@@ -205,12 +207,16 @@ class GpuPanel(DiffedWidget):
     def _host_lines(self, host: HostStats | None, width: int) -> list[Text]:
         if host is None:
             return []
-        line = Text.assemble(
-            ("host ", "bold"), f"CPU {host.cpu_percent:>3.0f}% of {host.cpu_count}  mem "
-        )
-        line.append_text(bar(host.memory_used / (host.memory_total or 1), 10 if width >= 70 else 6))
-        line.append(f" {gib(host.memory_used)}/{gib(host.memory_total)}")
+        memory = Text("mem ")
+        memory.append_text(bar(host.memory_used / (host.memory_total or 1), 10 if width >= 70 else 6))
+        memory.append(f" {gib(host.memory_used)}/{gib(host.memory_total)}")
+        parts = [
+            (10, Text.assemble(("host ", "bold"), f"CPU {host.cpu_percent:>3.0f}%")),
+            (2, Text(f"of {host.cpu_count}")),
+            (9, memory),
+        ]
         if host.process_memory is not None:
-            line.append(f" run {gib(host.process_memory)}", "magenta")
+            parts.append((8, Text(f"run {gib(host.process_memory)}", "magenta")))
+        line = fit_parts(parts, width, " ")  # whole figures: the core count goes first
         line.no_wrap = True
         return [line]
