@@ -191,14 +191,24 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         if self.state is None and not self._attaching:
             self.query_one(RunHeader).show_idle()
             self.query_one("#preset-options", OptionList).focus()
-        if presets.highlighted is not None:
-            self.query_one(ConfigPane).show_preset(presets.highlighted)
+            if presets.highlighted is not None:
+                self.query_one(ConfigPane).show_preset(presets.highlighted)
 
     @on(PresetHighlighted)
     @until_shutdown
     def _preset_highlighted(self, message: PresetHighlighted) -> None:
-        if not self._live():
-            self.query_one(ConfigPane).show_preset(message.preset)
+        pane = self.query_one(ConfigPane)
+        if self._live():
+            return
+        if pane.shows_run:
+            self.show_chosen_preset()  # an ended run's config gives way to the preset chosen
+        else:
+            pane.show_preset(message.preset)
+
+    def on_descendant_focus(self, event: Any) -> None:
+        # The preset list in hand again after a run ended: the pane edits its preset.
+        if self.query_one(PresetList) in event.widget.ancestors_with_self:
+            self.show_chosen_preset()
 
     @on(PresetChosen)
     @on(StartRequested)
@@ -251,6 +261,7 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         if self._live():
             self.notify("A run is live: stop (x) or detach (d) first.", severity="warning")
             return
+        self.show_chosen_preset()  # after a run ended, Enter starts the preset under the cursor
         pane = self.query_one(ConfigPane)
         config = pane.validate() if pane.preset is not None else None
         if config is None:

@@ -93,6 +93,8 @@ class RunWatching(App[int]):
         self._last_ui_update = 0.0
         self._worker_gone_polls = 0
         self._unreadable_noted = False
+        self._preset_chosen = False
+        """A preset was chosen since the watched run ended: the config pane edits it, not the run's."""
         self._remedy_asked: tuple[str, int] | None = None
         """The remedy last asked for, and the run's count of worker starts then."""
 
@@ -140,6 +142,7 @@ class RunWatching(App[int]):
                 the history (then the tail's own fold, which equals it, takes over).
         """
         self._attaching = False
+        self._preset_chosen = False
         self.run_link = run
         self._folding = RunFacts(run_id=run.run_id, preset=preset or "?")
         self.state = snapshot if snapshot is not None else self._folding
@@ -269,8 +272,6 @@ class RunWatching(App[int]):
         self.query_one(LossChart).mark_dirty()
         if state.pid:
             self.query_one(GpuPanel).pids = (state.pid,)
-        if any(isinstance(e, (RunStarted, RemedyApplied)) for e in events) and state.config:
-            self.query_one(ConfigPane).show_live(_name(state), state.config)
         if state.pending_oom is not None:
             self.query_one(RemedyBar).offer(state.pending_oom, state.remedies_offered())
             self.bell()
@@ -367,16 +368,36 @@ class RunWatching(App[int]):
         screen = self.screen_stack[0]
         screen.set_class(live, "-watching")
         screen.set_class(state is not None and state.status == "waiting", "-waiting")
-        pane = self.query_one(ConfigPane)
-        pane.disabled = live
-        if not live and pane.has_class("-live"):
-            highlighted = self.query_one(PresetList).highlighted
-            if highlighted is not None:
-                pane.show_preset(highlighted)
+        self._show_run_config()
         key = (state.status if state else None, state.phase if state else None, live)
         if key != self._bindings_key:
             self._bindings_key = key
             self._refresh_footer()
+
+    def _show_run_config(self) -> None:
+        """The config pane: the run's config as it trains (or trained) while a run is on screen.
+
+        An ended run's stays until a preset is chosen again (:meth:`show_chosen_preset`).
+        """
+        state, pane = self.state, self.query_one(ConfigPane)
+        if state is None:
+            self.show_chosen_preset()
+            return
+        if state.config and (state.live or not self._preset_chosen):
+            note = "config as it trains now" if state.live else f"config as it trained ({state.status})"
+            pane.show_live(_name(state), state.config, note)
+        pane.disabled = pane.shows_run
+
+    def show_chosen_preset(self) -> None:
+        """Make the config pane the editor of the preset under the list's cursor again."""
+        pane = self.query_one(ConfigPane)
+        if self._live() or not pane.shows_run:
+            return
+        self._preset_chosen = True
+        highlighted = self.query_one(PresetList).highlighted
+        if highlighted is not None:
+            pane.show_preset(highlighted)
+        pane.disabled = False
 
     # --------------------------------------------------------------- commands
 
