@@ -27,6 +27,7 @@ from tui.bindings import APP_BINDINGS, MAIN_SCREEN_ACTIONS, PALETTE
 from tui.chart_keys import ChartKeys
 from tui.engine_link import Engine
 from tui.handlers import until_shutdown
+from tui.live_runs import header_notice
 from tui.messages import (
     ConfigEdited,
     PresetChosen,
@@ -53,6 +54,7 @@ from tui.widgets.remedy_bar import RemedyBar, remedy_title
 
 if TYPE_CHECKING:  # pydantic costs ~0.1 s: the first frame does not wait for it
     from engine.config import RunConfig
+    from engine.run.facts import RunFacts
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 
@@ -134,6 +136,8 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         self.call_after_refresh(self._load_presets)
         if self.attach_ref is not None:
             self._begin_attach(self.attach_ref or None)
+        else:  # name the runs that train here (a detached one, one left running at quit)
+            self.call_after_refresh(self._look_for_live_runs)
 
     def on_resize(self, event: Any) -> None:
         self._check_size(event.size.width, event.size.height)
@@ -189,7 +193,7 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
                 "yellow",
             )
         if self.state is None and not self._attaching:
-            self.query_one(RunHeader).show_idle()
+            self.query_one(RunHeader).show_idle(header_notice(self.live_runs))
             self.query_one("#preset-options", OptionList).focus()
             if presets.highlighted is not None:
                 self.query_one(ConfigPane).show_preset(presets.highlighted)
@@ -248,6 +252,8 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         preset_keys = not live and not self._attaching
         if action in ("start", "queue_preset", "lr_find"):
             return preset_keys
+        if action == "attach_live":
+            return preset_keys and bool(self.live_runs)
         if action == "filter":
             return preset_keys and not isinstance(self.focused, Input)
         if action == "save_preset":
@@ -269,7 +275,27 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
             self.notify(f"Not started: {reason}", severity="error", timeout=6)
             self.query_one(LogPane).note(f"not started: {reason}", "red")
             return
-        self._start(config)
+        self._look_for_live_runs(config)  # then _start_beside: it asks first beside a live run
+
+    def _start_beside(self, config: RunConfig, live: list[RunFacts]) -> None:
+        """Start ``config``; when runs train on the device it would use, only once the user says so."""
+        from tui.live_runs import shares_devices
+        from tui.screens.confirm_start import ConfirmStartScreen
+
+        if self._live():
+            return  # a run was started or attached meanwhile
+        sharing = [facts for facts in live if shares_devices(config, facts)]
+        if not sharing:
+            self._start(config)
+            return
+
+        def answered(start: bool | None) -> None:
+            if start:
+                self._start(config)
+            else:
+                self.query_one(LogPane).note(f"{config.name} not started: a run trains on its device", "yellow")
+
+        self.push_screen(ConfirmStartScreen(config.name, sharing), answered)
 
     @work(exclusive=True, group="start", exit_on_error=False)
     async def _start(self, config: RunConfig) -> None:

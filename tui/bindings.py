@@ -42,6 +42,14 @@ APP_BINDINGS: list[Binding] = [
         id="save-preset",
     ),
     Binding("o", "runs", "Runs", tooltip="List runs, open one, overlay two", id="runs"),
+    Binding(
+        "A",
+        "attach_live",
+        "Attach",
+        show=False,  # the header and the chart say it when a run trains here
+        tooltip="Watch a run that trains on this machine (the only one, or pick one)",
+        id="attach-live",
+    ),
     Binding("e", "eval", "Eval", show=False, tooltip="Confusion matrix, per-class figures, mistakes", id="eval"),
     Binding(
         "Q",
@@ -82,6 +90,7 @@ MAIN_SCREEN_ACTIONS = frozenset(
         "filter",
         "save_preset",
         "runs",
+        "attach_live",
         "eval",
         "queue_preset",
         "queue",
@@ -99,6 +108,7 @@ PALETTE: list[tuple[str, str, str]] = [
     ("Stop run", "Checkpoint and stop the run", "stop"),
     ("Detach", "Stop watching; the run keeps going", "detach"),
     ("Runs", "List runs, open one, overlay two", "runs"),
+    ("Attach to a live run", "Watch a run that trains on this machine", "attach_live"),
     ("Queue preset", "Queue the chosen preset with the config pane's values", "queue_preset"),
     ("Queue", "The run queue: reorder, remove, pause", "queue"),
     ("LR find", "Learning-rate range test; its suggestion goes into the config pane", "lr_find"),

@@ -7,6 +7,8 @@ sentence that must still shrink ends at a word with ``…`` (:func:`clip_words`)
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.cells import cell_len
 from rich.text import Text
 
@@ -31,6 +33,16 @@ def clip_words(text: str, width: int) -> str:
     if not kept:
         return text[:room] + ELLIPSIS if width else ""
     return kept.rstrip(",;:") + ELLIPSIS
+
+
+def clip_to_rows(text: str, width: int, rows: int) -> str:
+    """``text`` when it wraps into ``rows`` lines of ``width``, else as many whole words as do, and ``…``."""
+    lines = textwrap.wrap(text, max(1, width))
+    if len(lines) <= rows:
+        return text
+    kept = lines[: max(0, rows - 1)]
+    rest = " ".join(lines[len(kept) :])
+    return " ".join([*kept, clip_words(rest, width)])
 
 
 def fit_parts(parts: list[tuple[int, Text]], width: int, separator: str = "  ") -> Text:

@@ -34,8 +34,10 @@ from engine.run.protocol import (
 from engine.run.store import Liveness
 from tui.engine_link import RunLink
 from tui.handlers import until_shutdown
+from tui.live_runs import header_notice, launch_notice
 from tui.messages import (
     CommandDone,
+    LiveRunsFound,
     RunEvents,
     RunSummaryPolled,
     RunTailEnded,
@@ -49,6 +51,7 @@ from tui.widgets.preset_list import PresetList
 from tui.widgets.remedy_bar import RemedyBar, remedy_title
 
 if TYPE_CHECKING:
+    from engine.config import RunConfig
     from tui.engine_link import Engine
 
 INGEST_CHUNK = 2000
@@ -93,6 +96,8 @@ class RunWatching(App[int]):
         self._last_ui_update = 0.0
         self._worker_gone_polls = 0
         self._unreadable_noted = False
+        self.live_runs: list[RunFacts] = []
+        """The runs that train on this machine, other than the one on screen (see _look_for_live_runs)."""
         self._preset_chosen = False
         """A preset was chosen since the watched run ended: the config pane edits it, not the run's."""
         self._remedy_asked: tuple[str, int] | None = None
@@ -255,7 +260,7 @@ class RunWatching(App[int]):
         """What the chart says before the watched run's first step."""
         state = self.state
         if state is None:
-            text = "No run yet. Pick a preset and press Enter."
+            text = launch_notice(self.live_runs)
         elif state.phase in ("starting", "restarting"):
             text = f"{_name(state)}: the worker is starting (TensorFlow loads first)…"
         elif state.live:
@@ -361,7 +366,7 @@ class RunWatching(App[int]):
         state = self.state
         header = self.query_one(RunHeader)
         if state is None:
-            header.show_idle()
+            header.show_idle(header_notice(self.live_runs))
         else:
             header.show_run(state)
         live = self._live()
@@ -369,7 +374,7 @@ class RunWatching(App[int]):
         screen.set_class(live, "-watching")
         screen.set_class(state is not None and state.status == "waiting", "-waiting")
         self._show_run_config()
-        key = (state.status if state else None, state.phase if state else None, live)
+        key = (state.status if state else None, state.phase if state else None, live, bool(self.live_runs))
         if key != self._bindings_key:
             self._bindings_key = key
             self._refresh_footer()
@@ -398,6 +403,47 @@ class RunWatching(App[int]):
         if highlighted is not None:
             pane.show_preset(highlighted)
         pane.disabled = False
+
+    # -------------------------------------------------------------- live runs
+
+    @work(thread=True, group="live-runs", exit_on_error=False)
+    def _look_for_live_runs(self, starting: RunConfig | None = None) -> None:
+        """List the runs that train here; with ``starting``, to decide whether to ask first."""
+        try:
+            runs = [facts for facts in self.engine.list_runs() if facts.live]
+        except Exception as error:  # noqa: BLE001 - the preset screen works without the list
+            self.post_message(LiveRunsFound([], starting))
+            self.call_from_thread(self.query_one(LogPane).note, f"cannot list runs: {error}", "yellow")
+            return
+        self.post_message(LiveRunsFound(runs, starting))
+
+    @on(LiveRunsFound)
+    @until_shutdown
+    def _live_runs_found(self, message: LiveRunsFound) -> None:
+        shown = self.state.run_id if self.state is not None else None
+        self.live_runs = [facts for facts in message.runs if facts.run_id != shown]
+        if message.starting is not None:
+            self._start_beside(message.starting, self.live_runs)
+        if self.state is None and not self._attaching:
+            self._show_state()
+            self._update_placeholder()
+
+    def action_attach_live(self) -> None:
+        """Watch a run that trains here: the only one, or the one picked from a list."""
+        from tui.live_runs import describe
+        from tui.screens.pick_run import PickRunScreen
+
+        live = self.live_runs
+        if len(live) == 1:
+            self._begin_attach(live[0].run_id)
+        elif live:
+            choices = [(facts.run_id, describe(facts)) for facts in reversed(live)]
+
+            def picked(run_id: str | None) -> None:
+                if run_id:
+                    self._begin_attach(run_id)
+
+            self.push_screen(PickRunScreen("Attach to which run?", choices), picked)
 
     # --------------------------------------------------------------- commands
 
@@ -502,6 +548,7 @@ class RunWatching(App[int]):
         self.query_one(GpuPanel).pids = ()
         self._show_state()
         self._update_placeholder()
+        self._look_for_live_runs()  # the run just left is still one
         self.query_one("#preset-options", OptionList).focus()
 
 

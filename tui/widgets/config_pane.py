@@ -23,6 +23,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
+from tui.fit import clip_to_rows
 from tui.messages import ConfigEdited, StartRequested
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class ConfigPane(VerticalScroll, can_focus=False):
         """The values typed for each preset (by name), restored when it is shown again."""
         self.fields_ready = False
         self._run_shown: tuple[str, dict, str] | None = None
+        self._about: tuple[str, str] | None = None
         self._waiting: tuple[Any, tuple] | None = None
         """A preset or live config to show once the fields are mounted."""
 
@@ -265,8 +267,20 @@ class ConfigPane(VerticalScroll, can_focus=False):
         return self.query_one("#save-name", Input).value.strip()
 
     def _show_about(self, name: str, description: str) -> None:
-        about = Text.assemble((name, "bold"), "  " if description else "", (description, "dim"))
-        self.query_one("#config-about", Static).update(about)
+        self._about = (name, description)
+        about = self.query_one("#config-about", Static)
+        width, rows = about.content_size.width, about.styles.max_height
+        if width and rows is not None and rows.cells:
+            # The rows the pane gives it, whole words and a "…": the rest is in the tooltip.
+            shown = clip_to_rows(f"{name}  {description}", width, int(rows.value))[len(name) + 2 :]
+        else:
+            shown = description
+        about.tooltip = description or None
+        about.update(Text.assemble((name, "bold"), "  " if description else "", (shown, "dim")))
+
+    def on_resize(self) -> None:
+        if self._about is not None:
+            self._show_about(*self._about)
 
     def _show_error(self, error: str | None) -> None:
         self.error = error

@@ -178,26 +178,29 @@ class GpuPanel(DiffedWidget):
         return lines + [self._device_line(d, width, dim) for d in self.devices]
 
     def _device_line(self, device: GpuDevice, width: int, stale: bool) -> Text:
+        """One row a device; the figures that matter least go first when it is narrow (fit_parts)."""
         wide = width >= 70
         name = device.name.removeprefix("NVIDIA ").removeprefix("Tesla ")
         room = (14 if wide else 9) - (4 if device.mig else 0)
         name = name[:room] + (" MIG" if device.mig else "")
         total = device.memory_total or 1
-        line = Text.assemble(
-            (f"{device.index} ", "bold"), (f"{name:<{14 if wide else 9}} ", "cyan")
-        )
-        line.append_text(bar(device.memory_used / total, 10 if wide else 6))
-        line.append(f" {gib(device.memory_used)}/{gib(device.memory_total)}")
+        memory = bar(device.memory_used / total, 10 if wide else 6)
+        memory.append(f" {gib(device.memory_used)}/{gib(device.memory_total)}")
         util = "  -%" if device.utilization is None else f"{device.utilization:>3}%"
-        line.append(f" {util}", "bold")
+        parts = [
+            (10, Text.assemble((f"{device.index} ", "bold"), (f"{name:<{14 if wide else 9}}", "cyan"))),
+            (9, memory),
+            (8, Text(util, "bold")),
+        ]
         if device.temperature is not None:
-            line.append(f" {device.temperature}°C")
+            parts.append((4, Text(f"{device.temperature}°C")))
         if wide and device.power is not None:
-            line.append(f" {device.power:.0f}W")
+            parts.append((3, Text(f"{device.power:.0f}W")))
         if device.process_memory is not None:
-            line.append(f" run {gib(device.process_memory)}", "magenta")
+            parts.append((7, Text(f"run {gib(device.process_memory)}", "magenta")))
         if wide:
-            line.append(" " + sparkline(self.history.get(device.index, ())), "green")
+            parts.append((2, Text(sparkline(self.history.get(device.index, ())), "green")))
+        line = fit_parts(parts, width, " ")
         if stale:
             line.stylize("dim")
         line.no_wrap = True
