@@ -616,7 +616,7 @@ async def test_after_a_remedy_and_the_end_the_config_pane_shows_the_runs_batch()
         await until(pilot, lambda: app.state.status == "finished")
         await pilot.pause(0.3)
         assert batch.value == "128"  # as trained, not the preset's 256
-        assert "as it trained" in str(app.query_one("#config-about").render())
+        assert "as trained" in str(app.query_one("#config-about").render())
         await pilot.press("enter")  # a second run starts from the preset, as the pane then shows
         await until(pilot, lambda: len(engine.started) == 2)
         assert engine.started[1].config().train.batch_size == 256

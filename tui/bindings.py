@@ -33,7 +33,8 @@ APP_BINDINGS: list[Binding] = [
     *remedy_bindings(),  # one per remedy in engine.remedies
     Binding("question_mark,f1", "help", "Help", tooltip="Keys and how it works", id="help"),
     Binding("q", "quit_app", "Quit", tooltip="Quit (asks about a live run)", id="quit"),
-    Binding("slash", "filter", "Filter", tooltip="Filter the presets", id="filter"),
+    # The filter line says "/ filter presets" itself: the footer's room goes to other keys.
+    Binding("slash", "filter", "Filter", show=False, tooltip="Filter the presets", id="filter"),
     Binding(
         "ctrl+s",
         "save_preset",

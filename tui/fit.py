@@ -35,6 +35,16 @@ def clip_words(text: str, width: int) -> str:
     return kept.rstrip(",;:") + ELLIPSIS
 
 
+def clip_text(text: Text, width: int) -> Text:
+    """:func:`clip_words` for styled text: the styles of the words kept stay."""
+    if text.cell_len <= width:
+        return text
+    kept = clip_words(text.plain, width)
+    clipped = text[: len(kept) - len(ELLIPSIS)]
+    clipped.append(ELLIPSIS, "dim")
+    return clipped
+
+
 def clip_to_rows(text: str, width: int, rows: int) -> str:
     """``text`` when it wraps into ``rows`` lines of ``width``, else as many whole words as do, and ``…``."""
     lines = textwrap.wrap(text, max(1, width))

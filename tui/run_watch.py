@@ -389,7 +389,7 @@ class RunWatching(App[int]):
             self.show_chosen_preset()
             return
         if state.config and (state.live or not self._preset_chosen):
-            note = "config as it trains now" if state.live else f"config as it trained ({state.status})"
+            note = "live" if state.live else "as trained"  # beside the name, in a 30-column pane
             pane.show_live(_name(state), state.config, note)
         pane.disabled = pane.shows_run
 

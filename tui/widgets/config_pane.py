@@ -161,7 +161,7 @@ class ConfigPane(VerticalScroll, can_focus=False):
         """True while the pane shows a run's config (see :meth:`show_live`), not a preset to edit."""
         return self.has_class("-live")
 
-    def show_live(self, name: str, config: dict, note: str = "config as it trains now") -> None:
+    def show_live(self, name: str, config: dict, note: str = "live") -> None:
         """Show a run's config (``RunFacts.config``: remedies included), read-only."""
         if not self.fields_ready:
             self._waiting = (self.show_live, (name, config, note))
