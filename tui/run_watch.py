@@ -387,11 +387,12 @@ class RunWatching(App[int]):
         state, pane = self.state, self.query_one(ConfigPane)
         if state is None:
             self.show_chosen_preset()
+            pane.disabled = False
             return
         if state.config and (state.live or not self._preset_chosen):
             note = "live" if state.live else "as trained"  # beside the name, in a 30-column pane
             pane.show_live(_name(state), state.config, note)
-        pane.disabled = pane.shows_run
+        pane.disabled = pane.shows_run or state.live  # read-only, also before the worker's config is in
 
     def show_chosen_preset(self) -> None:
         """Make the config pane the editor of the preset under the list's cursor again."""
