@@ -139,13 +139,20 @@ def test_no_remedy_name_is_written_out_beside_the_catalogue():
     assert found == []
 
 
-def test_the_app_binds_every_remedy_key_and_no_key_twice():
+def test_the_app_binds_every_remedy_key_and_no_key_to_two_things():
     bindings = ConvdeckApp.BINDINGS
     ids = [binding.id for binding in bindings]
     for remedy in REMEDIES.values():
         assert f"remedy.{remedy.name}" in ids
-    keys = [key for binding in bindings for key in binding.key.split(",")]
-    assert len(keys) == len(set(keys)), keys
+    # A key may have two entries that do one thing, the footer showing the one that applies
+    # now: space is Pause or Resume, a remedy's key is in the footer only while an OOM waits.
+    same = {"pause": "pause_resume", "resume": "pause_resume"}
+    does: dict[str, set[str]] = {}
+    for binding in bindings:
+        action = binding.action.removeprefix("offered_")
+        for key in binding.key.split(","):
+            does.setdefault(key, set()).add(same.get(action, action))
+    assert {key: actions for key, actions in does.items() if len(actions) > 1} == {}
 
 
 def test_the_help_lists_every_remedy_and_its_key():

@@ -111,7 +111,7 @@ async def test_each_remedy_key_after_an_oom(key, name):
         await until(pilot, lambda: app.state.status == "waiting")
         bar = app.query_one(RemedyBar)
         assert bar.has_class("-open")
-        assert "batch 256 -> 128" in str(bar.render())
+        assert "batch 256 -> 128" in bar.plain
         await pilot.press(key)
         await until(pilot, lambda: app.state.status == "running")
         assert run.commands == [("remedy", {"name": name})]
@@ -278,7 +278,12 @@ async def test_slash_filters_the_presets():
         await pilot.press("slash", "r", "e", "s")
         options = app.query_one("#preset-options", OptionList)
         assert options.option_count == 1
-        await pilot.press("enter")
+        await pilot.press("enter")  # in the filter: goes to the match, starts nothing
+        await pilot.pause(0.2)
+        assert not engine.started
+        assert app.focused is options
+        assert app.query_one(ConfigPane).preset.name == "resnet18-cifar10"
+        await pilot.press("enter")  # in the list: the explicit start
         await until(pilot, lambda: engine.started)
         assert engine.started[0].config().name == "resnet18-cifar10"
 
@@ -587,8 +592,34 @@ async def test_edits_in_the_config_pane_come_back_after_the_run():
         assert engine.started[0].config().train.epochs == 40
         engine.started[0].feed(Finished(time=0.0, reason="completed"))
         await until(pilot, lambda: app.state.status == "finished")
-        await until(pilot, lambda: not app.query_one(ConfigPane).has_class("-live"))
+        pane = app.query_one(ConfigPane)
+        assert pane.shows_run and pane.disabled  # the ended run's config, until a preset is chosen
+        app.query_one("#preset-options").focus()  # as Tab brings it there
+        await until(pilot, lambda: not pane.shows_run)
         assert epochs.value == "40"  # not the preset's own 5
+        assert not pane.disabled
+
+
+async def test_after_a_remedy_and_the_end_the_config_pane_shows_the_runs_batch():
+    engine = FakeEngine(presets=[make_preset("lenet5-digits", train={"batch_size": 256})])
+    app = make_app(engine)
+    async with app.run_test(size=(100, 30)) as pilot:
+        run = await started(pilot, app, engine)
+        run.feed(oom_event(21))
+        await until(pilot, lambda: app.state.status == "waiting")
+        await pilot.press("h")
+        await until(pilot, lambda: app.state.revision == 1 and app.state.starts == 2)
+        batch = app.query_one("#field-train-batch-size", Input)
+        await until(pilot, lambda: batch.value == "128")
+        run.status = "finished"
+        run.feed(*training_events(5, start_step=21), Finished(time=run.now, reason="completed"))
+        await until(pilot, lambda: app.state.status == "finished")
+        await pilot.pause(0.3)
+        assert batch.value == "128"  # as trained, not the preset's 256
+        assert "as trained" in str(app.query_one("#config-about").render())
+        await pilot.press("enter")  # a second run starts from the preset, as the pane then shows
+        await until(pilot, lambda: len(engine.started) == 2)
+        assert engine.started[1].config().train.batch_size == 256
 
 
 async def test_the_log_scrolls_back_and_follows_again():

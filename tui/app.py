@@ -27,6 +27,7 @@ from tui.bindings import APP_BINDINGS, MAIN_SCREEN_ACTIONS, PALETTE
 from tui.chart_keys import ChartKeys
 from tui.engine_link import Engine
 from tui.handlers import until_shutdown
+from tui.live_runs import header_notice
 from tui.messages import (
     ConfigEdited,
     PresetChosen,
@@ -53,6 +54,7 @@ from tui.widgets.remedy_bar import RemedyBar, remedy_title
 
 if TYPE_CHECKING:  # pydantic costs ~0.1 s: the first frame does not wait for it
     from engine.config import RunConfig
+    from engine.run.facts import RunFacts
 
 MIN_WIDTH, MIN_HEIGHT = 80, 24
 
@@ -134,6 +136,8 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         self.call_after_refresh(self._load_presets)
         if self.attach_ref is not None:
             self._begin_attach(self.attach_ref or None)
+        else:  # name the runs that train here (a detached one, one left running at quit)
+            self.call_after_refresh(self._look_for_live_runs)
 
     def on_resize(self, event: Any) -> None:
         self._check_size(event.size.width, event.size.height)
@@ -189,16 +193,26 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
                 "yellow",
             )
         if self.state is None and not self._attaching:
-            self.query_one(RunHeader).show_idle()
+            self.query_one(RunHeader).show_idle(header_notice(self.live_runs))
             self.query_one("#preset-options", OptionList).focus()
-        if presets.highlighted is not None:
-            self.query_one(ConfigPane).show_preset(presets.highlighted)
+            if presets.highlighted is not None:
+                self.query_one(ConfigPane).show_preset(presets.highlighted)
 
     @on(PresetHighlighted)
     @until_shutdown
     def _preset_highlighted(self, message: PresetHighlighted) -> None:
-        if not self._live():
-            self.query_one(ConfigPane).show_preset(message.preset)
+        pane = self.query_one(ConfigPane)
+        if self._live():
+            return
+        if pane.shows_run:
+            self.show_chosen_preset()  # an ended run's config gives way to the preset chosen
+        else:
+            pane.show_preset(message.preset)
+
+    def on_descendant_focus(self, event: Any) -> None:
+        # The preset list in hand again after a run ended: the pane edits its preset.
+        if self.query_one(PresetList) in event.widget.ancestors_with_self:
+            self.show_chosen_preset()
 
     @on(PresetChosen)
     @on(StartRequested)
@@ -226,13 +240,20 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         live = self._live()
         if action in ("pause_resume", "stop"):
             return live
+        if action in ("pause", "resume"):
+            # Space names what it does now; nothing to pause while an OOM waits for a remedy.
+            return live and self.state.status == ("running" if action == "pause" else "paused")
         if action == "remedy":
             # A remedy restarts the worker: not while it is already restarting.
             return live and self.state.phase != "restarting"
+        if action == "offered_remedy":  # the footer's remedy keys: while an OOM waits
+            return live and self.state.status == "waiting"
         # While a run to attach to is looked up, the preset screen's keys do not apply yet.
         preset_keys = not live and not self._attaching
         if action in ("start", "queue_preset", "lr_find"):
             return preset_keys
+        if action == "attach_live":
+            return preset_keys and bool(self.live_runs)
         if action == "filter":
             return preset_keys and not isinstance(self.focused, Input)
         if action == "save_preset":
@@ -246,6 +267,7 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         if self._live():
             self.notify("A run is live: stop (x) or detach (d) first.", severity="warning")
             return
+        self.show_chosen_preset()  # after a run ended, Enter starts the preset under the cursor
         pane = self.query_one(ConfigPane)
         config = pane.validate() if pane.preset is not None else None
         if config is None:
@@ -253,7 +275,27 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
             self.notify(f"Not started: {reason}", severity="error", timeout=6)
             self.query_one(LogPane).note(f"not started: {reason}", "red")
             return
-        self._start(config)
+        self._look_for_live_runs(config)  # then _start_beside: it asks first beside a live run
+
+    def _start_beside(self, config: RunConfig, live: list[RunFacts]) -> None:
+        """Start ``config``; when runs train on the device it would use, only once the user says so."""
+        from tui.live_runs import shares_devices
+        from tui.screens.confirm_start import ConfirmStartScreen
+
+        if self._live():
+            return  # a run was started or attached meanwhile
+        sharing = [facts for facts in live if shares_devices(config, facts)]
+        if not sharing:
+            self._start(config)
+            return
+
+        def answered(start: bool | None) -> None:
+            if start:
+                self._start(config)
+            else:
+                self.query_one(LogPane).note(f"{config.name} not started: a run trains on its device", "yellow")
+
+        self.push_screen(ConfirmStartScreen(config.name, sharing), answered)
 
     @work(exclusive=True, group="start", exit_on_error=False)
     async def _start(self, config: RunConfig) -> None:

@@ -17,26 +17,24 @@ from tui.widgets.remedy_bar import remedy_bindings
 # | key     | action            | applies when                          |
 # |---------|-------------------|---------------------------------------|
 # | enter   | start             | no live run; a valid config           |
-# | space   | pause or resume   | a live run                            |
+# | space   | pause / resume    | a running / a paused run              |
 # | x       | stop (confirm)    | a live run                            |
 # | (each)  | a remedy          | a live run; keys in engine.remedies   |
+# | A       | attach            | no run shown; a run is live           |
 # | d       | detach            | a run is shown                        |
 # | s l t v | chart settings    | always                                |
 APP_BINDINGS: list[Binding] = [
     Binding("enter", "start", "Start", tooltip="Start a run of the chosen preset", id="start"),
-    Binding(
-        "space",
-        "pause_resume",
-        "Pause/resume",
-        tooltip="Pause or resume the run",
-        id="pause-resume",
-    ),
+    # One key, two entries: the footer names what space does now (and fits 80 columns).
+    Binding("space", "pause", "Pause", tooltip="Pause the run (space again resumes it)", id="pause"),
+    Binding("space", "resume", "Resume", tooltip="Resume the paused run", id="resume"),
     Binding("x", "stop", "Stop", tooltip="Stop the run (asks first)", id="stop"),
     Binding("d", "detach", "Detach", tooltip="Stop watching; the run keeps going", id="detach"),
     *remedy_bindings(),  # one per remedy in engine.remedies
     Binding("question_mark,f1", "help", "Help", tooltip="Keys and how it works", id="help"),
     Binding("q", "quit_app", "Quit", tooltip="Quit (asks about a live run)", id="quit"),
-    Binding("slash", "filter", "Filter", tooltip="Filter the presets", id="filter"),
+    # The filter line says "/ filter presets" itself: the footer's room goes to other keys.
+    Binding("slash", "filter", "Filter", show=False, tooltip="Filter the presets", id="filter"),
     Binding(
         "ctrl+s",
         "save_preset",
@@ -45,6 +43,14 @@ APP_BINDINGS: list[Binding] = [
         id="save-preset",
     ),
     Binding("o", "runs", "Runs", tooltip="List runs, open one, overlay two", id="runs"),
+    Binding(
+        "A",
+        "attach_live",
+        "Attach",
+        show=False,  # the header and the chart say it when a run trains here
+        tooltip="Watch a run that trains on this machine (the only one, or pick one)",
+        id="attach-live",
+    ),
     Binding("e", "eval", "Eval", show=False, tooltip="Confusion matrix, per-class figures, mistakes", id="eval"),
     Binding(
         "Q",
@@ -76,12 +82,16 @@ MAIN_SCREEN_ACTIONS = frozenset(
     {
         "start",
         "pause_resume",
+        "pause",
+        "resume",
         "stop",
         "remedy",
+        "offered_remedy",
         "detach",
         "filter",
         "save_preset",
         "runs",
+        "attach_live",
         "eval",
         "queue_preset",
         "queue",
@@ -99,6 +109,7 @@ PALETTE: list[tuple[str, str, str]] = [
     ("Stop run", "Checkpoint and stop the run", "stop"),
     ("Detach", "Stop watching; the run keeps going", "detach"),
     ("Runs", "List runs, open one, overlay two", "runs"),
+    ("Attach to a live run", "Watch a run that trains on this machine", "attach_live"),
     ("Queue preset", "Queue the chosen preset with the config pane's values", "queue_preset"),
     ("Queue", "The run queue: reorder, remove, pause", "queue"),
     ("LR find", "Learning-rate range test; its suggestion goes into the config pane", "lr_find"),

@@ -71,6 +71,19 @@ class RunTailEnded(Message):
 
 
 @dataclass
+class LiveRunsFound(Message):
+    """The runs that train on this machine were listed (off the UI thread).
+
+    Attributes:
+        runs: their facts, oldest first.
+        starting: the config about to start, when the list was read to decide whether to ask.
+    """
+
+    runs: list[Any]
+    starting: RunConfig | None = None
+
+
+@dataclass
 class RunSummaryPolled(Message):
     """The liveness check of the watched run came back."""
 

@@ -34,8 +34,10 @@ from engine.run.protocol import (
 from engine.run.store import Liveness
 from tui.engine_link import RunLink
 from tui.handlers import until_shutdown
+from tui.live_runs import header_notice, launch_notice
 from tui.messages import (
     CommandDone,
+    LiveRunsFound,
     RunEvents,
     RunSummaryPolled,
     RunTailEnded,
@@ -49,6 +51,7 @@ from tui.widgets.preset_list import PresetList
 from tui.widgets.remedy_bar import RemedyBar, remedy_title
 
 if TYPE_CHECKING:
+    from engine.config import RunConfig
     from tui.engine_link import Engine
 
 INGEST_CHUNK = 2000
@@ -93,6 +96,10 @@ class RunWatching(App[int]):
         self._last_ui_update = 0.0
         self._worker_gone_polls = 0
         self._unreadable_noted = False
+        self.live_runs: list[RunFacts] = []
+        """The runs that train on this machine, other than the one on screen (see _look_for_live_runs)."""
+        self._preset_chosen = False
+        """A preset was chosen since the watched run ended: the config pane edits it, not the run's."""
         self._remedy_asked: tuple[str, int] | None = None
         """The remedy last asked for, and the run's count of worker starts then."""
 
@@ -140,6 +147,7 @@ class RunWatching(App[int]):
                 the history (then the tail's own fold, which equals it, takes over).
         """
         self._attaching = False
+        self._preset_chosen = False
         self.run_link = run
         self._folding = RunFacts(run_id=run.run_id, preset=preset or "?")
         self.state = snapshot if snapshot is not None else self._folding
@@ -252,7 +260,7 @@ class RunWatching(App[int]):
         """What the chart says before the watched run's first step."""
         state = self.state
         if state is None:
-            text = "No run yet. Pick a preset and press Enter."
+            text = launch_notice(self.live_runs)
         elif state.phase in ("starting", "restarting"):
             text = f"{_name(state)}: the worker is starting (TensorFlow loads first)…"
         elif state.phase == "building":
@@ -271,8 +279,6 @@ class RunWatching(App[int]):
         self.query_one(LossChart).mark_dirty()
         if state.pid:
             self.query_one(GpuPanel).pids = (state.pid,)
-        if any(isinstance(e, (RunStarted, RemedyApplied)) for e in events) and state.config:
-            self.query_one(ConfigPane).show_live(_name(state), state.config)
         if state.pending_oom is not None:
             self.query_one(RemedyBar).offer(state.pending_oom, state.remedies_offered())
             self.bell()
@@ -362,23 +368,85 @@ class RunWatching(App[int]):
         state = self.state
         header = self.query_one(RunHeader)
         if state is None:
-            header.show_idle()
+            header.show_idle(header_notice(self.live_runs))
         else:
             header.show_run(state)
         live = self._live()
         screen = self.screen_stack[0]
         screen.set_class(live, "-watching")
         screen.set_class(state is not None and state.status == "waiting", "-waiting")
-        pane = self.query_one(ConfigPane)
-        pane.disabled = live
-        if not live and pane.has_class("-live"):
-            highlighted = self.query_one(PresetList).highlighted
-            if highlighted is not None:
-                pane.show_preset(highlighted)
-        key = (state.status if state else None, state.phase if state else None, live)
+        self._show_run_config()
+        key = (state.status if state else None, state.phase if state else None, live, bool(self.live_runs))
         if key != self._bindings_key:
             self._bindings_key = key
             self._refresh_footer()
+
+    def _show_run_config(self) -> None:
+        """The config pane: the run's config as it trains (or trained) while a run is on screen.
+
+        An ended run's stays until a preset is chosen again (:meth:`show_chosen_preset`).
+        """
+        state, pane = self.state, self.query_one(ConfigPane)
+        if state is None:
+            self.show_chosen_preset()
+            pane.disabled = False
+            return
+        if state.config and (state.live or not self._preset_chosen):
+            note = "live" if state.live else "as trained"  # beside the name, in a 30-column pane
+            pane.show_live(_name(state), state.config, note)
+        pane.disabled = pane.shows_run or state.live  # read-only, also before the worker's config is in
+
+    def show_chosen_preset(self) -> None:
+        """Make the config pane the editor of the preset under the list's cursor again."""
+        pane = self.query_one(ConfigPane)
+        if self._live() or not pane.shows_run:
+            return
+        self._preset_chosen = True
+        highlighted = self.query_one(PresetList).highlighted
+        if highlighted is not None:
+            pane.show_preset(highlighted)
+        pane.disabled = False
+
+    # -------------------------------------------------------------- live runs
+
+    @work(thread=True, group="live-runs", exit_on_error=False)
+    def _look_for_live_runs(self, starting: RunConfig | None = None) -> None:
+        """List the runs that train here; with ``starting``, to decide whether to ask first."""
+        try:
+            runs = [facts for facts in self.engine.list_runs() if facts.live]
+        except Exception as error:  # noqa: BLE001 - the preset screen works without the list
+            self.post_message(LiveRunsFound([], starting))
+            self.call_from_thread(self.query_one(LogPane).note, f"cannot list runs: {error}", "yellow")
+            return
+        self.post_message(LiveRunsFound(runs, starting))
+
+    @on(LiveRunsFound)
+    @until_shutdown
+    def _live_runs_found(self, message: LiveRunsFound) -> None:
+        shown = self.state.run_id if self.state is not None else None
+        self.live_runs = [facts for facts in message.runs if facts.run_id != shown]
+        if message.starting is not None:
+            self._start_beside(message.starting, self.live_runs)
+        if self.state is None and not self._attaching:
+            self._show_state()
+            self._update_placeholder()
+
+    def action_attach_live(self) -> None:
+        """Watch a run that trains here: the only one, or the one picked from a list."""
+        from tui.live_runs import describe
+        from tui.screens.pick_run import PickRunScreen
+
+        live = self.live_runs
+        if len(live) == 1:
+            self._begin_attach(live[0].run_id)
+        elif live:
+            choices = [(facts.run_id, describe(facts)) for facts in reversed(live)]
+
+            def picked(run_id: str | None) -> None:
+                if run_id:
+                    self._begin_attach(run_id)
+
+            self.push_screen(PickRunScreen("Attach to which run?", choices), picked)
 
     # --------------------------------------------------------------- commands
 
@@ -416,6 +484,14 @@ class RunWatching(App[int]):
             self._show_state()
             self._update_placeholder()
 
+    def action_pause(self) -> None:
+        """Pause the running run."""
+        self.send("pause")
+
+    def action_resume(self) -> None:
+        """Resume the paused run."""
+        self.send("resume")
+
     def action_pause_resume(self) -> None:
         """Pause a running run, resume a paused one."""
         if self.state is not None:
@@ -451,6 +527,10 @@ class RunWatching(App[int]):
             "yellow",
         )
 
+    def action_offered_remedy(self, name: str) -> None:
+        """A remedy key while an OOM waits (the footer's entry): as :meth:`action_remedy`."""
+        self.action_remedy(name)
+
     def action_detach(self) -> None:
         """Stop watching; a live run keeps training."""
         state = self.state
@@ -471,6 +551,7 @@ class RunWatching(App[int]):
         self.query_one(GpuPanel).pids = ()
         self._show_state()
         self._update_placeholder()
+        self._look_for_live_runs()  # the run just left is still one
         self.query_one("#preset-options", OptionList).focus()
 
 

@@ -2,9 +2,11 @@
 
 Every edit is laid over the chosen preset and checked with
 ``engine.config.validate_config``, so the error shown inline is the one the
-worker would raise. While a run is watched the pane shows the run's live
-config, read-only (a remedy's change shows up here); afterwards the edits
-made to each preset come back, so a second run starts from them.
+worker would raise. While a run is on screen the pane shows the run's
+config as it trains now (a remedy's change shows up here), read-only, and
+keeps showing it once the run has ended; when a preset is chosen again
+(the list gets the focus or its cursor moves) the edits made to each
+preset come back, so a second run starts from them.
 
 ``engine.config`` (pydantic) is imported on the first preset shown, never
 at app import: the first frame does not wait for it.
@@ -21,6 +23,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
+from tui.fit import clip_to_rows
 from tui.messages import ConfigEdited, StartRequested
 
 if TYPE_CHECKING:
@@ -79,6 +82,8 @@ class ConfigPane(VerticalScroll, can_focus=False):
         self._edits: dict[str, dict] = {}
         """The values typed for each preset (by name), restored when it is shown again."""
         self.fields_ready = False
+        self._run_shown: tuple[str, dict, str] | None = None
+        self._about: tuple[str, str] | None = None
         self._waiting: tuple[Any, tuple] | None = None
         """A preset or live config to show once the fields are mounted."""
 
@@ -93,6 +98,8 @@ class ConfigPane(VerticalScroll, can_focus=False):
 
     async def _mount_fields(self) -> None:
         await self.mount_all(self._fields())
+        if not self.app.is_running:
+            return  # the app quit while the fields mounted (a test that ends at once)
         self.fields_ready = True
         if self._waiting is not None:
             show, args = self._waiting
@@ -133,6 +140,7 @@ class ConfigPane(VerticalScroll, can_focus=False):
             return
         self._remember_edits()
         self.preset = preset
+        self._run_shown = None
         self._last_data = None
         self.set_class(False, "-live")
         if preset.error or preset.config is None:
@@ -148,15 +156,23 @@ class ConfigPane(VerticalScroll, can_focus=False):
         self.query_one("#save-name", Input).value = save_name
         self.validate()
 
-    def show_live(self, name: str, config: dict) -> None:
-        """Show a watched run's config, read-only."""
+    @property
+    def shows_run(self) -> bool:
+        """True while the pane shows a run's config (see :meth:`show_live`), not a preset to edit."""
+        return self.has_class("-live")
+
+    def show_live(self, name: str, config: dict, note: str = "live") -> None:
+        """Show a run's config (``RunFacts.config``: remedies included), read-only."""
         if not self.fields_ready:
-            self._waiting = (self.show_live, (name, config))
+            self._waiting = (self.show_live, (name, config, note))
             return
+        if self.shows_run and self._run_shown == (name, config, note):
+            return  # the app asks on every batch of events: refill only what changed
+        self._run_shown = (name, config, note)
         self._remember_edits()
         self.set_class(True, "-live")
         self._last_data = None
-        self._show_about(name, "live config of the watched run")
+        self._show_about(name, note)
         self._fill(config)
         self._show_error(None)
 
@@ -251,8 +267,20 @@ class ConfigPane(VerticalScroll, can_focus=False):
         return self.query_one("#save-name", Input).value.strip()
 
     def _show_about(self, name: str, description: str) -> None:
-        about = Text.assemble((name, "bold"), "  " if description else "", (description, "dim"))
-        self.query_one("#config-about", Static).update(about)
+        self._about = (name, description)
+        about = self.query_one("#config-about", Static)
+        width, rows = about.content_size.width, about.styles.max_height
+        if width and rows is not None and rows.cells:
+            # The rows the pane gives it, whole words and a "…": the rest is in the tooltip.
+            shown = clip_to_rows(f"{name}  {description}", width, int(rows.value))[len(name) + 2 :]
+        else:
+            shown = description
+        about.tooltip = description or None
+        about.update(Text.assemble((name, "bold"), "  " if description else "", (shown, "dim")))
+
+    def on_resize(self) -> None:
+        if self._about is not None:
+            self._show_about(*self._about)
 
     def _show_error(self, error: str | None) -> None:
         self.error = error

@@ -2,7 +2,7 @@
 
 NVML is polled off the UI thread by a thread worker; the next poll is armed
 only when the previous one has reported, so polls never pile up behind a
-slow driver. With no driver the panel says why in one line and shows the
+slow driver. With no driver the panel says why in one row (the whole reason in its tooltip) and shows the
 host's CPU and memory instead.
 
 Each poll repaints only the characters that changed, and the sparkline keeps
@@ -12,7 +12,6 @@ the panel costs the terminal little while a run trains.
 
 from __future__ import annotations
 
-import textwrap
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from rich.text import Text
 from textual import on
 
 from engine.gpu import GIB, GpuDevice, GpuSample, GpuSource, HostStats
+from tui.fit import clip_words, fit_parts
 from tui.messages import GpuSampled
 from tui.widgets.diffed import DiffedWidget
 
@@ -139,6 +139,8 @@ class GpuPanel(DiffedWidget):
                     level = 100 * device.memory_used / device.memory_total
                 self.history.setdefault(device.index, self._new_history()).add(level or 0)
         self.set_class(sample.unavailable is not None, "-no-gpu")
+        if self.tooltip != sample.unavailable:
+            self.tooltip = sample.unavailable
         self.set_class(sample.error is not None, "-error")
         title = f"GPU · {len(self.devices)}" if self.devices else "GPU"
         if self.border_title != title:
@@ -168,34 +170,37 @@ class GpuPanel(DiffedWidget):
         if sample is None:
             return [Text("reading GPUs…", "dim")]
         if sample.unavailable:
-            reason = textwrap.wrap(sample.unavailable, max(20, width)) or [""]
-            lines = [Text(line, "yellow") for line in reason]
-            return lines + self._host_lines(sample.host, width)
+            # One row at any width, ending at a word; the whole reason is the panel's tooltip.
+            reason = Text(clip_words(sample.unavailable, max(20, width)), "yellow")
+            return [reason, *self._host_lines(sample.host, width)]
         lines = [Text(sample.error, "bold red")] if sample.error else []
         dim = sample.error is not None
         return lines + [self._device_line(d, width, dim) for d in self.devices]
 
     def _device_line(self, device: GpuDevice, width: int, stale: bool) -> Text:
+        """One row a device; the figures that matter least go first when it is narrow (fit_parts)."""
         wide = width >= 70
         name = device.name.removeprefix("NVIDIA ").removeprefix("Tesla ")
         room = (14 if wide else 9) - (4 if device.mig else 0)
         name = name[:room] + (" MIG" if device.mig else "")
         total = device.memory_total or 1
-        line = Text.assemble(
-            (f"{device.index} ", "bold"), (f"{name:<{14 if wide else 9}} ", "cyan")
-        )
-        line.append_text(bar(device.memory_used / total, 10 if wide else 6))
-        line.append(f" {gib(device.memory_used)}/{gib(device.memory_total)}")
+        memory = bar(device.memory_used / total, 10 if wide else 6)
+        memory.append(f" {gib(device.memory_used)}/{gib(device.memory_total)}")
         util = "  -%" if device.utilization is None else f"{device.utilization:>3}%"
-        line.append(f" {util}", "bold")
+        parts = [
+            (10, Text.assemble((f"{device.index} ", "bold"), (f"{name:<{14 if wide else 9}}", "cyan"))),
+            (9, memory),
+            (8, Text(util, "bold")),
+        ]
         if device.temperature is not None:
-            line.append(f" {device.temperature}°C")
+            parts.append((4, Text(f"{device.temperature}°C")))
         if wide and device.power is not None:
-            line.append(f" {device.power:.0f}W")
+            parts.append((3, Text(f"{device.power:.0f}W")))
         if device.process_memory is not None:
-            line.append(f" run {gib(device.process_memory)}", "magenta")
+            parts.append((7, Text(f"run {gib(device.process_memory)}", "magenta")))
         if wide:
-            line.append(" " + sparkline(self.history.get(device.index, ())), "green")
+            parts.append((2, Text(sparkline(self.history.get(device.index, ())), "green")))
+        line = fit_parts(parts, width, " ")
         if stale:
             line.stylize("dim")
         line.no_wrap = True
@@ -205,12 +210,16 @@ class GpuPanel(DiffedWidget):
     def _host_lines(self, host: HostStats | None, width: int) -> list[Text]:
         if host is None:
             return []
-        line = Text.assemble(
-            ("host ", "bold"), f"CPU {host.cpu_percent:>3.0f}% of {host.cpu_count}  mem "
-        )
-        line.append_text(bar(host.memory_used / (host.memory_total or 1), 10 if width >= 70 else 6))
-        line.append(f" {gib(host.memory_used)}/{gib(host.memory_total)}")
+        memory = Text("mem ")
+        memory.append_text(bar(host.memory_used / (host.memory_total or 1), 10 if width >= 70 else 6))
+        memory.append(f" {gib(host.memory_used)}/{gib(host.memory_total)}")
+        parts = [
+            (10, Text.assemble(("host ", "bold"), f"CPU {host.cpu_percent:>3.0f}%")),
+            (2, Text(f"of {host.cpu_count}")),
+            (9, memory),
+        ]
         if host.process_memory is not None:
-            line.append(f" run {gib(host.process_memory)}", "magenta")
+            parts.append((8, Text(f"run {gib(host.process_memory)}", "magenta")))
+        line = fit_parts(parts, width, " ")  # whole figures: the core count goes first
         line.no_wrap = True
         return [line]

@@ -25,6 +25,7 @@ from engine.run.protocol import (
     RunStarted,
     WorkerExit,
 )
+from tui.fit import clip_text
 from tui.widgets.diffed import DiffedWidget
 from tui.widgets.header import format_duration
 
@@ -187,7 +188,9 @@ class LogPane(DiffedWidget, can_focus=True):
     def _redraw(self) -> None:
         height = max(1, self.content_size.height)
         end = len(self.lines) - self.scrolled_back
-        shown = [self.lines[i] for i in range(max(0, end - height), max(0, end))]
+        width = self.content_size.width or 1000
+        # A long line ends at a word with "…" (the whole of it is in `history` and worker.log).
+        shown = [clip_text(self.lines[i], width) for i in range(max(0, end - height), max(0, end))]
         for line in shown:
             line.no_wrap = True
             line.overflow = "ellipsis"

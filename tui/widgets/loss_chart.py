@@ -89,6 +89,27 @@ def nice_ticks(low: float, high: float, most: int) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
+def log_ticks(low: float, high: float, most: int) -> list[float]:
+    """Tick values for a log axis from ``low`` to ``high`` (powers of ten): every decade,
+    with 2 and 5 between them (or 3) while there is room, thinned to at most ``most``."""
+    first, last = round(math.log10(low)), round(math.log10(high))
+    decades = [10.0**power for power in range(first, last + 1)]
+    for mantissas in ((2.0, 5.0), (3.0,)):
+        ticks = sorted(decades + [m * d for d in decades[:-1] for m in mantissas])
+        if len(ticks) <= most:
+            return ticks
+    stride = math.ceil(len(decades) / max(1, most))
+    return decades[::stride]
+
+
+def log_tick_label(value: float) -> str:
+    """``1e-3``, ``3e-4``, ``0.01``, ``0.5``, ``20``, ``1e5``: short, and exact for 1, 2, 3, 5 x 10^k."""
+    if 0.01 <= value < 1e4:
+        return f"{value:g}"
+    mantissa, power = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(power)}"
+
+
 def tick_label(value: float) -> str:
     """``250``, ``1.5k``, ``2M``, ``0.25``."""
     magnitude = abs(value)
@@ -253,13 +274,13 @@ class LossChart(DiffedWidget, can_focus=True):
             for points, marker, color in self._epoch_points(history):
                 if points.count and not overlaid:
                     self._plot_points(figure, points, axis, marker, color)
-        x_limits = self._set_axes(figure, runs, axis, width)
+        x_limits = self._set_axes(figure, runs, axis, width, height)
         if not overlaid and self.history is not None and x_limits is not None:
             self._plot_markers(figure, self.history, axis, x_limits)
         return Text.from_ansi(figure.build().string(), no_wrap=True, end="")
 
     def _set_axes(
-        self, figure: Any, runs: list[tuple[str, RunHistory]], axis: int, width: int
+        self, figure: Any, runs: list[tuple[str, RunHistory]], axis: int, width: int, height: int
     ) -> tuple[float, float] | None:
         """Limits on a coarse grid and round ticks: steady training moves only the curve's tip.
 
@@ -272,10 +293,10 @@ class LossChart(DiffedWidget, can_focus=True):
             series = history.series[self.view]
             if series.count:
                 xs += self._xs(series, axis)
-                ys += series.mean()
+                ys += self._ys(series.mean())
             for points, _, _ in self._epoch_points(history):
                 if points.count and len(runs) == 1:
-                    ys += points.mean()
+                    ys += self._ys(points.mean())
         if not xs:
             return None
         x_low = 0.0 if min(xs) >= 0 else min(xs)
@@ -284,9 +305,15 @@ class LossChart(DiffedWidget, can_focus=True):
         ticks = nice_ticks(x_low, x_high, max(2, width // 10))
         figure.ruler("x").ticks(ticks, [tick_label(t) for t in ticks])
         if self.log_scale:
-            figure.ruler("y").scale("log")
-        y_low, y_high = nice_limits(min(ys), max(ys), self.log_scale)
-        figure.ruler("y").lim(y_low, y_high)
+            # The curves are drawn in log10 (see _ys): the axis is linear in the exponent, with
+            # ticks at decades and 2, 5 between, labelled as values (plotext's own log labels
+            # read 0.31623, and it ignores limits once ticks are set on a log ruler).
+            low, high = nice_limits(10 ** min(ys), 10 ** max(ys), log_scale=True)
+            values = log_ticks(low, high, max(2, height // 2))
+            figure.ruler("y").lim(math.log10(low), math.log10(high))
+            figure.ruler("y").ticks([math.log10(v) for v in values], [log_tick_label(v) for v in values])
+        else:
+            figure.ruler("y").lim(*nice_limits(min(ys), max(ys)))
         return x_low, x_high
 
     def _validation(self, history: RunHistory) -> BucketSeries | None:
@@ -311,7 +338,8 @@ class LossChart(DiffedWidget, can_focus=True):
         return [x / 60 for x in xs] if self.x_axis == "time" else xs
 
     def _ys(self, values: list[float]) -> list[float]:
-        return [max(v, 1e-8) for v in values] if self.log_scale else values
+        """The values as drawn: their log10 on a log scale (what is not positive at 1e-8)."""
+        return [math.log10(max(v, 1e-8)) for v in values] if self.log_scale else values
 
     def _plot_series(
         self, figure: Any, series: BucketSeries, axis: int, colors: Any, overlaid: bool

@@ -1,5 +1,8 @@
 """The preset list: filter with ``/``, Enter starts the highlighted preset.
 
+Enter in the filter only takes the cursor to the best match in the list
+(the config pane shows it): a run starts from the list, never from typing.
+
 A preset that failed to load is listed in red with its error, not hidden;
 the others stay usable.
 """
@@ -107,15 +110,17 @@ class PresetList(Vertical):
         event.stop()
         current = self.highlighted
         if event.value.strip():
-            self._refill(None)  # the best match, as typed: Enter starts it
+            self._refill(None)  # the best match, as typed: Enter goes to it
         else:
             self._refill(current.name if current else DEFAULT_PRESET)
 
     @on(Input.Submitted, "#preset-filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
+        # The match is chosen, not started: Enter again in the list (or the start key) starts it.
         event.stop()
+        self.query_one(OptionList).focus()
         if self.highlighted is not None:
-            self.post_message(PresetChosen(self.highlighted))
+            self.post_message(PresetHighlighted(self.highlighted))
 
     @on(OptionList.OptionHighlighted)
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
