@@ -889,7 +889,7 @@ def test_worker_process_trains_and_reports_bad_config_as_a_user_error(convdeck_h
 
     assert workers[good].returncode == 0, output[good][-3000:]
     events = read_events(good / "events.jsonl")
-    assert events[0].type == "run_started"
+    assert [e.type for e in events[:2]] == ["building", "run_started"]
     assert [e.step for e in events if e.type == "step"] == [1, 2, 3]
     assert events[-1].type == "finished" and events[-1].reason == "completed"
     assert (good / "model.keras").exists()

@@ -18,6 +18,7 @@ _RUN_STAMP = re.compile(r"^\d{8}-\d{6}-")
 STATUS_STYLES = {
     "starting": "bold yellow",
     "loading": "bold yellow",
+    "building": "bold yellow",
     "running": "bold green",
     "validating": "bold green",
     "paused": "bold yellow",
@@ -32,7 +33,7 @@ STATUS_STYLES = {
     "pruned": "bold cyan",
 }
 """A style for each word the header and the runs screen show: a status, or a phase of a running run."""
-SHOWN_PHASES = ("starting", "loading", "validating", "restarting")
+SHOWN_PHASES = ("starting", "building", "loading", "validating", "restarting")
 """Phases of a running run the header names instead of ``running``."""
 
 
