@@ -135,6 +135,9 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         if self.attach_ref is not None:
             self._begin_attach(self.attach_ref or None)
 
+    def on_unmount(self) -> None:
+        self.engine.close()  # the warm worker goes with the app; live runs go on
+
     def on_resize(self, event: Any) -> None:
         self._check_size(event.size.width, event.size.height)
 
@@ -191,6 +194,7 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         if self.state is None and not self._attaching:
             self.query_one(RunHeader).show_idle()
             self.query_one("#preset-options", OptionList).focus()
+            self.engine.warm_up()  # TensorFlow loads while the person chooses
         if presets.highlighted is not None:
             self.query_one(ConfigPane).show_preset(presets.highlighted)
 
