@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -242,6 +244,25 @@ def test_a_closed_slot_ends_its_worker_and_starts_no_other():
     slot.close()
     slot.fill()
     assert len(made) == 1 and made[0].closed and slot.take() is None
+
+
+def test_the_replacement_waits_until_the_run_it_follows_has_stepped(tmp_path):
+    made: list[StubWorker] = []
+    slot = WarmSlot(start=lambda: made.append(StubWorker()) or made[-1])
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps({"type": "step", "time": 1.0, "step": 9}) + "\n")  # an earlier worker's
+    run = client.RunHandle(tmp_path, spawn_offset=events.stat().st_size)
+    run.is_alive = lambda: True
+    waiting = threading.Thread(target=slot.fill_once_running, args=(run,))
+    waiting.start()
+    with open(events, "a") as handle:
+        handle.write(json.dumps({"type": "run_started", "time": 2.0}) + "\n")
+    time.sleep(0.6)
+    assert not made  # loading TensorFlow now would slow the run's start
+    with open(events, "a") as handle:
+        handle.write(json.dumps({"type": "step", "time": 3.0, "step": 10}) + "\n")
+    waiting.join(10)
+    assert len(made) == 1
 
 
 # -- the real worker ---------------------------------------------------------------

@@ -118,10 +118,12 @@ class RealEngine:
             return await client.start_run(config, home=self.home)
         warm = self.warm.take()
         try:
-            return await client.start_run(config, home=self.home, warm=warm)
+            run = await client.start_run(config, home=self.home, warm=warm)
         finally:
             self.warm.put_back(warm)  # kept if the start failed before the hand-off
-            self.warm_up()  # a used one is replaced
+        # A used one is replaced, once the run it took has started.
+        threading.Thread(target=self.warm.fill_once_running, args=(run,), name="warm-worker", daemon=True).start()
+        return run
 
     def warm_up(self) -> None:
         if self.warm is None:

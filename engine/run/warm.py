@@ -25,6 +25,7 @@ import os
 import select
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -37,11 +38,14 @@ from engine.run.client import (
     spawn_env,
     supervisor_command,
 )
+from engine.run.events import STEP_LINE_PREFIX
 from engine.run.store import PID_FILE
 from engine.run.warm_protocol import READY, WARM_FLAG, HandOff
 
 # How long a warm worker still loading may take to say it is ready, once handed a run.
 LOAD_SECONDS = 120.0
+# How often a replacement waits to see the run it follows train.
+RUNNING_POLL_SECONDS = 0.25
 # After the pair ended without an answer: how long its supervisor may take to exit.
 EXIT_WAIT_SECONDS = 2.0
 # Variables the TUI sets for itself (the Eval view's cell size), which no worker reads.
@@ -229,6 +233,14 @@ class WarmSlot:
                 return
         worker.close()  # closed, or filled by another thread meanwhile
 
+    def fill_once_running(self, run: RunHandle) -> None:
+        """:meth:`fill` once ``run`` has trained its first step, or ended: loading TensorFlow
+        beside a starting run would slow its start (threefold on two cores). Blocks until then.
+        """
+        while not self._closed and run.is_alive() and not _has_stepped(run):
+            time.sleep(RUNNING_POLL_SECONDS)
+        self.fill()
+
     def ready(self) -> bool:
         """Whether a warm worker here has loaded TensorFlow and waits for its run."""
         with self._lock:
@@ -261,6 +273,16 @@ class WarmSlot:
             worker, self._worker = self._worker, None
         if worker is not None:
             worker.close()
+
+
+def _has_stepped(run: RunHandle) -> bool:
+    """Whether the run's worker has written a step (the file is small until it has)."""
+    try:
+        with open(run.events_path, "rb") as events:
+            events.seek(run.spawn_offset)
+            return b"\n" + STEP_LINE_PREFIX in b"\n" + events.read()
+    except OSError:
+        return False
 
 
 def code_stamp(roots: Iterable[Path]) -> tuple:
