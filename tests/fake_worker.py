@@ -1,7 +1,9 @@
 """A TF-free stand-in for ``engine.train.worker``, for the client and CLI tests.
 
 Run as ``python -m fake_worker RUN_DIR [--resume] [--remedy NAME]`` (tests
-put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker).
+put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker),
+or as ``python -m fake_worker --warm``: a warm worker (engine.run.warm_protocol)
+that loads nothing (or sleeps FAKE_LOAD_SECONDS) before it waits for its run.
 It keeps the worker's contract (the run's lock taken first, worker.pid,
 heartbeat, events, control.sock, exit codes) in under a second, so the CLI's following, Ctrl-C and exit
 codes are tested without TensorFlow. Its events go through the worker's own

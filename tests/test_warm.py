@@ -28,6 +28,7 @@ from engine.run.store import LOCK_FILE, create_run_dir
 from engine.run.warm import WarmSlot, WarmWorker
 from tests.fake_engine import FakeEngine, FakeRun, make_preset
 from tui.app import ConvdeckApp
+from tui.engine_link import RealEngine
 
 NO_GPU = Path(__file__).parent / "fixtures" / "nvml" / "no_gpu.json"
 
@@ -308,6 +309,23 @@ def test_a_real_warm_worker_trains_a_run_like_a_cold_start(convdeck_home):
 def _collapsed(types: list[str]) -> list[str]:
     """Event types with runs of the same type merged (steps come batched differently)."""
     return [kind for i, kind in enumerate(types) if i == 0 or types[i - 1] != kind]
+
+
+async def test_the_tuis_engine_hands_its_run_to_the_warm_worker_and_keeps_a_new_one(convdeck_home, fake_worker):
+    engine = RealEngine(convdeck_home)
+    engine.warm_up()
+    try:
+        assert wait_for(lambda: engine.warm.ready(), timeout=60)
+        first = engine.warm._worker  # noqa: SLF001 - which pair the run goes to
+        run = await engine.start_run(RunConfig(name="fake"))
+        assert run.process.supervisor is first.supervisor
+        assert wait_for(lambda: engine.warm.ready(), timeout=60)  # replaced once the run stepped
+        replacement = pair(engine.warm._worker)  # noqa: SLF001
+        assert run.wait_exit(30) and kinds(run.run_dir)[-1] == "finished"
+    finally:
+        engine.close()
+    _, alive = psutil.wait_procs(replacement, timeout=10)
+    assert not alive
 
 
 # -- the TUI -----------------------------------------------------------------------
