@@ -306,6 +306,25 @@ def test_a_real_warm_worker_trains_a_run_like_a_cold_start(convdeck_home):
     assert json.loads((warm_run.run_dir / "eval.json").read_text())
 
 
+@pytest.mark.slow
+def test_a_warm_started_run_restarts_for_a_remedy_as_a_cold_one_does(convdeck_home, monkeypatch):
+    monkeypatch.setenv("CONVDECK_FAULTS", "oom:step=2")  # in the warm worker's environment from its start
+    overrides = ["data.image_size=[28, 28]", "train.epochs=1", "train.steps_per_epoch=3", "train.on_oom=halve-batch"]
+    worker = WarmWorker.start()
+    try:
+        run = client.start_run_sync(load_preset("lenet5-digits", overrides), warm=worker)
+        assert run.process.supervisor is worker.supervisor
+        assert run.wait_exit(300) and run.exit_code() == 0
+    finally:
+        worker.close()
+    events = event_dicts(run.run_dir / "events.jsonl")
+    types = [event["type"] for event in events]
+    assert types.count("run_started") == 2 and "remedy_applied" in types and types[-1] == "finished", types
+    # The remedy's exec kept the pid (and the lock): the same process, supervised to the end.
+    assert {event["pid"] for event in events if event["type"] == "run_started"} == {run.process.pid}
+    assert any(event.get("restarting") == "halve-batch" for event in events if event["type"] == "log")
+
+
 def _collapsed(types: list[str]) -> list[str]:
     """Event types with runs of the same type merged (steps come batched differently)."""
     return [kind for i, kind in enumerate(types) if i == 0 or types[i - 1] != kind]
