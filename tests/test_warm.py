@@ -298,7 +298,7 @@ def test_a_real_warm_worker_trains_a_run_like_a_cold_start(convdeck_home):
     cold_run = client.start_run_sync(config)
     assert cold_run.wait_exit(240) and cold_run.exit_code() == 0
     assert _collapsed(kinds(warm_run.run_dir)) == _collapsed(kinds(cold_run.run_dir))
-    warm_started, cold_started = (event_dicts(r.run_dir / "events.jsonl")[0] for r in (warm_run, cold_run))
+    warm_started, cold_started = (_run_started(r.run_dir) for r in (warm_run, cold_run))
     assert warm_started["config"] == {**cold_started["config"], "name": warm_started["config"]["name"]}
     assert warm_started["pid"] == warm_run.process.pid
     log = (warm_run.run_dir / "worker.log").read_text()
@@ -323,6 +323,10 @@ def test_a_warm_started_run_restarts_for_a_remedy_as_a_cold_one_does(convdeck_ho
     # The remedy's exec kept the pid (and the lock): the same process, supervised to the end.
     assert {event["pid"] for event in events if event["type"] == "run_started"} == {run.process.pid}
     assert any(event.get("restarting") == "halve-batch" for event in events if event["type"] == "log")
+
+
+def _run_started(run_dir: Path) -> dict:
+    return next(event for event in event_dicts(run_dir / "events.jsonl") if event["type"] == "run_started")
 
 
 def _collapsed(types: list[str]) -> list[str]:
