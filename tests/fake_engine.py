@@ -278,6 +278,8 @@ class FakeEngine:
         self.rate_finder = None
         """find_learning_rate's stand-in for tests of the L key (tests/test_lr_find.py's FakeDriver)."""
         """Set to move the fake world's clock (e.g. far past the last step, to make a run stalled)."""
+        self.warm_ups = 0
+        self.closed = 0
 
     def list_presets(self) -> list[FakePreset]:
         return list(self.presets)
@@ -287,6 +289,14 @@ class FakeEngine:
         if self.rate_finder is None:
             raise ConfigError("this fake engine has no range test (set rate_finder)")
         return self.rate_finder(config, steps, start, end, on_point=on_point, on_start=on_start)
+
+    def warm_up(self) -> None:
+        """Counted: the app asks for a warm worker while its preset list shows."""
+        self.warm_ups += 1
+
+    def close(self) -> None:
+        """Counted: the app lets go of its warm worker as it exits."""
+        self.closed += 1
 
     def clock(self) -> float:
         """The fake world's now: its newest event, so a fake run is stalled only when a test says so."""

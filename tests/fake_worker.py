@@ -1,7 +1,9 @@
 """A TF-free stand-in for ``engine.train.worker``, for the client and CLI tests.
 
 Run as ``python -m fake_worker RUN_DIR [--resume] [--remedy NAME]`` (tests
-put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker).
+put this folder on PYTHONPATH and set CONVDECK_WORKER_MODULE=fake_worker),
+or as ``python -m fake_worker --warm``: a warm worker (engine.run.warm_protocol)
+that loads nothing (or sleeps FAKE_LOAD_SECONDS) before it waits for its run.
 It keeps the worker's contract (the run's lock taken first, worker.pid,
 heartbeat, events, control.sock, exit codes) in under a second, so the CLI's following, Ctrl-C and exit
 codes are tested without TensorFlow. Its events go through the worker's own
@@ -36,6 +38,12 @@ from engine.run.events import EventWriter, read_events
 from engine.run.lock import EXIT_ALREADY_RUNNING, AlreadyRunning
 from engine.run.protocol import Step
 from engine.run.store import claim_run
+from engine.run.warm_protocol import WARM_FLAG, await_hand_off
+
+
+def _load() -> None:
+    """The warm fake loads nothing, slowly when FAKE_LOAD_SECONDS says so."""
+    time.sleep(float(os.environ.get("FAKE_LOAD_SECONDS", "0")))
 
 
 class FakeWorker:
@@ -224,14 +232,19 @@ MODES = {
 
 
 def main() -> int:
-    run_dir = Path(sys.argv[1]).resolve()
+    argv = sys.argv[1:]
+    if argv[:1] == [WARM_FLAG]:  # the warm pair's protocol, with nothing to load
+        argv = await_hand_off(_load)
+        if argv is None:
+            return 0
+    run_dir = Path(argv[0]).resolve()
     try:
         run_lock = claim_run(run_dir)  # the lock, then worker.pid and a heartbeat, as the worker
     except AlreadyRunning as busy:
         print(f"fake worker: {busy}", file=sys.stderr)
         return EXIT_ALREADY_RUNNING
     (run_dir / "control.sock").unlink(missing_ok=True)  # with the lock held it can only be stale
-    worker = FakeWorker(run_dir, resume="--resume" in sys.argv)
+    worker = FakeWorker(run_dir, resume="--resume" in argv)
     worker.run_lock = run_lock  # held for the process's life
     worker.start()
     return MODES[os.environ.get("FAKE_WORKER_MODE", "complete")](worker)

@@ -139,6 +139,9 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         else:  # name the runs that train here (a detached one, one left running at quit)
             self.call_after_refresh(self._look_for_live_runs)
 
+    def on_unmount(self) -> None:
+        self.engine.close()  # the warm worker goes with the app; live runs go on
+
     def on_resize(self, event: Any) -> None:
         self._check_size(event.size.width, event.size.height)
 
@@ -195,6 +198,7 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
         if self.state is None and not self._attaching:
             self.query_one(RunHeader).show_idle(header_notice(self.live_runs))
             self.query_one("#preset-options", OptionList).focus()
+            self.engine.warm_up()  # TensorFlow loads while the person chooses
             if presets.highlighted is not None:
                 self.query_one(ConfigPane).show_preset(presets.highlighted)
 

@@ -8,6 +8,7 @@ TensorFlow.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from engine.config import RunConfig
     from engine.run.facts import RunFacts
     from engine.run.protocol import Event
+    from engine.run.warm import WarmSlot
 
 
 class RunLink(Protocol):
@@ -77,6 +79,15 @@ class Engine(Protocol):
         """The learning-rate range test (engine.run.lr_find.find_learning_rate's shape)."""
         ...
 
+    def warm_up(self) -> None:
+        """Get a worker ready for the next :meth:`start_run` (TensorFlow loaded, no device
+        touched), and keep one ready after each start; returns at once."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the engine holds for later starts (the warm worker); live runs go on."""
+        ...
+
 
 class RealEngine:
     """The engine of this install: ``engine.presets`` and ``engine.run.client``.
@@ -87,6 +98,8 @@ class RealEngine:
 
     def __init__(self, home: Path | None = None) -> None:
         self.home = home
+        self.warm: WarmSlot | None = None
+        """The warm worker for the next start, once :meth:`warm_up` asked for one."""
 
     def list_presets(self) -> list[Any]:
         from engine import presets
@@ -101,7 +114,28 @@ class RealEngine:
     async def start_run(self, config: RunConfig) -> RunLink:
         from engine.run import client
 
-        return await client.start_run(config, home=self.home)
+        if self.warm is None:
+            return await client.start_run(config, home=self.home)
+        warm = self.warm.take()
+        try:
+            run = await client.start_run(config, home=self.home, warm=warm)
+        finally:
+            self.warm.put_back(warm)  # kept if the start failed before the hand-off
+        # A used one is replaced, once the run it took has started.
+        threading.Thread(target=self.warm.fill_once_running, args=(run,), name="warm-worker", daemon=True).start()
+        return run
+
+    def warm_up(self) -> None:
+        if self.warm is None:
+            from engine.run.warm import WarmSlot
+
+            self.warm = WarmSlot()
+        # Spawning takes tens of milliseconds: not on the caller's (the UI's) thread.
+        threading.Thread(target=self.warm.fill, name="warm-worker", daemon=True).start()
+
+    def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
 
     def find_run(self, ref: str | None) -> RunLink:
         from engine.run import client

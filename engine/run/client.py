@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import ConfigError, RunConfig
 from engine.remedies import check_remedy
@@ -48,6 +48,9 @@ from engine.run.store import (
     worker_liveness,
 )
 from engine.run.store import list_runs as _list_runs
+
+if TYPE_CHECKING:
+    from engine.run.warm import WarmWorker
 
 CONTROL_COMMANDS = COMMANDS  # the worker's own lists, so front ends check what it accepts
 # History is read in chunks so a viewer draws the first part of a long run
@@ -443,19 +446,23 @@ def _exchange_sync(path: str, request: bytes, timeout: float) -> bytes:
 # -- starting and finding runs -------------------------------------------------
 
 
-def start_run_sync(config: RunConfig, home: Path | None = None) -> RunHandle:
+def start_run_sync(config: RunConfig, home: Path | None = None, warm: WarmWorker | None = None) -> RunHandle:
     """Create a run directory for ``config`` and start its worker.
 
     Args:
         config: the validated run config (written to config.toml).
         home: the convdeck home (``$CONVDECK_HOME`` when None).
+        warm: a warm worker to hand the run to (:mod:`engine.run.warm`);
+            one that cannot take it (used, gone, stale) is passed over for a
+            cold start.
 
     Returns:
         A handle holding the worker process.
     """
     preflight(config)
     run_dir = create_run_dir(config, home)
-    return _spawn(run_dir)
+    handle = warm.hand_off(run_dir) if warm is not None else None
+    return handle if handle is not None else _spawn(run_dir)
 
 
 def preflight(config: RunConfig) -> None:
@@ -482,11 +489,11 @@ def preflight(config: RunConfig) -> None:
     check_dataset(config.data)
 
 
-async def start_run(config: RunConfig, home: Path | None = None) -> RunHandle:
+async def start_run(config: RunConfig, home: Path | None = None, warm: WarmWorker | None = None) -> RunHandle:
     """:func:`start_run_sync` for async callers, in a thread: the worker answers only once it
     has imported enough to take the run's lock (a fraction of a second, longer on a busy machine).
     """
-    return await asyncio.to_thread(start_run_sync, config, home)
+    return await asyncio.to_thread(start_run_sync, config, home, warm)
 
 
 def resume_run_sync(
@@ -659,41 +666,64 @@ def _spawn(
     worker_args = ["--resume"] if resume else []
     worker_args += ["--remedy", remedy] if remedy else []
     worker_args += ["--from-scratch"] if from_scratch else []
-    events_path = run_dir / EVENTS_FILE
-    spawn_offset = events_path.stat().st_size if events_path.exists() else 0
-    # Unbuffered, so worker.log shows a crash's last words.
-    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    spawn_offset = events_size(run_dir)
     read_fd, write_fd = os.pipe()
-    command = [
-        sys.executable,
-        "-m",
-        "engine.run.supervisor",
-        "--worker-module",
-        _worker_module(),
-        "--report-fd",
-        str(write_fd),
-        str(run_dir),
-        *worker_args,
-    ]
     try:
         with open(run_dir / WORKER_LOG, "ab") as log:
             supervisor = subprocess.Popen(
-                command,
+                supervisor_command(write_fd, str(run_dir), *worker_args),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 close_fds=True,
                 pass_fds=(write_fd,),
-                env=env,
+                env=spawn_env(env),
             )
         os.close(write_fd)
         write_fd = -1
-        answer = _read_worker_answer(read_fd, supervisor)
+        answer = read_worker_answer(read_fd, supervisor)
     finally:
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+    return handle_from_answer(run_dir, supervisor, answer, worker_args, spawn_offset)
+
+
+def spawn_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a supervisor and its worker start with: this one, ``extra``, unbuffered output."""
+    # Unbuffered, so worker.log shows a crash's last words.
+    return {**os.environ, **(extra or {}), "PYTHONUNBUFFERED": "1"}
+
+
+def supervisor_command(report_fd: int, *args: str) -> list[str]:
+    """``python -m engine.run.supervisor`` with the worker module, the report pipe and ``args``."""
+    return [
+        sys.executable,
+        "-m",
+        "engine.run.supervisor",
+        "--worker-module",
+        _worker_module(),
+        "--report-fd",
+        str(report_fd),
+        *args,
+    ]
+
+
+def events_size(run_dir: Path) -> int:
+    """How much of events.jsonl earlier workers wrote: a new worker's events start there."""
+    events_path = run_dir / EVENTS_FILE
+    return events_path.stat().st_size if events_path.exists() else 0
+
+
+def handle_from_answer(
+    run_dir: Path, supervisor: subprocess.Popen, answer: list[str], worker_args: list[str], spawn_offset: int
+) -> RunHandle:
+    """The handle of a worker that answered ``answer`` (:func:`read_worker_answer`).
+
+    Raises:
+        AlreadyRunning: it found the run owned and exited, writing nothing.
+    """
     if answer[:1] == ["busy"]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             supervisor.wait(SUPERVISOR_REPORT_SECONDS)  # it leaves with its worker, at once
@@ -731,11 +761,13 @@ class SupervisedWorker:
         return self.supervisor.returncode
 
 
-def _read_worker_answer(fd: int, supervisor: subprocess.Popen) -> list[str]:
+def read_worker_answer(
+    fd: int, supervisor: subprocess.Popen, timeout: float = SUPERVISOR_REPORT_SECONDS
+) -> list[str]:
     """The worker's answer, as words: ``[PID]`` once it owns the run, ``["busy", PID]``
     when another worker does, ``[]`` if none comes (it died before it could tell).
     """
-    deadline = time.monotonic() + SUPERVISOR_REPORT_SECONDS
+    deadline = time.monotonic() + timeout
     data = b""
     while not data.endswith(b"\n"):
         left = deadline - time.monotonic()

@@ -1,6 +1,7 @@
 """The supervisor: a tiny parent that reports how its worker died.
 
 ``python -m engine.run.supervisor [--worker-module M] [--report-fd FD] RUN_DIR [WORKER ARGS...]``
+``python -m engine.run.supervisor --warm [--worker-module M] [--report-fd FD]``
 
 A worker killed by a signal writes no last event: the kernel's OOM killer
 sends SIGKILL, a CUDA or native fault raises SIGSEGV. Only its parent learns
@@ -29,6 +30,10 @@ now says why.
   treats them as ``stop``.
 - The supervisor exits with the worker: with its exit code, or by the same
   signal (core dumps off), so whoever waits on it sees what the worker did.
+- ``--warm``: the pair starts before its run is known, the worker loading
+  TensorFlow meanwhile; one line on stdin hands it the run, and from then on
+  all is as above (:mod:`engine.run.warm_protocol`). End of file instead
+  ends both, quietly.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ import psutil
 
 from engine.run.events import EVENTS_FILE, EventWriter, parse_line
 from engine.run.lock import EXIT_ALREADY_RUNNING, STARTED_FD_ENV, RunLock
-from engine.run.store import LOCK_FILE, Liveness, worker_liveness
+from engine.run.store import LOCK_FILE, WORKER_LOG, Liveness, worker_liveness
+from engine.run.warm_protocol import WARM_FLAG, HandOff, redirect_output, wait_for_line
 
 SAMPLE_SECONDS = 1.0
 RECENT_SAMPLES = 5  # how far back "memory ran low just before it died" looks
@@ -212,10 +218,15 @@ def _suggestion(name: str | None, returncode: int, low: bool, run_id: str) -> st
 
 
 class Supervisor:
-    """Runs one worker to its end, sampling it, and reports a death by signal."""
+    """Runs one worker to its end, sampling it, and reports a death by signal.
 
-    def __init__(self, run_dir: Path, command: list[str], report_fd: int | None = None) -> None:
-        self.run_dir = run_dir
+    Args:
+        run_dir: the run; None for a warm pair until :meth:`take_run`.
+        command: the worker's command line.
+        report_fd: the pipe the worker answers the client on.
+    """
+
+    def __init__(self, run_dir: Path | None, command: list[str], report_fd: int | None = None) -> None:
         self.command = command
         self.report_fd = report_fd  # handed to the worker, which answers the client on it
         self.samples: collections.deque[Sample] = collections.deque(maxlen=RECENT_SAMPLES)
@@ -223,23 +234,32 @@ class Supervisor:
         self.alerts = None  # engine.run.alerts.RunAlerts when the run has alert URLs
         self.child: subprocess.Popen | None = None
         self.pending: list[int] = []  # signals that came before the worker started
+        if run_dir is not None:
+            self.take_run(run_dir)
+
+    def take_run(self, run_dir: Path) -> None:
+        """Watch ``run_dir`` from now on: what its events file and the cgroup hold are the past."""
+        self.run_dir = run_dir
         events = run_dir / EVENTS_FILE
         self.events_offset = events.stat().st_size if events.exists() else 0
+        self.oom_kills_before = cgroup_oom_kills()
 
-    def start(self) -> int:
+    def start(self, stdin: int = subprocess.DEVNULL) -> int:
         """Start the worker (a session of its own); returns its pid.
 
         The worker records its own pid once it holds the run's lock: written
         here, a worker that then finds the run owned would leave its dead pid.
+
+        Args:
+            stdin: the worker's stdin: a warm worker reads its run there (``subprocess.PIPE``).
         """
-        self.oom_kills_before = cgroup_oom_kills()
         env, pass_fds = None, ()
         if self.report_fd is not None:
             env, pass_fds = {**os.environ, STARTED_FD_ENV: str(self.report_fd)}, (self.report_fd,)
         try:
             self.child = subprocess.Popen(
                 self.command,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=pass_fds,
@@ -398,17 +418,90 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-fd", type=int, help="handed to the worker, which writes its pid (or busy PID) there"
     )
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument(
+        WARM_FLAG, action="store_true", help="no RUN_DIR: wait for one line on stdin that hands the pair its run"
+    )
+    parser.add_argument("run_dir", type=Path, nargs="?")
     parser.add_argument("worker_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.warm == (args.run_dir is not None):
+        parser.error("give either RUN_DIR or --warm")
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    run_dir = args.run_dir.resolve()
-    command = [sys.executable, "-m", args.worker_module, str(run_dir), *args.worker_args]
-    supervisor = Supervisor(run_dir, command, args.report_fd)
+    if args.warm:
+        supervisor = _warm_start(args.worker_module, args.report_fd)
+        if supervisor is None:
+            return 0  # no run was handed over: nothing to report, nothing left behind
+    else:
+        run_dir = args.run_dir.resolve()
+        command = [sys.executable, "-m", args.worker_module, str(run_dir), *args.worker_args]
+        supervisor = Supervisor(run_dir, command, args.report_fd)
+        _forward_stop_signals(supervisor)
+        supervisor.start()
+    return _supervise(supervisor)
+
+
+def _forward_stop_signals(supervisor: Supervisor) -> None:
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, supervisor.forward)
-    supervisor.start()
-    supervisor.alerts = _run_alerts(run_dir)
+
+
+def _warm_start(worker_module: str, report_fd: int | None) -> Supervisor | None:
+    """Start a warm worker and wait for the run on stdin; the supervisor of that run, or None.
+
+    SIGTERM before the run comes reaches the warm worker, which dies of it
+    (it holds nothing), and so ends this wait too.
+    """
+    supervisor = Supervisor(None, [sys.executable, "-m", worker_module, WARM_FLAG], report_fd)
+    _forward_stop_signals(supervisor)
+    supervisor.start(stdin=subprocess.PIPE)
+    child = supervisor.child
+    assert child is not None and child.stdin is not None
+    pidfd = _pidfd(child.pid)
+    try:
+        line = wait_for_line(sys.stdin.fileno(), child, pidfd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    hand_off = _decoded(line)
+    if hand_off is not None:
+        hand_off = HandOff(hand_off.run_dir.resolve(), hand_off.worker_args)
+        try:
+            redirect_output(hand_off.run_dir / WORKER_LOG)
+        except OSError as error:  # the spawner sees the pair end unused, and starts cold: the same error
+            print(f"supervisor: cannot write the run's log: {error}", file=sys.stderr)
+            hand_off = None
+    if hand_off is None:
+        _end_warm_worker(child)
+        return None
+    supervisor.take_run(hand_off.run_dir)
+    with contextlib.suppress(OSError):  # a worker that died meanwhile is reported as any other
+        child.stdin.write(hand_off.encode())
+        child.stdin.close()
+    return supervisor
+
+
+def _end_warm_worker(child: subprocess.Popen) -> None:
+    """End a worker that was never handed a run (SIGTERM kills it outright until then)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child.pid, signal.SIGTERM)
+    with contextlib.suppress(OSError):
+        child.stdin.close()
+    child.wait()
+
+
+def _decoded(line: bytes | None) -> HandOff | None:
+    if line is None:
+        return None
+    try:
+        return HandOff.decode(line)
+    except (ValueError, KeyError, TypeError) as error:
+        print(f"supervisor: not a hand-off ({error}); the warm pair ends", file=sys.stderr)
+        return None
+
+
+def _supervise(supervisor: Supervisor) -> int:
+    """Wait for the worker, report its end, send the last alerts, and leave as it did."""
+    supervisor.alerts = _run_alerts(supervisor.run_dir)
     returncode = supervisor.wait()
     try:
         supervisor.report(returncode)

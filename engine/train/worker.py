@@ -1,5 +1,9 @@
 """The worker process: ``python -m engine.train.worker RUN_DIR [--resume [--from-scratch]]``.
 
+(``python -m engine.train.worker --warm``: a warm worker, which loads TensorFlow
+before its run is known and reads RUN_DIR and the rest from stdin, then runs
+as above: :mod:`engine.run.warm_protocol`.)
+
 It trains what RUN_DIR/config.toml describes, appends events, serves
 control.sock, and keeps its pid and a heartbeat in the run directory so
 viewers can tell a live run from a dead one. Before anything else it takes
@@ -46,6 +50,7 @@ from engine.run.store import (  # noqa: E402
     read_config_revisions,
     write_config,
 )
+from engine.run.warm_protocol import WARM_FLAG, await_hand_off  # noqa: E402
 
 HEARTBEAT_SECONDS = 2.0
 TRACEBACK_FILE = "traceback.txt"
@@ -369,6 +374,13 @@ def _describe(request: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [WARM_FLAG]:
+        from engine.train.preload import load_for_training
+
+        argv = await_hand_off(load_for_training)
+        if argv is None:
+            return 0  # never handed a run: nothing was touched
     # A stop asked for while TensorFlow still imports must not kill the worker
     # without its final event: remember it until the real handlers are in place.
     early_stop: list[int] = []
