@@ -312,6 +312,19 @@ async def test_the_screen_draws_the_curve_and_enter_returns_the_suggested_rate()
     assert app.result == screen.test.suggested_rate
 
 
+async def test_at_80x24_the_rate_axis_keeps_its_labels_under_a_status_of_two_lines():
+    driver = FakeDriver()
+    screen = LrFindScreen(load_preset("lenet5-digits"), find=driver, steps=70)
+    app = Host(screen)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await finished(pilot, screen)
+        await pilot.pause(0.3)  # the redraw after the status took its second row
+        chart = screen.query_one("#lr-find-chart")
+        drawn = str(chart.render()).splitlines()
+        assert len(drawn) <= chart.content_size.height, "the chart is drawn taller than it is"
+        assert "1e-7" in drawn[-1] and "1e1" in drawn[-1], drawn[-3:]
+
+
 async def test_a_failed_test_says_why_and_escape_returns_nothing():
     driver = FakeDriver(error=ConfigError("the loss of lenet5-digits is NaN from the first step; try --start 1e-09"))
     screen = LrFindScreen(load_preset("lenet5-digits"), find=driver)

@@ -197,6 +197,12 @@ class LrFindScreen(Screen[float | None]):
         status = self.query_one("#lr-find-status", Static)
         status.update(text)
         status.set_class(error, "-error")
+        # A status that wraps to another line takes a row from the chart: draw it again
+        # once the layout has given the chart its new size, or its axis labels fall off.
+        self.call_after_refresh(self._mark_dirty)
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
 
     def _redraw_if_dirty(self) -> None:
         if not self._dirty or self._closed:
