@@ -135,7 +135,8 @@ def test_epochs_back_to_back_are_each_epoch_as_train_for_epoch_makes_it(augment)
     assert_same_batches(expected, batches_of(bundle.train_for_epochs(1, 4, 12, skip_batches=5)))
 
 
-def test_a_streamed_split_shuffles_each_epoch_alike_made_eagerly_or_inside_tf_data():
+def test_a_streamed_split_shuffles_each_epoch_alike_back_to_back_under_a_global_seed_of_0():
+    tf.random.set_seed(0)  # what a run's default train.seed sets: get_seed then compares seeds
     records = tf.data.Dataset.range(40)
     source = StreamSource(records, lambda r: (tf.fill([2, 2, 1], tf.cast(r, tf.float32)), r), 40, 16)
     epochs = EpochBatches(source, batch_size=8, seed=7, data_cfg=DataConfig())

@@ -88,13 +88,20 @@ def last_step(events: list[dict]) -> int:
 
 
 def segments(events: list[dict]) -> list[list[dict]]:
-    """The events of each worker: a segment starts at each ``run_started``."""
+    """The events of each worker: a segment starts at each ``building`` (a worker's first
+    event), or at a ``run_started`` that no ``building`` announced."""
     parts: list[list[dict]] = []
     for event in events:
-        if event["type"] == "run_started" or not parts:
+        announced = bool(parts) and parts[-1][-1]["type"] == "building"
+        if event["type"] == "building" or (event["type"] == "run_started" and not announced) or not parts:
             parts.append([])
         parts[-1].append(event)
     return parts
+
+
+def first_of(events: list[dict], kind: str) -> dict:
+    """The first event of a type (a worker's ``building`` comes before its ``run_started``)."""
+    return next(event for event in events if event["type"] == kind)
 
 
 def log_tail(run_dir: Path, lines: int = 15) -> str:
@@ -198,7 +205,7 @@ def assert_trained_to_the_end(events: list[dict], epochs: int) -> None:
     last = segments(events)[-1]
     assert last[-1]["type"] == "finished" and last[-1]["reason"] == "completed", last[-1]
     assert last[-1]["steps"] == total
-    run_started = last[0]
+    run_started = first_of(last, "run_started")
     assert run_started["total_steps"] == total and run_started["steps_per_epoch"] == STEPS_PER_EPOCH
 
 
@@ -267,7 +274,8 @@ def test_kill_9_mid_run_shows_crashed_and_resume_continues_the_step_counter(conv
     assert [e["type"] for e in events].count("run_started") == 2
     assert_trained_to_the_end(events, epochs)
     resumed = segments(events)[-1]
-    assert resumed[0]["resumed_from_step"] == saved and resumed[0]["pid"] == owner
+    started_again = first_of(resumed, "run_started")
+    assert started_again["resumed_from_step"] == saved and started_again["pid"] == owner
     assert steps_of(resumed)[0] == saved + 1, "the step counter did not continue"
     assert_steps_consecutive(steps_of(resumed), saved + 1, epochs * STEPS_PER_EPOCH)
     # Each epoch ends once after the resume, from the one the checkpoint was in.
@@ -487,7 +495,7 @@ def test_ctl_stop_leaves_a_checkpoint_that_resume_accepts(convdeck_home):
     result = run_cli("resume", run_id, "--json", timeout=DEADLINE)
     assert result.returncode == 0, result.stderr + log_tail(run_dir)
     followed = json_lines(result.stdout)
-    assert followed[0]["resumed_from_step"] == stop_step
+    assert first_of(followed, "run_started")["resumed_from_step"] == stop_step
     events = events_of(run_dir)
     assert_trained_to_the_end(events, epochs)
     assert_steps_consecutive(steps_of(events), 1, epochs * STEPS_PER_EPOCH)

@@ -316,7 +316,7 @@ def test_override_errors_name_the_preset_and_field():
         load_preset("lenet5-digits", ["train.batch_size=0"])
     message = str(caught.value)
     assert "lenet5-digits" in message and "train.batch_size" in message and "got 0" in message
-    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+    with pytest.raises(ConfigError, match=r"did you mean train\.batch_size\?"):
         load_preset("lenet5-digits", ["train.batchsize=64"])
 
 

@@ -215,7 +215,9 @@ class ConvdeckApp(RunWatching, ChartKeys, App[int]):
 
     def on_descendant_focus(self, event: Any) -> None:
         # The preset list in hand again after a run ended: the pane edits its preset.
-        if self.query_one(PresetList) in event.widget.ancestors_with_self:
+        # (An attached app has no preset list; nor has the DOM while the app shuts down.)
+        preset_lists = self.query(PresetList)
+        if preset_lists and preset_lists.first() in event.widget.ancestors_with_self:
             self.show_chosen_preset()
 
     @on(PresetChosen)

@@ -58,15 +58,12 @@ def order_tensor(order: tuple[int, int] | tf.Tensor) -> tf.Tensor:
     return tf.cast(order, tf.int64)
 
 
-def int_seed(order: tuple[int, int] | tf.Tensor) -> int | tf.Tensor:
+def int_seed(order: tuple[int, int]) -> int:
     """A well-mixed non-negative int seed for stateful ops that take one integer.
 
-    For a tensor ``order`` (inside a dataset function), the same number as a
-    scalar int64 tensor: numpy mixes it, once per epoch, as it does eagerly.
+    Python ints only: a streamed split's shuffle is seeded eagerly, one epoch at a
+    time (see ``DataBundle.train_for_epochs``).
     """
-    if isinstance(order, tf.Tensor):
-        mixed = tf.py_function(lambda pair: int_seed(tuple(int(v) for v in pair.numpy())), [order], tf.int64)
-        return tf.reshape(mixed, [])
     words = [value % 2**32 for value in order]
     return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
 

@@ -288,17 +288,24 @@ class Supervisor:
         pidfd = _pidfd(self.child.pid)
         try:
             while self.child.poll() is None:
-                sample = read_sample(self.child.pid)
-                if self.child.poll() is not None:
-                    break  # it died while we looked: this sample shows the aftermath
-                self.samples.append(sample)
-                self.peak_rss = max(self.peak_rss, sample.worker_rss)
+                if not self.sample():
+                    break
                 self._poll_alerts()
                 _wait_readable(pidfd, self.child, SAMPLE_SECONDS)
         finally:
             if pidfd is not None:
                 os.close(pidfd)
         return self.child.wait()
+
+    def sample(self) -> bool:
+        """Record the worker's and the host's memory now; False when the worker is gone."""
+        assert self.child is not None
+        sample = read_sample(self.child.pid)
+        if self.child.poll() is not None:
+            return False  # it died while we looked: this sample shows the aftermath
+        self.samples.append(sample)
+        self.peak_rss = max(self.peak_rss, sample.worker_rss)
+        return True
 
     def _poll_alerts(self) -> None:
         if self.alerts is None:
@@ -501,6 +508,9 @@ def _decoded(line: bytes | None) -> HandOff | None:
 
 def _supervise(supervisor: Supervisor) -> int:
     """Wait for the worker, report its end, send the last alerts, and leave as it did."""
+    # A first sample before the alerts load (Apprise's import takes a while on a busy
+    # machine): a worker that dies meanwhile is still reported with its memory.
+    supervisor.sample()
     supervisor.alerts = _run_alerts(supervisor.run_dir)
     returncode = supervisor.wait()
     try:

@@ -36,6 +36,7 @@ from engine.datasets.sources import (
     EpochOrder,
     RawData,
     Source,
+    StreamSource,
     TensorSource,
     channel_stats,
     materialize,
@@ -114,10 +115,18 @@ class DataBundle:
             skip_batches: Batches of ``first`` already trained on.
         """
         head = self.train_for_epoch(first, skip_batches).take(max(0, batches_per_epoch - skip_batches))
-        if self._epoch_batches is None:
+        make = self._epoch_batches
+        if make is None:
             later = self.train.take(batches_per_epoch).repeat(max(0, end - first - 1))
+        elif not make.orders_in_graph:
+            # A streamed split's shuffle takes its seed through tf.random's get_seed, which
+            # cannot take an epoch known only in-graph once a global seed of 0 is set (the
+            # default train.seed). Its epochs are long (it is streamed because it is large),
+            # so making them all here costs a few ms an epoch, once, and no lump worth a thought.
+            later = head.take(0)
+            for epoch in range(first + 1, end):
+                later = later.concatenate(make(epoch, 0).take(batches_per_epoch))
         else:
-            make = self._epoch_batches
             later = tf.data.Dataset.range(first + 1, end).flat_map(
                 lambda epoch: make(epoch, 0).take(batches_per_epoch)
             )
@@ -242,6 +251,11 @@ class EpochBatches:
         self.drop_remainder = train.count >= batch_size
         self.flip = data_cfg.augment_flip
         self.crop_padding = crop_padding_for(data_cfg.image_size) if data_cfg.augment_crop else 0
+
+    @property
+    def orders_in_graph(self) -> bool:
+        """Whether an epoch number known only inside tf.data orders its batches (not a streamed split)."""
+        return not isinstance(self.train, StreamSource)
 
     def __call__(self, epoch: int | tf.Tensor, skip_batches: int) -> tf.data.Dataset:
         """The batches of ``epoch``: an int, or an int64 scalar inside a dataset function."""
