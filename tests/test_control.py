@@ -150,7 +150,10 @@ class Client:
         self.reader = self.sock.makefile("rb")
 
     def send_line(self, raw: bytes) -> dict:
-        self.sock.sendall(raw)
+        try:
+            self.sock.sendall(raw)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at once and closed: the refusal is still to be read, as the real client does
         return json.loads(self.reader.readline())
 
     def send(self, request: dict) -> dict:

@@ -432,7 +432,10 @@ def _exchange_sync(path: str, request: bytes, timeout: float) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(request)
+        try:
+            sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker answered (a refusal) and hung up before reading: its line is still there
         reply = b""
         while not reply.endswith(b"\n"):
             sock.settimeout(max(0.001, deadline - time.monotonic()))
