@@ -268,6 +268,15 @@ def control_server() -> Iterator[Callable[..., FakeControlServer]]:
         server.close()
 
 
+async def until(pilot, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Let a Textual app under ``pilot`` run until ``condition()`` holds (fails after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.01)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until true or ``timeout``; returns its last value."""
     deadline = time.monotonic() + timeout

@@ -13,11 +13,11 @@ import select
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import until
 from PIL import Image
 
 from engine.errors import ConfigError
@@ -90,13 +90,6 @@ def make_app(runs: list[FakeRun], attach: str | None = None) -> ConvdeckApp:
         attach=attach,
     )
 
-
-async def until(pilot, condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.02)
 
 
 async def open_eval(pilot) -> EvalScreen:

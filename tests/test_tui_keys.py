@@ -1,9 +1,9 @@
 """Pilot tests for every key path, against a fake engine (no worker, no TensorFlow)."""
 
-import time
 from pathlib import Path
 
 import pytest
+from conftest import until
 from textual.widgets import Input, OptionList
 
 from engine.gpu import RecordedSource
@@ -35,14 +35,6 @@ def make_app(engine=None, **kwargs) -> ConvdeckApp:
     kwargs.setdefault("chart_data_interval", 0.0)
     return ConvdeckApp(engine=engine or FakeEngine(), **kwargs)
 
-
-async def until(pilot, condition, timeout=10.0):
-    """Let the app run until ``condition()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.01)
 
 
 async def started(pilot, app, engine, steps=20):

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_run
+from conftest import make_run, until
 from textual.widgets import DataTable, Input, OptionList
 
 from engine.config import validate_config
@@ -81,13 +81,6 @@ def waiting_ids(home: Path) -> list[int]:
     finally:
         queue.close()
 
-
-async def until(pilot, condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.01)
 
 
 async def open_queue(pilot, app) -> QueueScreen:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -94,13 +95,6 @@ def make_app(runs: list[FakeRun]) -> ConvdeckApp:
         chart_data_interval=0.0,
     )
 
-
-async def until(pilot, condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.01)
 
 
 async def open_runs(pilot) -> RunsScreen:

@@ -7,6 +7,7 @@ and read each changed picture's text before keeping it.
 """
 
 import pytest
+from conftest import until
 
 from engine.run.protocol import EpochEnd, Finished
 from tests.fake_engine import FakeEngine, FakeRun, make_preset, run_started, training_events
@@ -16,13 +17,6 @@ from tui.widgets.loss_chart import LossChart
 SIZES = [(80, 24), (100, 30)]
 RUN_ID = "20261202-101500-lenet5-digits"
 
-
-async def until(pilot, condition) -> None:
-    for _ in range(300):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError("condition not reached")
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

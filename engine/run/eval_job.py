@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import ConfigError
+from engine.errors import raise_for_child
 from engine.evaluation import EvalReport
 
 EVAL_TIMEOUT_SECONDS = 3600.0
@@ -39,12 +39,7 @@ def evaluate_in_subprocess(
     """
     command = [sys.executable, "-m", "engine.train.evaluate", str(run_dir), "--weights", weights, "--split", split]
     done = _run(command, on_start)
-    if done.returncode == 2:
-        line = (done.stderr.strip().splitlines() or ["evaluation refused"])[-1]
-        raise ConfigError(line.removeprefix("convdeck: "))
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"evaluation failed (exit {done.returncode}):\n{tail}")
+    raise_for_child(done.returncode, done.stderr, "evaluation")
     return EvalReport.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
 
 

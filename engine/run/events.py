@@ -156,20 +156,6 @@ class EventTail:
             return True
 
 
-def iter_complete_lines(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
-    """The raw complete lines of a file, read a chunk at a time (bounded memory)."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with handle:
-        rest = b""
-        while chunk := handle.read(chunk_bytes):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            yield from lines
-
-
 STEP_LINE_PREFIX = b'{"type": "step",'
 """How EventWriter (json.dumps) starts a step line: the bulk of a long run's file is
 recognised by it without parsing."""

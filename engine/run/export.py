@@ -27,7 +27,7 @@ from typing import IO, Any, Union
 
 import msgspec
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, raise_for_child
 from engine.run import protocol
 from engine.run.checkpoint_files import BEST_DIR, CHECKPOINTS_DIR, list_checkpoints
 from engine.run.events import EVENTS_FILE
@@ -349,9 +349,4 @@ def export_model_in_subprocess(run_dir: Path, weights: str, keras_file: str | No
     done = subprocess.run(
         command, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=EXPORT_TIMEOUT_SECONDS
     )
-    if done.returncode == 2:
-        line = (done.stderr.strip().splitlines() or ["export refused"])[-1]
-        raise ConfigError(line.removeprefix("convdeck: "))
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"export failed (exit {done.returncode}):\n{tail}")
+    raise_for_child(done.returncode, done.stderr, "export")
